@@ -1,0 +1,159 @@
+//! The one table from every error of every layer to an OCI error code, an
+//! HTTP status and a JSON body. No handler picks a status on its own.
+
+use super::body::Body;
+use crate::meta::MetaError;
+use crate::oci::ParseError;
+use crate::store::StoreError;
+use crate::upload::UploadError;
+use http::{HeaderValue, Response, StatusCode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("blob unknown to registry")]
+    BlobUnknown,
+    #[error("blob upload unknown to registry")]
+    BlobUploadUnknown,
+    #[error("blob upload invalid: {0}")]
+    BlobUploadInvalid(String),
+    #[error("{0}")]
+    UploadRange(String),
+    #[error("{0}")]
+    DigestInvalid(String),
+    #[error("{0}")]
+    NameInvalid(String),
+    #[error("repository name not known to registry")]
+    NameUnknown,
+    #[error("manifest unknown")]
+    ManifestUnknown,
+    #[error("{0}")]
+    ManifestInvalid(String),
+    #[error("{0}")]
+    ManifestBlobUnknown(String),
+    #[error("{0}")]
+    SizeInvalid(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("the operation is unsupported")]
+    MethodNotAllowed,
+    #[error("not a registry endpoint")]
+    NotFound,
+    #[error("range not satisfiable for a blob of {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("storage is full: {0}")]
+    StorageFull(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// OCI error code and HTTP status: the whole mapping, in one place.
+    fn code_and_status(&self) -> (&'static str, StatusCode) {
+        use ApiError::*;
+        match self {
+            BlobUnknown => ("BLOB_UNKNOWN", StatusCode::NOT_FOUND),
+            BlobUploadUnknown => ("BLOB_UPLOAD_UNKNOWN", StatusCode::NOT_FOUND),
+            BlobUploadInvalid(_) => ("BLOB_UPLOAD_INVALID", StatusCode::BAD_REQUEST),
+            UploadRange(_) => ("BLOB_UPLOAD_INVALID", StatusCode::RANGE_NOT_SATISFIABLE),
+            DigestInvalid(_) => ("DIGEST_INVALID", StatusCode::BAD_REQUEST),
+            NameInvalid(_) => ("NAME_INVALID", StatusCode::BAD_REQUEST),
+            NameUnknown => ("NAME_UNKNOWN", StatusCode::NOT_FOUND),
+            ManifestUnknown => ("MANIFEST_UNKNOWN", StatusCode::NOT_FOUND),
+            ManifestInvalid(_) => ("MANIFEST_INVALID", StatusCode::BAD_REQUEST),
+            ManifestBlobUnknown(_) => ("MANIFEST_BLOB_UNKNOWN", StatusCode::BAD_REQUEST),
+            SizeInvalid(_) => ("SIZE_INVALID", StatusCode::BAD_REQUEST),
+            TooLarge(_) => ("SIZE_INVALID", StatusCode::PAYLOAD_TOO_LARGE),
+            Unsupported(_) => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED),
+            MethodNotAllowed => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED),
+            NotFound => ("NOT_FOUND", StatusCode::NOT_FOUND),
+            RangeNotSatisfiable { .. } => ("RANGE_INVALID", StatusCode::RANGE_NOT_SATISFIABLE),
+            Unavailable(_) => ("UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE),
+            StorageFull(_) => ("STORAGE_FULL", StatusCode::INSUFFICIENT_STORAGE),
+            Internal(_) => ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.code_and_status().1
+    }
+
+    pub fn into_response(self, head_only: bool) -> Response<Body> {
+        let (code, status) = self.code_and_status();
+        if status.is_server_error() {
+            tracing::error!(code, error = %self, "request failed");
+        }
+        let json = serde_json::json!({
+            "errors": [{ "code": code, "message": self.to_string(), "detail": null }]
+        });
+        let bytes = serde_json::to_vec(&json).unwrap_or_default();
+        let len = bytes.len();
+        let mut resp = Response::new(if head_only {
+            Body::Empty
+        } else {
+            Body::full(bytes)
+        });
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+        if let ApiError::RangeNotSatisfiable { size } = self {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                h.insert(http::header::CONTENT_RANGE, v);
+            }
+        }
+        resp
+    }
+}
+
+impl From<ParseError> for ApiError {
+    fn from(e: ParseError) -> Self {
+        match e {
+            ParseError::Name(m) => ApiError::NameInvalid(m),
+            ParseError::Digest(m) => ApiError::DigestInvalid(m),
+            ParseError::DigestAlgorithm(a) => {
+                ApiError::DigestInvalid(format!("unsupported digest algorithm {a}"))
+            }
+            ParseError::Reference(m) => ApiError::ManifestInvalid(m),
+            ParseError::Range(m) => ApiError::UploadRange(m),
+        }
+    }
+}
+
+impl From<UploadError> for ApiError {
+    fn from(e: UploadError) -> Self {
+        match e {
+            UploadError::Unknown => ApiError::BlobUploadUnknown,
+            e @ UploadError::OutOfOrder { .. } => ApiError::UploadRange(e.to_string()),
+            e @ UploadError::DigestMismatch { .. } => ApiError::DigestInvalid(e.to_string()),
+            e @ UploadError::Sealed => ApiError::BlobUploadInvalid(e.to_string()),
+            UploadError::Io(io) => io_error(io),
+            e @ UploadError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Io(io) => io_error(io),
+            e @ StoreError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<MetaError> for ApiError {
+    fn from(e: MetaError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+fn io_error(e: std::io::Error) -> ApiError {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => ApiError::StorageFull(e.to_string()),
+        _ => ApiError::Internal(e.to_string()),
+    }
+}

@@ -1,0 +1,172 @@
+//! Maps a request path to the one `Endpoint` it names.
+//!
+//! Repository names contain slashes and may themselves contain `blobs`,
+//! `manifests` or `uploads` as components, so the path is matched from the
+//! right: the fixed suffix is cut off first, and what is left must be a
+//! valid name.
+
+use crate::oci::{Digest, ParseError, Reference, RepoName};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Base,
+    Catalog,
+    Tags { name: RepoName },
+    Manifest { name: RepoName, reference: Reference },
+    Blob { name: RepoName, digest: Digest },
+    UploadStart { name: RepoName },
+    Upload { name: RepoName, id: String },
+    Referrers { name: RepoName, digest: Digest },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum RouteError {
+    /// Not a registry path at all.
+    NotFound,
+    /// A registry path with a bad name, digest or reference.
+    Invalid(ParseError),
+}
+
+impl From<ParseError> for RouteError {
+    fn from(e: ParseError) -> Self {
+        RouteError::Invalid(e)
+    }
+}
+
+pub fn parse(path: &str) -> Result<Endpoint, RouteError> {
+    let rest = match path.strip_prefix("/v2") {
+        Some("") | Some("/") => return Ok(Endpoint::Base),
+        Some(r) => r.strip_prefix('/').ok_or(RouteError::NotFound)?,
+        None => return Err(RouteError::NotFound),
+    };
+    if rest == "_catalog" {
+        return Ok(Endpoint::Catalog);
+    }
+    let name = |n: &str| RepoName::parse(n).map_err(RouteError::Invalid);
+    if let Some(n) = rest.strip_suffix("/tags/list") {
+        return Ok(Endpoint::Tags { name: name(n)? });
+    }
+    if let Some(n) = rest
+        .strip_suffix("/blobs/uploads/")
+        .or_else(|| rest.strip_suffix("/blobs/uploads"))
+    {
+        return Ok(Endpoint::UploadStart { name: name(n)? });
+    }
+    // `<name>/<kind>/<last>`: split off the last component, then the kind.
+    let (head, last) = rest.rsplit_once('/').ok_or(RouteError::NotFound)?;
+    if last.is_empty() {
+        return Err(RouteError::NotFound);
+    }
+    if let Some(n) = head.strip_suffix("/blobs/uploads") {
+        return Ok(Endpoint::Upload {
+            name: name(n)?,
+            id: last.to_owned(),
+        });
+    }
+    let (n, kind) = head.rsplit_once('/').ok_or(RouteError::NotFound)?;
+    match kind {
+        "blobs" => Ok(Endpoint::Blob {
+            name: name(n)?,
+            digest: Digest::parse(last)?,
+        }),
+        "manifests" => Ok(Endpoint::Manifest {
+            name: name(n)?,
+            reference: Reference::parse(last)?,
+        }),
+        "referrers" => Ok(Endpoint::Referrers {
+            name: name(n)?,
+            digest: Digest::parse(last)?,
+        }),
+        _ => Err(RouteError::NotFound),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    fn n(s: &str) -> RepoName {
+        RepoName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn base_and_catalog() {
+        assert_eq!(parse("/v2/"), Ok(Endpoint::Base));
+        assert_eq!(parse("/v2"), Ok(Endpoint::Base));
+        assert_eq!(parse("/v2/_catalog"), Ok(Endpoint::Catalog));
+        assert_eq!(parse("/v1/"), Err(RouteError::NotFound));
+        assert_eq!(parse("/v2x"), Err(RouteError::NotFound));
+    }
+
+    #[test]
+    fn names_with_slashes_and_keywords() {
+        assert_eq!(
+            parse(&format!("/v2/a/blobs/manifests/uploads/blobs/{D}")),
+            Ok(Endpoint::Blob {
+                name: n("a/blobs/manifests/uploads"),
+                digest: Digest::parse(D).unwrap()
+            })
+        );
+        assert_eq!(
+            parse("/v2/a/b/c/d/e/f/g/h/manifests/latest"),
+            Ok(Endpoint::Manifest {
+                name: n("a/b/c/d/e/f/g/h"),
+                reference: Reference::Tag("latest".into())
+            })
+        );
+        assert_eq!(
+            parse("/v2/x/blobs/uploads/tags/list"),
+            Ok(Endpoint::Tags {
+                name: n("x/blobs/uploads")
+            })
+        );
+    }
+
+    #[test]
+    fn uploads() {
+        assert_eq!(
+            parse("/v2/a/b/blobs/uploads/"),
+            Ok(Endpoint::UploadStart { name: n("a/b") })
+        );
+        assert_eq!(
+            parse("/v2/a/blobs/uploads"),
+            Ok(Endpoint::UploadStart { name: n("a") })
+        );
+        assert_eq!(
+            parse("/v2/a/blobs/uploads/abc"),
+            Ok(Endpoint::Upload {
+                name: n("a"),
+                id: "abc".into()
+            })
+        );
+    }
+
+    #[test]
+    fn referrers() {
+        assert!(matches!(
+            parse(&format!("/v2/r/referrers/{D}")),
+            Ok(Endpoint::Referrers { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_parts() {
+        assert!(matches!(
+            parse(&format!("/v2/../blobs/{D}")),
+            Err(RouteError::Invalid(ParseError::Name(_)))
+        ));
+        assert!(matches!(
+            parse("/v2/a/blobs/sha256:zz"),
+            Err(RouteError::Invalid(ParseError::Digest(_)))
+        ));
+        assert!(matches!(
+            parse("/v2/A/manifests/x"),
+            Err(RouteError::Invalid(ParseError::Name(_)))
+        ));
+        assert_eq!(parse("/v2/a/other/x"), Err(RouteError::NotFound));
+        assert_eq!(parse("/v2/a/blobs/"), Err(RouteError::NotFound));
+        assert_eq!(parse("/v2/blobs/x"), Err(RouteError::NotFound));
+    }
+}

@@ -1,0 +1,273 @@
+//! Upload endpoints: start (or mount), PATCH a chunk, PUT to complete,
+//! status, cancel. Request bodies stream into the session actor in batches
+//! of hyper's own `Bytes` frames: reading the next batch from the socket
+//! overlaps with the actor writing the previous one, and at most those two
+//! batches per upload are in memory.
+
+use super::error::ApiError;
+use super::query::Query;
+use super::{empty_response, AppState, HttpResult};
+use crate::oci::{ContentRange, Digest, RepoName};
+use crate::upload::{SessionHandle, UploadError};
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::future::Future;
+use std::pin::Pin;
+use tokio::sync::OwnedSemaphorePermit;
+
+pub(super) async fn start(
+    st: &AppState,
+    name: &RepoName,
+    query: &Query,
+    req: Request<Incoming>,
+) -> HttpResult {
+    if let Some(mount) = query.get("mount") {
+        let digest = Digest::parse(mount)?;
+        if let Some(from) = query.get("from").and_then(|f| RepoName::parse(f).ok()) {
+            if let Some(size) = st.meta.blob_link(&from, &digest)? {
+                if st.store.exists(&digest) {
+                    st.meta.link_blob(name, &digest, size).await?;
+                    return Ok(created(name, &digest));
+                }
+            }
+        }
+        // Not mountable: the spec says to fall back to a normal session.
+    } else if let Some(d) = query.get("digest") {
+        let digest = Digest::parse(d)?;
+        let session = st.uploads.create(name).await?;
+        let result = async {
+            stream_body(st, &session, 0, req.into_body()).await?;
+            complete(st, &session, &digest).await
+        }
+        .await;
+        if result.is_err() {
+            // A one-request push has no session the client could resume.
+            let _ = st.uploads.discard(session.id).await;
+        }
+        return result;
+    }
+    let session = st.uploads.create(name).await?;
+    Ok(upload_progress(StatusCode::ACCEPTED, &session, 0))
+}
+
+pub(super) async fn patch(
+    st: &AppState,
+    name: &RepoName,
+    id: &str,
+    req: Request<Incoming>,
+) -> HttpResult {
+    let session = st.uploads.get(name, id)?;
+    let offset = session.len().await?;
+    let at = chunk_start(&req, offset)?;
+    let new_len = stream_body(st, &session, at, req.into_body()).await?;
+    Ok(upload_progress(StatusCode::ACCEPTED, &session, new_len))
+}
+
+pub(super) async fn put(
+    st: &AppState,
+    name: &RepoName,
+    id: &str,
+    query: &Query,
+    req: Request<Incoming>,
+) -> HttpResult {
+    let session = st.uploads.get(name, id)?;
+    let digest = Digest::parse(
+        query
+            .get("digest")
+            .ok_or_else(|| ApiError::DigestInvalid("the digest query parameter is required".into()))?,
+    )?;
+    let offset = session.len().await?;
+    let at = chunk_start(&req, offset)?;
+    stream_body(st, &session, at, req.into_body()).await?;
+    complete(st, &session, &digest).await
+}
+
+pub(super) async fn status(st: &AppState, name: &RepoName, id: &str) -> HttpResult {
+    let session = st.uploads.get(name, id)?;
+    let len = session.len().await?;
+    Ok(upload_progress(StatusCode::NO_CONTENT, &session, len))
+}
+
+pub(super) async fn cancel(st: &AppState, name: &RepoName, id: &str) -> HttpResult {
+    let session = st.uploads.get(name, id)?;
+    st.uploads.discard(session.id).await?;
+    Ok(empty_response(StatusCode::NO_CONTENT, &[]))
+}
+
+/// Where a chunk must start: its `Content-Range` start, which has to equal
+/// the session's current length (else 416), or that length when absent.
+fn chunk_start(req: &Request<Incoming>, offset: u64) -> Result<u64, ApiError> {
+    let Some(v) = req.headers().get(http::header::CONTENT_RANGE) else {
+        return Ok(offset);
+    };
+    let text = v
+        .to_str()
+        .map_err(|_| ApiError::UploadRange("Content-Range is not ASCII".into()))?;
+    let range = ContentRange::parse(text)?;
+    if range.start != offset {
+        return Err(UploadError::OutOfOrder { offset }.into());
+    }
+    if let Some(len) = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len != range.len() {
+            return Err(ApiError::UploadRange(format!(
+                "Content-Range covers {} bytes but Content-Length is {len}",
+                range.len()
+            )));
+        }
+    }
+    Ok(range.start)
+}
+
+/// Verifies and commits a session's content under `digest`, links it to
+/// the session's repository, and ends the session.
+async fn complete(st: &AppState, session: &SessionHandle, digest: &Digest) -> HttpResult {
+    let sealed = session.seal(digest).await?;
+    if let Err(e) = st.store.commit(digest, sealed.staged).await {
+        let _ = session.unseal().await;
+        return Err(e.into());
+    }
+    st.meta.link_blob(&session.repo, digest, sealed.size).await?;
+    let _ = st.uploads.discard(session.id).await;
+    Ok(created(&session.repo, digest))
+}
+
+fn created(name: &RepoName, digest: &Digest) -> http::Response<super::body::Body> {
+    empty_response(
+        StatusCode::CREATED,
+        &[
+            ("location", format!("/v2/{name}/blobs/{digest}")),
+            ("docker-content-digest", digest.to_string()),
+        ],
+    )
+}
+
+fn upload_progress(
+    status: StatusCode,
+    session: &SessionHandle,
+    len: u64,
+) -> http::Response<super::body::Body> {
+    empty_response(
+        status,
+        &[
+            (
+                "location",
+                format!("/v2/{}/blobs/uploads/{}", session.repo, session.id),
+            ),
+            ("range", format!("0-{}", len.saturating_sub(1))),
+            ("docker-upload-uuid", session.id.to_string()),
+        ],
+    )
+}
+
+/// How a batch of body frames ended.
+enum BatchEnd {
+    /// The batch is full; more body follows.
+    Full,
+    Eof,
+    /// The client hung up or stalled; what was read before still counts.
+    Broken(String),
+}
+
+struct Batch {
+    chunks: Vec<Bytes>,
+    bytes: usize,
+    permit: OwnedSemaphorePermit,
+    end: BatchEnd,
+}
+
+type Append<'a> = Pin<Box<dyn Future<Output = Result<u64, UploadError>> + Send + 'a>>;
+
+/// Streams a request body into the session at offset `at`; returns the
+/// session's new length. Bytes that arrived before a client hung up are
+/// written, so a resumed upload continues from them.
+async fn stream_body(
+    st: &AppState,
+    session: &SessionHandle,
+    mut at: u64,
+    mut body: Incoming,
+) -> Result<u64, ApiError> {
+    let mut inflight: Option<Append<'_>> = None;
+    loop {
+        let next = collect_batch(st, &mut body);
+        let (batch, previous) = match inflight.take() {
+            Some(write) => {
+                let (b, w) = tokio::join!(next, write);
+                (b, Some(w))
+            }
+            None => (next.await, None),
+        };
+        if let Some(w) = previous {
+            at = w?;
+        }
+        let batch = batch?;
+        if batch.bytes > 0 {
+            let s = session.clone();
+            let (chunks, permit) = (batch.chunks, batch.permit);
+            inflight = Some(Box::pin(async move {
+                let r = s.append(Some(at), chunks).await;
+                drop(permit);
+                r
+            }));
+        }
+        match batch.end {
+            BatchEnd::Full => continue,
+            BatchEnd::Eof | BatchEnd::Broken(_) => {
+                if let Some(w) = inflight.take() {
+                    at = w.await?;
+                }
+                if let BatchEnd::Broken(why) = batch.end {
+                    return Err(ApiError::BlobUploadInvalid(format!(
+                        "request body ended early ({why}); {at} bytes are stored, resume from there"
+                    )));
+                }
+                return Ok(at);
+            }
+        }
+    }
+}
+
+/// Reads frames until a batch's worth of bytes, the end of the body, or an
+/// error. Takes the batch's share of the memory budget first.
+async fn collect_batch(st: &AppState, body: &mut Incoming) -> Result<Batch, ApiError> {
+    let max = st.batch_bytes();
+    let permit = st
+        .body_budget
+        .clone()
+        .acquire_many_owned((max / 1024) as u32)
+        .await
+        .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
+    let idle = st.config.actor_call_timeout();
+    let mut chunks = Vec::new();
+    let mut bytes = 0usize;
+    let end = loop {
+        if bytes >= max {
+            break BatchEnd::Full;
+        }
+        match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => break BatchEnd::Broken("no data for too long".into()),
+            Ok(None) => break BatchEnd::Eof,
+            Ok(Some(Err(e))) => break BatchEnd::Broken(e.to_string()),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    if !data.is_empty() {
+                        bytes += data.len();
+                        chunks.push(data);
+                    }
+                }
+            }
+        }
+    };
+    Ok(Batch {
+        chunks,
+        bytes,
+        permit,
+        end,
+    })
+}

@@ -1,0 +1,31 @@
+//! Wharf: a container image registry (Docker Registry HTTP API V2 / OCI
+//! Distribution Spec v1.1) built around an actor-based upload engine.
+//!
+//! # Layout
+//! - [`config`]: the one typed configuration (defaults, TOML file, flags).
+//! - [`server`]: start-up, the accept loop, graceful shutdown.
+//! - [`http`]: routing, OCI errors, and the request handlers.
+//! - [`oci`]: pure protocol grammar (names, digests, references, ranges).
+//! - [`upload`]: one ractor actor per upload session, owning its sha256
+//!   state and append-only file; the uuid -> session table; idle purge;
+//!   recovery after restart.
+//! - [`store`]: content-addressed blobs; a pool of shard actors routed by
+//!   digest commits and deduplicates; reads are mmap'd `Bytes`.
+//! - [`meta`]: the transactional metadata store (redb) with a group-commit
+//!   writer.
+//!
+//! The path of a push: `http` streams request-body frames into the session
+//! actor; on completion the session verifies and syncs its file, `store`
+//! renames it into place (or drops it as a duplicate), `meta` links the blob
+//! to the repository, and only then does the client get its 201.
+
+pub mod config;
+pub mod http;
+pub mod meta;
+pub mod oci;
+pub mod server;
+pub mod store;
+pub mod upload;
+
+pub use config::Config;
+pub use server::Server;

@@ -1,0 +1,157 @@
+//! Content-addressed blob storage on the local filesystem.
+//!
+//! Owns: `<root>/blobs/`, the commit of a finished upload into it (durable,
+//! deduplicated), opening blobs for reads, and removing them.
+//! Must not: know about HTTP, repositories or tags; which repository may
+//! read which blob is the metadata store's business.
+//!
+//! ```text
+//! <root>/blobs/sha256/ab/abcdef...   immutable; written once by rename
+//! <root>/blobs/sha512/12/1234...
+//! ```
+//! A blob file exists only once its bytes are synced, so a crash never
+//! leaves a half-written blob under a digest. Work on one digest runs on one
+//! shard actor (routed by digest), which makes concurrent commits of one
+//! digest keep exactly one copy without any lock.
+
+mod blob;
+mod shard;
+
+pub use blob::BlobBytes;
+
+use crate::oci::Digest;
+use ractor::{Actor, ActorRef};
+use shard::{Shard, ShardMsg};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage I/O: {0}")]
+    Io(#[from] io::Error),
+    #[error("content store is not answering: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// True when the disk is full, which the HTTP layer reports differently.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, StoreError::Io(e) if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT))
+    }
+}
+
+/// What a commit did with the staged file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// The staged file became the blob.
+    Stored,
+    /// The blob was already there; the staged file was removed.
+    Deduplicated,
+}
+
+/// Handle to the store and its shard actors.
+pub struct ContentStore {
+    root: PathBuf,
+    shards: Vec<ActorRef<ShardMsg>>,
+    joins: Vec<tokio::task::JoinHandle<()>>,
+    call_timeout: Duration,
+}
+
+impl ContentStore {
+    pub async fn start(
+        root: &Path,
+        shards: usize,
+        fsync: bool,
+        call_timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let blobs = root.join("blobs");
+        for alg in ["sha256", "sha512"] {
+            std::fs::create_dir_all(blobs.join(alg))?;
+        }
+        let mut refs = Vec::with_capacity(shards);
+        let mut joins = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            let (r, j) = Actor::spawn(None, Shard, shard::ShardArgs { fsync })
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            refs.push(r);
+            joins.push(j);
+        }
+        Ok(ContentStore {
+            root: blobs,
+            shards: refs,
+            joins,
+            call_timeout,
+        })
+    }
+
+    /// Where the blob for `digest` lives. The digest is validated hex, so
+    /// the path cannot escape the store.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        blob_path(&self.root, digest)
+    }
+
+    pub fn exists(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Moves a staged file (bytes already synced and verified to hash to
+    /// `digest`) into place, or drops it if the blob already exists.
+    pub async fn commit(&self, digest: &Digest, staged: PathBuf) -> Result<Commit, StoreError> {
+        let shard = &self.shards[shard_of(digest, self.shards.len())];
+        let target = self.blob_path(digest);
+        match shard
+            .call(
+                |reply| ShardMsg::Commit {
+                    staged,
+                    target,
+                    reply,
+                },
+                Some(self.call_timeout),
+            )
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(r)) => r.map_err(StoreError::Io),
+            Ok(ractor::rpc::CallResult::Timeout) => {
+                Err(StoreError::Unavailable("commit timed out".into()))
+            }
+            Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
+                Err(StoreError::Unavailable("shard actor stopped".into()))
+            }
+        }
+    }
+
+    /// Opens a blob for reading; `None` when it does not exist.
+    pub fn open(&self, digest: &Digest) -> Result<Option<BlobBytes>, StoreError> {
+        BlobBytes::open(&self.blob_path(digest))
+    }
+
+    /// Stops the shard actors after they finish the message at hand.
+    pub async fn stop(self) {
+        for s in &self.shards {
+            s.stop(None);
+        }
+        for j in self.joins {
+            let _ = j.await;
+        }
+    }
+}
+
+pub(crate) fn blob_path(blobs_root: &Path, digest: &Digest) -> PathBuf {
+    let hex = digest.hex();
+    blobs_root
+        .join(digest.algorithm().as_str())
+        .join(&hex[..2])
+        .join(hex)
+}
+
+/// The digest is already uniformly distributed: its first bytes pick a shard.
+fn shard_of(digest: &Digest, shards: usize) -> usize {
+    let h = digest.hex().as_bytes();
+    let mut v: usize = 0;
+    for &b in &h[..8] {
+        v = (v << 4) | (b as char).to_digit(16).unwrap_or(0) as usize;
+    }
+    v % shards
+}

@@ -1,0 +1,91 @@
+//! One content-store shard: an actor that serialises every commit of the
+//! digests routed to it, so a digest is renamed into place at most once.
+
+use super::Commit;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub struct Shard;
+
+pub struct ShardArgs {
+    pub fsync: bool,
+}
+
+pub enum ShardMsg {
+    Commit {
+        staged: PathBuf,
+        target: PathBuf,
+        reply: RpcReplyPort<io::Result<Commit>>,
+    },
+}
+
+impl Actor for Shard {
+    type Msg = ShardMsg;
+    type State = ShardArgs;
+    type Arguments = ShardArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: ShardArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ShardMsg::Commit {
+                staged,
+                target,
+                reply,
+            } => {
+                let fsync = state.fsync;
+                // The rename and directory sync block; keep them off the
+                // async workers. The actor still awaits, so commits of one
+                // shard stay serialised.
+                let result = tokio::task::spawn_blocking(move || commit(&staged, &target, fsync))
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+                let _ = reply.send(result);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn commit(staged: &Path, target: &Path, fsync: bool) -> io::Result<Commit> {
+    if target.is_file() {
+        std::fs::remove_file(staged)?;
+        return Ok(Commit::Deduplicated);
+    }
+    let dir = target
+        .parent()
+        .ok_or_else(|| io::Error::other("blob path has no parent"))?;
+    let created_dir = if dir.is_dir() {
+        false
+    } else {
+        std::fs::create_dir_all(dir)?;
+        true
+    };
+    std::fs::rename(staged, target)?;
+    if fsync {
+        sync_dir(dir)?;
+        if created_dir {
+            if let Some(up) = dir.parent() {
+                sync_dir(up)?;
+            }
+        }
+    }
+    Ok(Commit::Stored)
+}
+
+/// Makes a directory's entries (a rename into it) durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}

@@ -1,0 +1,269 @@
+//! Upload sessions: one actor per resumable upload, and the registry that
+//! finds them by id.
+//!
+//! Owns: `<root>/uploads/<uuid>/` (the append-only `data` file and a small
+//! `info` file naming the repository), the uuid -> actor table, the idle
+//! purge, and recovery of sessions after a restart.
+//! Must not: know about tags or manifests, or move a finished upload into the
+//! content store (the caller commits the sealed file it is handed).
+
+mod session;
+
+pub use session::{Sealed, SessionMsg};
+
+use crate::oci::{Digest, RepoName};
+use bytes::Bytes;
+use dashmap::DashMap;
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorRef};
+use serde::{Deserialize, Serialize};
+use session::{Session, SessionArgs};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("upload session not found")]
+    Unknown,
+    #[error("chunk does not start at the session's offset {offset}")]
+    OutOfOrder { offset: u64 },
+    #[error("upload content hashes to {actual}, not {expected}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("upload is being completed by another request")]
+    Sealed,
+    #[error("upload storage I/O: {0}")]
+    Io(#[from] io::Error),
+    #[error("upload session is not answering: {0}")]
+    Unavailable(&'static str),
+}
+
+/// What a session keeps on disk beside its data, so a restart can find it.
+#[derive(Debug, Serialize, Deserialize)]
+struct SessionInfo {
+    repo: String,
+}
+
+struct SessionEntry {
+    handle: SessionHandle,
+    join: tokio::task::JoinHandle<()>,
+}
+
+/// A live session, as handed to request handlers. Cheap to clone.
+#[derive(Clone)]
+pub struct SessionHandle {
+    pub id: Uuid,
+    pub repo: RepoName,
+    actor: ActorRef<SessionMsg>,
+    last_used_ms: Arc<AtomicU64>,
+    epoch: Instant,
+    call_timeout: Duration,
+}
+
+impl SessionHandle {
+    fn touch(&self) {
+        self.last_used_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        build: impl FnOnce(ractor::RpcReplyPort<T>) -> SessionMsg,
+    ) -> Result<T, UploadError> {
+        self.touch();
+        match self.actor.call(build, Some(self.call_timeout)).await {
+            Ok(CallResult::Success(v)) => Ok(v),
+            Ok(CallResult::Timeout) => Err(UploadError::Unavailable("timed out")),
+            // The actor stopped: the session was cancelled or completed.
+            Ok(CallResult::SenderError) | Err(_) => Err(UploadError::Unknown),
+        }
+    }
+
+    /// Appends `chunks` at offset `at` (any offset when `None`); returns the
+    /// new length of the upload.
+    pub async fn append(&self, at: Option<u64>, chunks: Vec<Bytes>) -> Result<u64, UploadError> {
+        self.call(|reply| SessionMsg::Append { at, chunks, reply })
+            .await?
+    }
+
+    /// Bytes received so far.
+    pub async fn len(&self) -> Result<u64, UploadError> {
+        self.call(|reply| SessionMsg::Status { reply }).await
+    }
+
+    /// Verifies the content against `digest`, syncs it, and freezes the
+    /// session; the returned file may then be committed.
+    pub async fn seal(&self, digest: &Digest) -> Result<Sealed, UploadError> {
+        let digest = digest.clone();
+        self.call(|reply| SessionMsg::Seal { digest, reply }).await?
+    }
+
+    /// Reopens a sealed session whose commit failed.
+    pub async fn unseal(&self) -> Result<(), UploadError> {
+        self.call(|reply| SessionMsg::Unseal { reply }).await
+    }
+}
+
+/// All live sessions of this node.
+pub struct UploadRegistry {
+    dir: PathBuf,
+    sessions: DashMap<Uuid, SessionEntry>,
+    fsync: bool,
+    call_timeout: Duration,
+    epoch: Instant,
+}
+
+impl UploadRegistry {
+    /// Opens `<root>/uploads`, restarting an actor for every session found
+    /// there (its offset is the length of its data file) and removing
+    /// leftovers that are not sessions.
+    pub async fn start(root: &Path, fsync: bool, call_timeout: Duration) -> io::Result<Self> {
+        let dir = root.join("uploads");
+        std::fs::create_dir_all(&dir)?;
+        let reg = UploadRegistry {
+            dir,
+            sessions: DashMap::new(),
+            fsync,
+            call_timeout,
+            epoch: Instant::now(),
+        };
+        for entry in std::fs::read_dir(&reg.dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            let recovered = match entry.file_name().to_str().and_then(|n| Uuid::parse_str(n).ok()) {
+                Some(id) => match read_info(&path) {
+                    Some(repo) => reg.spawn(id, repo, false).await.is_ok(),
+                    None => false,
+                },
+                None => false,
+            };
+            if !recovered {
+                tracing::warn!(path = %path.display(), "removing unrecognised upload leftover");
+                let _ = remove_path(&path);
+            } else {
+                tracing::info!(id = %entry.file_name().to_string_lossy(), "recovered upload session");
+            }
+        }
+        Ok(reg)
+    }
+
+    async fn spawn(&self, id: Uuid, repo: RepoName, fresh: bool) -> Result<SessionHandle, UploadError> {
+        let dir = self.dir.join(id.to_string());
+        let args = SessionArgs {
+            dir,
+            fresh,
+            repo: repo.clone(),
+            fsync: self.fsync,
+        };
+        let (actor, join) = Actor::spawn(None, Session, args)
+            .await
+            .map_err(|e| UploadError::Io(io::Error::other(e.to_string())))?;
+        let handle = SessionHandle {
+            id,
+            repo,
+            actor,
+            last_used_ms: Arc::new(AtomicU64::new(0)),
+            epoch: self.epoch,
+            call_timeout: self.call_timeout,
+        };
+        handle.touch();
+        self.sessions.insert(
+            id,
+            SessionEntry {
+                handle: handle.clone(),
+                join,
+            },
+        );
+        Ok(handle)
+    }
+
+    /// Starts a new, empty session for `repo`.
+    pub async fn create(&self, repo: &RepoName) -> Result<SessionHandle, UploadError> {
+        self.spawn(Uuid::new_v4(), repo.clone(), true).await
+    }
+
+    /// Finds the session `id` of `repo`. An id that is not a uuid, or a
+    /// session of another repository, is unknown.
+    pub fn get(&self, repo: &RepoName, id: &str) -> Result<SessionHandle, UploadError> {
+        let parsed = Uuid::parse_str(id).map_err(|_| UploadError::Unknown)?;
+        // Only the canonical form we hand out names a session, so braced or
+        // upper-case spellings never alias one.
+        if parsed.hyphenated().to_string() != id {
+            return Err(UploadError::Unknown);
+        }
+        match self.sessions.get(&parsed) {
+            Some(e) if &e.handle.repo == repo => Ok(e.handle.clone()),
+            _ => Err(UploadError::Unknown),
+        }
+    }
+
+    /// Ends a session and deletes its files (cancel, or after its sealed file
+    /// was committed).
+    pub async fn discard(&self, id: Uuid) -> Result<(), UploadError> {
+        let Some((_, entry)) = self.sessions.remove(&id) else {
+            return Err(UploadError::Unknown);
+        };
+        let _ = entry
+            .handle
+            .actor
+            .call(|reply| SessionMsg::Discard { reply }, Some(self.call_timeout))
+            .await;
+        let _ = entry.join.await;
+        Ok(())
+    }
+
+    /// Discards every session untouched for `idle`; returns how many.
+    pub async fn purge_idle(&self, idle: Duration) -> usize {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let limit = idle.as_millis() as u64;
+        let stale: Vec<Uuid> = self
+            .sessions
+            .iter()
+            .filter(|e| now.saturating_sub(e.handle.last_used_ms.load(Ordering::Relaxed)) >= limit)
+            .map(|e| *e.key())
+            .collect();
+        let mut n = 0;
+        for id in stale {
+            if self.discard(id).await.is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Stops every actor, keeping its files for the next start.
+    pub async fn stop_all(&self) {
+        let ids: Vec<Uuid> = self.sessions.iter().map(|e| *e.key()).collect();
+        for id in ids {
+            if let Some((_, e)) = self.sessions.remove(&id) {
+                e.handle.actor.stop(None);
+                let _ = e.join.await;
+            }
+        }
+    }
+}
+
+fn read_info(dir: &Path) -> Option<RepoName> {
+    let text = std::fs::read(dir.join("info")).ok()?;
+    let info: SessionInfo = serde_json::from_slice(&text).ok()?;
+    RepoName::parse(&info.repo).ok()
+}
+
+fn remove_path(p: &Path) -> io::Result<()> {
+    if p.is_dir() {
+        std::fs::remove_dir_all(p)
+    } else {
+        std::fs::remove_file(p)
+    }
+}
