@@ -93,7 +93,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("upload_idle_timeout_secs", self.upload_idle_timeout_secs),
-            ("upload_purge_interval_secs", self.upload_purge_interval_secs),
+            (
+                "upload_purge_interval_secs",
+                self.upload_purge_interval_secs,
+            ),
             ("upload_memory_budget_mib", self.upload_memory_budget_mib),
             ("upload_batch_kib", self.upload_batch_kib),
             ("store_shards", self.store_shards as u64),

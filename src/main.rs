@@ -10,7 +10,11 @@ use wharf::{Config, Server};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "wharf", version, about = "A container image registry for build farms")]
+#[command(
+    name = "wharf",
+    version,
+    about = "A container image registry for build farms"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -65,7 +69,10 @@ fn main() -> ExitCode {
 
 fn serve(cfg: Config) -> ExitCode {
     raise_fd_limit();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("wharf: cannot start the runtime: {e}");

@@ -72,12 +72,13 @@ impl Server {
         let uploads = UploadRegistry::start(&root, config.fsync, config.actor_call_timeout())
             .await
             .map_err(ServerError::Uploads)?;
-        let listener = TcpListener::bind(config.addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: config.addr,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.addr,
+                    source,
+                })?;
         let addr = listener.local_addr().map_err(|source| ServerError::Bind {
             addr: config.addr,
             source,
@@ -162,7 +163,10 @@ async fn run(
     drop(listener);
     let grace = Duration::from_secs(state.config.shutdown_grace_secs);
     tracing::info!("shutting down: waiting up to {grace:?} for requests in flight");
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("grace period over; closing remaining connections");
     }
     connections.shutdown().await;

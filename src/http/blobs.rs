@@ -15,13 +15,22 @@ pub(super) fn get(
     req_headers: &HeaderMap,
     head_only: bool,
 ) -> HttpResult {
-    let size = st.meta.blob_link(name, digest)?.ok_or(ApiError::BlobUnknown)?;
+    let size = st
+        .meta
+        .blob_link(name, digest)?
+        .ok_or(ApiError::BlobUnknown)?;
     let range = match req_headers.get(http::header::RANGE).map(|v| v.to_str()) {
         Some(Ok(r)) => ByteRange::resolve(r, size),
         _ => RangeRequest::Whole,
     };
     let (status, slice) = match range {
-        RangeRequest::Whole => (StatusCode::OK, ByteRange { start: 0, end: size }),
+        RangeRequest::Whole => (
+            StatusCode::OK,
+            ByteRange {
+                start: 0,
+                end: size,
+            },
+        ),
         RangeRequest::Partial(r) => (StatusCode::PARTIAL_CONTENT, r),
         RangeRequest::Unsatisfiable => return Err(ApiError::RangeNotSatisfiable { size }),
     };
@@ -45,7 +54,10 @@ pub(super) fn get(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    h.insert(http::header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        http::header::ACCEPT_RANGES,
+        HeaderValue::from_static("bytes"),
+    );
     if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
         h.insert("docker-content-digest", v.clone());
         if let Ok(etag) = HeaderValue::from_str(&format!("\"{digest}\"")) {
@@ -57,11 +69,9 @@ pub(super) fn get(
         HeaderValue::from_static("max-age=31536000"),
     );
     if status == StatusCode::PARTIAL_CONTENT {
-        if let Ok(v) = HeaderValue::from_str(&format!(
-            "bytes {}-{}/{size}",
-            slice.start,
-            slice.end - 1
-        )) {
+        if let Ok(v) =
+            HeaderValue::from_str(&format!("bytes {}-{}/{size}", slice.start, slice.end - 1))
+        {
             h.insert(http::header::CONTENT_RANGE, v);
         }
     }
@@ -72,7 +82,9 @@ pub(super) fn get(
 /// collection finds no repository or manifest using them.
 pub(super) async fn delete(st: &AppState, name: &RepoName, digest: &Digest) -> HttpResult {
     if !st.config.delete_enabled {
-        return Err(ApiError::Unsupported("deletes are disabled on this registry".into()));
+        return Err(ApiError::Unsupported(
+            "deletes are disabled on this registry".into(),
+        ));
     }
     if st.meta.blob_link(name, digest)?.is_none() {
         return Err(ApiError::BlobUnknown);

@@ -6,8 +6,8 @@
 //! Must not: touch files directly; it goes through the upload registry, the
 //! content store and the metadata store.
 
-pub mod body;
 mod blobs;
+pub mod body;
 pub mod error;
 pub mod query;
 pub mod route;
@@ -82,9 +82,7 @@ async fn dispatch(st: &AppState, req: Request<Incoming>) -> HttpResult {
         (Method::POST, Endpoint::UploadStart { name }) => {
             uploads::start(st, &name, &query, req).await
         }
-        (Method::PATCH, Endpoint::Upload { name, id }) => {
-            uploads::patch(st, &name, &id, req).await
-        }
+        (Method::PATCH, Endpoint::Upload { name, id }) => uploads::patch(st, &name, &id, req).await,
         (Method::PUT, Endpoint::Upload { name, id }) => {
             uploads::put(st, &name, &id, &query, req).await
         }

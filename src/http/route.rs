@@ -11,12 +11,28 @@ use crate::oci::{Digest, ParseError, Reference, RepoName};
 pub enum Endpoint {
     Base,
     Catalog,
-    Tags { name: RepoName },
-    Manifest { name: RepoName, reference: Reference },
-    Blob { name: RepoName, digest: Digest },
-    UploadStart { name: RepoName },
-    Upload { name: RepoName, id: String },
-    Referrers { name: RepoName, digest: Digest },
+    Tags {
+        name: RepoName,
+    },
+    Manifest {
+        name: RepoName,
+        reference: Reference,
+    },
+    Blob {
+        name: RepoName,
+        digest: Digest,
+    },
+    UploadStart {
+        name: RepoName,
+    },
+    Upload {
+        name: RepoName,
+        id: String,
+    },
+    Referrers {
+        name: RepoName,
+        digest: Digest,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]

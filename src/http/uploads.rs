@@ -73,11 +73,9 @@ pub(super) async fn put(
     req: Request<Incoming>,
 ) -> HttpResult {
     let session = st.uploads.get(name, id)?;
-    let digest = Digest::parse(
-        query
-            .get("digest")
-            .ok_or_else(|| ApiError::DigestInvalid("the digest query parameter is required".into()))?,
-    )?;
+    let digest = Digest::parse(query.get("digest").ok_or_else(|| {
+        ApiError::DigestInvalid("the digest query parameter is required".into())
+    })?)?;
     let offset = session.len().await?;
     let at = chunk_start(&req, offset)?;
     stream_body(st, &session, at, req.into_body()).await?;
@@ -133,7 +131,9 @@ async fn complete(st: &AppState, session: &SessionHandle, digest: &Digest) -> Ht
         let _ = session.unseal().await;
         return Err(e.into());
     }
-    st.meta.link_blob(&session.repo, digest, sealed.size).await?;
+    st.meta
+        .link_blob(&session.repo, digest, sealed.size)
+        .await?;
     let _ = st.uploads.discard(session.id).await;
     Ok(created(&session.repo, digest))
 }

@@ -22,7 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 pub use writer::MetaWrite;
 
 /// (repository, digest) -> blob size
-pub(crate) const BLOB_LINKS: TableDefinition<(&str, &str), u64> = TableDefinition::new("blob_links");
+pub(crate) const BLOB_LINKS: TableDefinition<(&str, &str), u64> =
+    TableDefinition::new("blob_links");
 /// repository -> unix seconds of its first write
 pub(crate) const REPOS: TableDefinition<&str, u64> = TableDefinition::new("repos");
 
@@ -105,7 +106,12 @@ impl Meta {
         wait.await.map_err(|_| MetaError::WriterGone)?
     }
 
-    pub async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<(), MetaError> {
+    pub async fn link_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), MetaError> {
         self.write(vec![MetaWrite::LinkBlob {
             repo: repo.clone(),
             digest: digest.clone(),

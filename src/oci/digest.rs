@@ -46,9 +46,9 @@ impl Digest {
             other => {
                 // The grammar allows other algorithms; we do not implement them.
                 let well_formed = !other.is_empty()
-                    && other
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b));
+                    && other.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b)
+                    });
                 return Err(if well_formed {
                     ParseError::DigestAlgorithm(other.to_owned())
                 } else {
@@ -57,7 +57,9 @@ impl Digest {
             }
         };
         if hex.len() != algorithm.hex_len()
-            || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
             return Err(ParseError::Digest(format!(
                 "{alg} digest must be {} lowercase hex characters",

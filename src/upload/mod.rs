@@ -98,7 +98,8 @@ impl SessionHandle {
     /// session; the returned file may then be committed.
     pub async fn seal(&self, digest: &Digest) -> Result<Sealed, UploadError> {
         let digest = digest.clone();
-        self.call(|reply| SessionMsg::Seal { digest, reply }).await?
+        self.call(|reply| SessionMsg::Seal { digest, reply })
+            .await?
     }
 
     /// Reopens a sealed session whose commit failed.
@@ -133,7 +134,11 @@ impl UploadRegistry {
         for entry in std::fs::read_dir(&reg.dir)? {
             let entry = entry?;
             let path = entry.path();
-            let recovered = match entry.file_name().to_str().and_then(|n| Uuid::parse_str(n).ok()) {
+            let recovered = match entry
+                .file_name()
+                .to_str()
+                .and_then(|n| Uuid::parse_str(n).ok())
+            {
                 Some(id) => match read_info(&path) {
                     Some(repo) => reg.spawn(id, repo, false).await.is_ok(),
                     None => false,
@@ -150,7 +155,12 @@ impl UploadRegistry {
         Ok(reg)
     }
 
-    async fn spawn(&self, id: Uuid, repo: RepoName, fresh: bool) -> Result<SessionHandle, UploadError> {
+    async fn spawn(
+        &self,
+        id: Uuid,
+        repo: RepoName,
+        fresh: bool,
+    ) -> Result<SessionHandle, UploadError> {
         let dir = self.dir.join(id.to_string());
         let args = SessionArgs {
             dir,
@@ -209,7 +219,10 @@ impl UploadRegistry {
         let _ = entry
             .handle
             .actor
-            .call(|reply| SessionMsg::Discard { reply }, Some(self.call_timeout))
+            .call(
+                |reply| SessionMsg::Discard { reply },
+                Some(self.call_timeout),
+            )
             .await;
         let _ = entry.join.await;
         Ok(())

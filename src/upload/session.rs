@@ -99,7 +99,11 @@ impl Actor for Session {
         Ok(SessionState {
             dir,
             len,
-            hasher: if args.fresh { Some(Sha256::new()) } else { None },
+            hasher: if args.fresh {
+                Some(Sha256::new())
+            } else {
+                None
+            },
             sealed: false,
             fsync: args.fsync,
         })
@@ -233,7 +237,13 @@ async fn seal(state: &mut SessionState, digest: Digest) -> Result<Sealed, Upload
                 return (Some(hasher), Err(UploadError::Io(e)));
             }
         }
-        (Some(hasher), Ok(Sealed { staged: data, size: len }))
+        (
+            Some(hasher),
+            Ok(Sealed {
+                staged: data,
+                size: len,
+            }),
+        )
     })
     .await
     .unwrap_or_else(|e| (None, Err(UploadError::Io(io::Error::other(e.to_string())))));
