@@ -1,0 +1,219 @@
+//! The `wharf` binary as an operator runs it: a 1 GiB blob pushed and pulled
+//! with the server's memory measured from /proc, and graceful shutdown on
+//! SIGTERM keeping upload sessions for the next start.
+
+mod common;
+
+use common::*;
+use futures_util::stream;
+use sha2::{Digest as _, Sha256};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct WharfProcess {
+    child: Child,
+    base: String,
+}
+
+impl WharfProcess {
+    fn start(root: &std::path::Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--root"])
+            .arg(root)
+            .env("WHARF_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("wharf binary starts");
+        let out = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(out).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let base = loop {
+            assert!(Instant::now() < deadline, "wharf did not report its address");
+            let line = lines.next().expect("wharf exited early").unwrap();
+            if let Some(rest) = line.split("addr=").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap();
+                break format!("http://{addr}");
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        WharfProcess { child, base }
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        s.lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+}
+
+impl Drop for WharfProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const GIB: usize = 1 << 30;
+const BLOCK: usize = 1 << 20;
+
+/// Block `i` of the 1 GiB test blob: a shared random block stamped with its
+/// index, so no two blocks are equal.
+fn block(base: &[u8], i: usize) -> Vec<u8> {
+    let mut b = base.to_vec();
+    b[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_blob_round_trip_with_bounded_server_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let wharf = WharfProcess::start(dir.path());
+    let client = reqwest::Client::new();
+    let base = payload(BLOCK, 99);
+    let mut h = Sha256::new();
+    for i in 0..GIB / BLOCK {
+        h.update(block(&base, i));
+    }
+    let d = format!("sha256:{}", hex::encode(h.finalize()));
+
+    // docker's way: one streamed PATCH, then PUT.
+    let r = client
+        .post(format!("{}/v2/big/blobs/uploads/", wharf.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let loc = location(&r);
+    let b2 = base.clone();
+    let body = stream::iter((0..GIB / BLOCK).map(move |i| Ok::<_, std::io::Error>(block(&b2, i))));
+    let r = client
+        .patch(format!("{}{loc}", wharf.base))
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let loc = location(&r);
+    let r = client
+        .put(format!("{}{loc}?digest={d}", wharf.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    let peak_kib = wharf.status_kib("VmHWM:");
+    assert!(
+        peak_kib < 256 * 1024,
+        "server peak RSS {peak_kib} KiB while receiving 1 GiB"
+    );
+
+    // Pull it back, hashing as it streams.
+    let mut r = client
+        .get(format!("{}/v2/big/blobs/{d}", wharf.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut h = Sha256::new();
+    let mut n = 0usize;
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        n += chunk.len();
+        h.update(&chunk);
+    }
+    assert_eq!(n, GIB);
+    assert_eq!(format!("sha256:{}", hex::encode(h.finalize())), d);
+    // The mapping's pages are page cache (RssFile); what the server itself
+    // allocated stays small.
+    let anon_kib = wharf.status_kib("RssAnon:");
+    assert!(anon_kib < 256 * 1024, "server anonymous RSS {anon_kib} KiB after serving 1 GiB");
+
+    // And chunked: 64 MiB in 4 MiB PATCHes with Content-Range.
+    let data = payload(64 << 20, 5);
+    let d64 = digest(&data);
+    let r = client
+        .post(format!("{}/v2/big/blobs/uploads/", wharf.base))
+        .send()
+        .await
+        .unwrap();
+    let mut loc = location(&r);
+    for (i, c) in data.chunks(4 << 20).enumerate() {
+        let start = i * (4 << 20);
+        let r = client
+            .patch(format!("{}{loc}", wharf.base))
+            .header("content-range", format!("{}-{}", start, start + c.len() - 1))
+            .body(c.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        loc = location(&r);
+    }
+    let r = client
+        .put(format!("{}{loc}?digest={d64}", wharf.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let got = client
+        .get(format!("{}/v2/big/blobs/{d64}", wharf.base))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(digest(&got), d64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_gracefully_and_sessions_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wharf = WharfProcess::start(dir.path());
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{}/v2/g/blobs/uploads/", wharf.base))
+        .send()
+        .await
+        .unwrap();
+    let loc = location(&r);
+    let r = client
+        .patch(format!("{}{loc}", wharf.base))
+        .body(vec![1u8; 12345])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+
+    wharf.signal(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = wharf.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "wharf did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+
+    let wharf = WharfProcess::start(dir.path());
+    let r = client
+        .get(format!("{}{loc}", wharf.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(header(&r, "range"), Some("0-12344"));
+}
