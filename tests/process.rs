@@ -31,7 +31,10 @@ impl WharfProcess {
         let mut lines = BufReader::new(out).lines();
         let deadline = Instant::now() + Duration::from_secs(30);
         let base = loop {
-            assert!(Instant::now() < deadline, "wharf did not report its address");
+            assert!(
+                Instant::now() < deadline,
+                "wharf did not report its address"
+            );
             let line = lines.next().expect("wharf exited early").unwrap();
             if let Some(rest) = line.split("addr=").nth(1) {
                 let addr = rest.split_whitespace().next().unwrap();
@@ -138,7 +141,10 @@ async fn one_gib_blob_round_trip_with_bounded_server_memory() {
     // The mapping's pages are page cache (RssFile); what the server itself
     // allocated stays small.
     let anon_kib = wharf.status_kib("RssAnon:");
-    assert!(anon_kib < 256 * 1024, "server anonymous RSS {anon_kib} KiB after serving 1 GiB");
+    assert!(
+        anon_kib < 256 * 1024,
+        "server anonymous RSS {anon_kib} KiB after serving 1 GiB"
+    );
 
     // And chunked: 64 MiB in 4 MiB PATCHes with Content-Range.
     let data = payload(64 << 20, 5);
@@ -153,7 +159,10 @@ async fn one_gib_blob_round_trip_with_bounded_server_memory() {
         let start = i * (4 << 20);
         let r = client
             .patch(format!("{}{loc}", wharf.base))
-            .header("content-range", format!("{}-{}", start, start + c.len() - 1))
+            .header(
+                "content-range",
+                format!("{}-{}", start, start + c.len() - 1),
+            )
             .body(c.to_vec())
             .send()
             .await

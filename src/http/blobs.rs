@@ -17,6 +17,7 @@ pub(super) fn get(
 ) -> HttpResult {
     let size = st
         .meta
+        .read()
         .blob_link(name, digest)?
         .ok_or(ApiError::BlobUnknown)?;
     let range = match req_headers.get(http::header::RANGE).map(|v| v.to_str()) {
@@ -86,7 +87,7 @@ pub(super) async fn delete(st: &AppState, name: &RepoName, digest: &Digest) -> H
             "deletes are disabled on this registry".into(),
         ));
     }
-    if st.meta.blob_link(name, digest)?.is_none() {
+    if st.meta.read().blob_link(name, digest)?.is_none() {
         return Err(ApiError::BlobUnknown);
     }
     st.meta

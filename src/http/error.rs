@@ -31,7 +31,9 @@ pub enum ApiError {
     #[error("{0}")]
     ManifestBlobUnknown(String),
     #[error("{0}")]
-    SizeInvalid(String),
+    ManifestChildUnknown(String),
+    #[error("{0}")]
+    PaginationInvalid(String),
     #[error("{0}")]
     TooLarge(String),
     #[error("{0}")]
@@ -65,7 +67,8 @@ impl ApiError {
             ManifestUnknown => ("MANIFEST_UNKNOWN", StatusCode::NOT_FOUND),
             ManifestInvalid(_) => ("MANIFEST_INVALID", StatusCode::BAD_REQUEST),
             ManifestBlobUnknown(_) => ("MANIFEST_BLOB_UNKNOWN", StatusCode::BAD_REQUEST),
-            SizeInvalid(_) => ("SIZE_INVALID", StatusCode::BAD_REQUEST),
+            ManifestChildUnknown(_) => ("MANIFEST_UNKNOWN", StatusCode::BAD_REQUEST),
+            PaginationInvalid(_) => ("PAGINATION_NUMBER_INVALID", StatusCode::BAD_REQUEST),
             TooLarge(_) => ("SIZE_INVALID", StatusCode::PAYLOAD_TOO_LARGE),
             Unsupported(_) => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED),
             MethodNotAllowed => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED),

@@ -9,6 +9,8 @@
 mod blobs;
 pub mod body;
 pub mod error;
+mod listing;
+mod manifests;
 pub mod query;
 pub mod route;
 mod uploads;
@@ -88,15 +90,23 @@ async fn dispatch(st: &AppState, req: Request<Incoming>) -> HttpResult {
         }
         (Method::GET, Endpoint::Upload { name, id }) => uploads::status(st, &name, &id).await,
         (Method::DELETE, Endpoint::Upload { name, id }) => uploads::cancel(st, &name, &id).await,
-        (
-            _,
-            Endpoint::Manifest { .. }
-            | Endpoint::Tags { .. }
-            | Endpoint::Catalog
-            | Endpoint::Referrers { .. },
-        ) => Err(ApiError::Unsupported(
-            "manifests, tags, catalog and referrers are not served yet".into(),
-        )),
+        (Method::GET, Endpoint::Manifest { name, reference }) => {
+            manifests::get(st, &name, &reference, false)
+        }
+        (Method::HEAD, Endpoint::Manifest { name, reference }) => {
+            manifests::get(st, &name, &reference, true)
+        }
+        (Method::PUT, Endpoint::Manifest { name, reference }) => {
+            manifests::put(st, &name, &reference, req).await
+        }
+        (Method::DELETE, Endpoint::Manifest { name, reference }) => {
+            manifests::delete(st, &name, &reference).await
+        }
+        (Method::GET, Endpoint::Tags { name }) => listing::tags(st, &name, &query),
+        (Method::GET, Endpoint::Catalog) => listing::catalog(st, &query),
+        (Method::GET, Endpoint::Referrers { name, digest }) => {
+            listing::referrers(st, &name, &digest, &query)
+        }
         _ => Err(ApiError::MethodNotAllowed),
     }
 }

@@ -26,7 +26,7 @@ pub(super) async fn start(
     if let Some(mount) = query.get("mount") {
         let digest = Digest::parse(mount)?;
         if let Some(from) = query.get("from").and_then(|f| RepoName::parse(f).ok()) {
-            if let Some(size) = st.meta.blob_link(&from, &digest)? {
+            if let Some(size) = st.meta.read().blob_link(&from, &digest)? {
                 if st.store.exists(&digest) {
                     st.meta.link_blob(name, &digest, size).await?;
                     return Ok(created(name, &digest));

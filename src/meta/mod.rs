@@ -1,36 +1,35 @@
-//! The metadata store: which repositories exist and which blobs each may
-//! read (manifests, tags and referrers join them in the next layer of work).
+//! The metadata store: repositories, which blobs each repository may read,
+//! manifests, tags and the referrers index.
 //!
-//! Owns: the embedded transactional database (redb) under `<root>/meta.redb`
+//! Owns: the `MetaBackend` trait (one implementation per database: the
+//! embedded redb default now, PostgreSQL for a multi-node deployment later)
 //! and the group-commit writer thread that serialises every write.
-//! Must not: hold blob bytes, or do blocking work on the async workers: reads
-//! are short in-memory B-tree lookups, writes go to the writer thread.
+//! Must not: hold blob or manifest bytes (the content store does), or block
+//! the async workers on a commit.
 //!
 //! Why redb: pure Rust (no C toolchain in CI), ACID with copy-on-write pages,
 //! MVCC reads that never wait for the writer, and one fsync pair per commit,
 //! which the writer shares between every write that arrives while the
 //! previous commit is syncing (group commit).
 
+mod redb_backend;
 mod writer;
 
 use crate::oci::{Digest, RepoName};
-use redb::{Database, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-pub use writer::MetaWrite;
-
-/// (repository, digest) -> blob size
-pub(crate) const BLOB_LINKS: TableDefinition<(&str, &str), u64> =
-    TableDefinition::new("blob_links");
-/// repository -> unix seconds of its first write
-pub(crate) const REPOS: TableDefinition<&str, u64> = TableDefinition::new("repos");
+pub use redb_backend::RedbBackend;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
     #[error("metadata database: {0}")]
     Db(#[from] redb::Error),
+    #[error("metadata record is unreadable: {0}")]
+    Record(String),
     #[error("metadata writer has stopped")]
     WriterGone,
     #[error("metadata commit failed: {0}")]
@@ -39,61 +38,124 @@ pub enum MetaError {
     Thread(std::io::Error),
 }
 
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for MetaError {
-            fn from(e: $t) -> Self { MetaError::Db(e.into()) }
-        }
-    )*};
+/// What is kept about a stored manifest (its bytes are a blob).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestRecord {
+    pub media_type: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+    /// Blobs (config, layers) this manifest references.
+    #[serde(default)]
+    pub blobs: Vec<String>,
+    /// Manifests this index references.
+    #[serde(default)]
+    pub children: Vec<String>,
 }
-from_redb!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+
+/// One change to the metadata. Validation happens before a write is queued,
+/// so a batch fails only as a whole, on a database error.
+#[derive(Debug, Clone)]
+pub enum MetaWrite {
+    LinkBlob {
+        repo: RepoName,
+        digest: Digest,
+        size: u64,
+    },
+    UnlinkBlob {
+        repo: RepoName,
+        digest: Digest,
+    },
+    /// Stores a manifest record, indexes its subject, and optionally points
+    /// a tag at it: all in the same transaction.
+    PutManifest {
+        repo: RepoName,
+        digest: Digest,
+        record: ManifestRecord,
+        tag: Option<String>,
+    },
+    /// Removes a manifest, every tag on it, and its referrer entry.
+    DeleteManifest {
+        repo: RepoName,
+        digest: Digest,
+    },
+    DeleteTag {
+        repo: RepoName,
+        tag: String,
+    },
+}
+
+/// A page of names (tags or repositories) and whether more follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub items: Vec<String>,
+    pub more: bool,
+}
+
+/// A database that can hold Wharf's metadata. Reads are short and may run
+/// on any thread; `commit` applies a batch atomically and durably (when
+/// `durable`), and is only ever called from the writer thread.
+pub trait MetaBackend: Send + Sync + 'static {
+    fn blob_link(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, MetaError>;
+    fn manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<ManifestRecord>, MetaError>;
+    fn tag(&self, repo: &RepoName, tag: &str) -> Result<Option<Digest>, MetaError>;
+    fn repo_exists(&self, repo: &RepoName) -> Result<bool, MetaError>;
+    /// Tags of `repo` sorted, strictly after `after`, at most `n`.
+    fn tags(&self, repo: &RepoName, after: Option<&str>, n: usize) -> Result<Page, MetaError>;
+    /// Repositories sorted, strictly after `after`, at most `n`.
+    fn repos(&self, after: Option<&str>, n: usize) -> Result<Page, MetaError>;
+    /// Digests of the manifests in `repo` whose subject is `subject`.
+    fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Digest>, MetaError>;
+    fn commit(&self, ops: &[MetaWrite], durable: bool) -> Result<(), MetaError>;
+}
 
 /// Handle to the metadata store; cheap to clone.
 #[derive(Clone)]
 pub struct Meta {
-    db: Arc<Database>,
+    backend: Arc<dyn MetaBackend>,
     writes: mpsc::Sender<writer::WriteJob>,
 }
 
-/// Owns the writer thread; `shutdown` drains queued writes and joins it.
+/// Owns the writer thread; `join` waits for queued writes to finish.
 pub struct MetaWriter {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Meta {
-    /// Opens (or creates) `<root>/meta.redb` and starts the writer thread.
+    /// Opens the embedded default, `<root>/meta.redb`.
     pub fn open(root: &Path, durable: bool) -> Result<(Meta, MetaWriter), MetaError> {
-        let db = Arc::new(Database::create(root.join("meta.redb"))?);
-        {
-            // Create the tables up front so read transactions never meet a
-            // missing table.
-            let txn = db.begin_write()?;
-            txn.open_table(BLOB_LINKS)?;
-            txn.open_table(REPOS)?;
-            txn.commit()?;
-        }
+        let backend = Arc::new(RedbBackend::open(&root.join("meta.redb"))?);
+        Self::with_backend(backend, durable)
+    }
+
+    pub fn with_backend(
+        backend: Arc<dyn MetaBackend>,
+        durable: bool,
+    ) -> Result<(Meta, MetaWriter), MetaError> {
         let (tx, rx) = mpsc::channel(1024);
-        let thread = writer::spawn(db.clone(), rx, durable)?;
+        let thread = writer::spawn(backend.clone(), rx, durable)?;
         Ok((
-            Meta { db, writes: tx },
+            Meta {
+                backend,
+                writes: tx,
+            },
             MetaWriter {
                 thread: Some(thread),
             },
         ))
     }
 
-    /// Size of `digest` if `repo` may read it.
-    pub fn blob_link(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, MetaError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(BLOB_LINKS)?;
-        let key = digest.to_string();
-        Ok(table.get((repo.as_str(), key.as_str()))?.map(|v| v.value()))
+    /// Reads go straight to the backend.
+    pub fn read(&self) -> &dyn MetaBackend {
+        self.backend.as_ref()
     }
 
     /// Applies `ops` in one transaction; returns once it is durable.

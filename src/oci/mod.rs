@@ -5,6 +5,7 @@
 //! Must not: do I/O, know about HTTP status codes, or allocate per byte.
 
 pub mod digest;
+pub mod manifest;
 pub mod name;
 pub mod range;
 pub mod reference;

@@ -8,6 +8,8 @@
 //! ```text
 //! <root>/blobs/sha256/ab/abcdef...   immutable; written once by rename
 //! <root>/blobs/sha512/12/1234...
+//! <root>/blobs/staging/<uuid>        small blobs (manifests) being written;
+//!                                    emptied at start-up
 //! ```
 //! A blob file exists only once its bytes are synced, so a crash never
 //! leaves a half-written blob under a digest. Work on one digest runs on one
@@ -56,6 +58,7 @@ pub struct ContentStore {
     shards: Vec<ActorRef<ShardMsg>>,
     joins: Vec<tokio::task::JoinHandle<()>>,
     call_timeout: Duration,
+    fsync: bool,
 }
 
 impl ContentStore {
@@ -69,6 +72,12 @@ impl ContentStore {
         for alg in ["sha256", "sha512"] {
             std::fs::create_dir_all(blobs.join(alg))?;
         }
+        // Whatever is in staging was never acknowledged.
+        let staging = blobs.join("staging");
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)?;
+        }
+        std::fs::create_dir_all(&staging)?;
         let mut refs = Vec::with_capacity(shards);
         let mut joins = Vec::with_capacity(shards);
         for _ in 0..shards {
@@ -83,6 +92,7 @@ impl ContentStore {
             shards: refs,
             joins,
             call_timeout,
+            fsync,
         })
     }
 
@@ -120,6 +130,43 @@ impl ContentStore {
                 Err(StoreError::Unavailable("shard actor stopped".into()))
             }
         }
+    }
+
+    /// Stores a small in-memory blob (a manifest) whose digest the caller
+    /// has computed: written to staging, synced, then committed like an
+    /// upload.
+    pub async fn put_bytes(
+        &self,
+        digest: &Digest,
+        bytes: bytes::Bytes,
+    ) -> Result<Commit, StoreError> {
+        if self.exists(digest) {
+            return Ok(Commit::Deduplicated);
+        }
+        let staged = self
+            .root
+            .join("staging")
+            .join(uuid::Uuid::new_v4().to_string());
+        let fsync = self.fsync;
+        let path = staged.clone();
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&path)?;
+            let written =
+                f.write_all(&bytes)
+                    .and_then(|_| if fsync { f.sync_data() } else { Ok(()) });
+            if written.is_err() {
+                let _ = std::fs::remove_file(&path);
+            }
+            written
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+        let r = self.commit(digest, staged.clone()).await;
+        if r.is_err() {
+            let _ = std::fs::remove_file(&staged);
+        }
+        r
     }
 
     /// Opens a blob for reading; `None` when it does not exist.

@@ -1,0 +1,193 @@
+//! Manifest endpoints: PUT (validated, stored as a blob, indexed in one
+//! metadata transaction), GET/HEAD by tag or digest, DELETE.
+
+use super::body::Body;
+use super::error::ApiError;
+use super::{empty_response, AppState, HttpResult};
+use crate::meta::{ManifestRecord, MetaWrite};
+use crate::oci::manifest;
+use crate::oci::{Algorithm, Digest, Reference, RepoName};
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+/// The digest a reference names in `repo`, or MANIFEST_UNKNOWN.
+fn resolve(st: &AppState, name: &RepoName, reference: &Reference) -> Result<Digest, ApiError> {
+    match reference {
+        Reference::Digest(d) => Ok(d.clone()),
+        Reference::Tag(t) => st
+            .meta
+            .read()
+            .tag(name, t)?
+            .ok_or(ApiError::ManifestUnknown),
+    }
+}
+
+pub(super) fn get(
+    st: &AppState,
+    name: &RepoName,
+    reference: &Reference,
+    head_only: bool,
+) -> HttpResult {
+    let meta = st.meta.read();
+    let digest = resolve(st, name, reference)?;
+    let Some(record) = meta.manifest(name, &digest)? else {
+        return Err(if meta.repo_exists(name)? {
+            ApiError::ManifestUnknown
+        } else {
+            ApiError::NameUnknown
+        });
+    };
+    let body = if head_only {
+        Body::Empty
+    } else {
+        let blob = st.store.open(&digest)?.ok_or_else(|| {
+            ApiError::Internal(format!(
+                "manifest {digest} is indexed but its bytes are missing"
+            ))
+        })?;
+        Body::Bytes(blob.bytes)
+    };
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(record.size));
+    if let Ok(v) = HeaderValue::from_str(&record.media_type) {
+        h.insert(http::header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
+        h.insert("docker-content-digest", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
+        h.insert(http::header::ETAG, v);
+    }
+    Ok(resp)
+}
+
+pub(super) async fn put(
+    st: &AppState,
+    name: &RepoName,
+    reference: &Reference,
+    req: Request<Incoming>,
+) -> HttpResult {
+    let max = st.config.max_manifest_bytes;
+    let content_type = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = || ApiError::TooLarge(format!("manifest is larger than {max} bytes"));
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let body: Bytes = Limited::new(req.into_body(), max)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                ApiError::ManifestInvalid(format!("could not read the manifest: {e}"))
+            }
+        })?
+        .to_bytes();
+
+    let digest = match reference {
+        Reference::Digest(d) => {
+            let actual = Digest::of(d.algorithm(), &body);
+            if &actual != d {
+                return Err(ApiError::DigestInvalid(format!(
+                    "manifest hashes to {actual}, not {d}"
+                )));
+            }
+            actual
+        }
+        Reference::Tag(_) => Digest::of(Algorithm::Sha256, &body),
+    };
+    let parsed = manifest::parse(&body, content_type.as_deref())
+        .map_err(|e| ApiError::ManifestInvalid(e.0))?;
+
+    let meta = st.meta.read();
+    for b in &parsed.blobs {
+        if meta.blob_link(name, b)?.is_none() {
+            return Err(ApiError::ManifestBlobUnknown(format!(
+                "blob {b} is not in repository {name}"
+            )));
+        }
+    }
+    for c in &parsed.children {
+        if meta.manifest(name, c)?.is_none() {
+            return Err(ApiError::ManifestChildUnknown(format!(
+                "manifest {c} is not in repository {name}"
+            )));
+        }
+    }
+
+    st.store.put_bytes(&digest, body.clone()).await?;
+    let record = ManifestRecord {
+        media_type: parsed.media_type,
+        size: body.len() as u64,
+        subject: parsed.subject.as_ref().map(|s| s.to_string()),
+        artifact_type: parsed.artifact_type,
+        annotations: parsed.annotations,
+        blobs: parsed.blobs.iter().map(|d| d.to_string()).collect(),
+        children: parsed.children.iter().map(|d| d.to_string()).collect(),
+    };
+    let tag = match reference {
+        Reference::Tag(t) => Some(t.clone()),
+        Reference::Digest(_) => None,
+    };
+    st.meta
+        .write(vec![MetaWrite::PutManifest {
+            repo: name.clone(),
+            digest: digest.clone(),
+            record,
+            tag,
+        }])
+        .await?;
+
+    let mut headers = vec![
+        ("location", format!("/v2/{name}/manifests/{digest}")),
+        ("docker-content-digest", digest.to_string()),
+    ];
+    if let Some(s) = parsed.subject {
+        headers.push(("oci-subject", s.to_string()));
+    }
+    Ok(empty_response(StatusCode::CREATED, &headers))
+}
+
+pub(super) async fn delete(st: &AppState, name: &RepoName, reference: &Reference) -> HttpResult {
+    if !st.config.delete_enabled {
+        return Err(ApiError::Unsupported(
+            "deletes are disabled on this registry".into(),
+        ));
+    }
+    let meta = st.meta.read();
+    let op = match reference {
+        Reference::Tag(t) => {
+            if meta.tag(name, t)?.is_none() {
+                return Err(ApiError::ManifestUnknown);
+            }
+            MetaWrite::DeleteTag {
+                repo: name.clone(),
+                tag: t.clone(),
+            }
+        }
+        Reference::Digest(d) => {
+            if meta.manifest(name, d)?.is_none() {
+                return Err(ApiError::ManifestUnknown);
+            }
+            MetaWrite::DeleteManifest {
+                repo: name.clone(),
+                digest: d.clone(),
+            }
+        }
+    };
+    st.meta.write(vec![op]).await?;
+    Ok(empty_response(StatusCode::ACCEPTED, &[]))
+}
