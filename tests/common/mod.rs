@@ -3,7 +3,10 @@
 #![allow(dead_code)]
 
 use sha2::{Digest as _, Sha256};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 use wharf::{Config, Server};
 
 pub struct TestRegistry {
@@ -180,3 +183,101 @@ pub async fn raw_get(base: &str, path: &str) -> (u16, String) {
     )
     .await
 }
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+pub fn descriptor(media_type: &str, data: &[u8]) -> serde_json::Value {
+    serde_json::json!({ "mediaType": media_type, "digest": digest(data), "size": data.len() })
+}
+
+impl TestRegistry {
+    /// Pushes a config and layers, returns the manifest JSON naming them.
+    pub async fn image_manifest(&self, repo: &str, seed: u64, layers: usize) -> serde_json::Value {
+        let config = format!("{{\"seed\":{seed}}}").into_bytes();
+        self.push_mono(repo, &config).await;
+        let mut ls = Vec::new();
+        for i in 0..layers {
+            let l = payload(1000 + i, seed * 100 + i as u64);
+            self.push_mono(repo, &l).await;
+            ls.push(descriptor("application/vnd.oci.image.layer.v1.tar+gzip", &l));
+        }
+        serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
+            "layers": ls,
+        })
+    }
+
+    pub async fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> reqwest::Response {
+        self.client
+            .put(self.url(&format!("/v2/{repo}/manifests/{reference}")))
+            .header("content-type", media_type)
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// The `wharf` binary started as an operator would, on a port it picks.
+pub struct WharfProcess {
+    pub child: Child,
+    pub base: String,
+}
+
+impl WharfProcess {
+    pub fn start(root: &std::path::Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--root"])
+            .arg(root)
+            .env("WHARF_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("wharf binary starts");
+        let out = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(out).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let base = loop {
+            assert!(
+                Instant::now() < deadline,
+                "wharf did not report its address"
+            );
+            let line = lines.next().expect("wharf exited early").unwrap();
+            if let Some(rest) = line.split("addr=").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap();
+                break format!("http://{addr}");
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        WharfProcess { child, base }
+    }
+
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        s.lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+}
+
+impl Drop for WharfProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
