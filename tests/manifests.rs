@@ -25,18 +25,36 @@ async fn put_get_head_by_tag_and_digest_return_exact_bytes() {
         assert_eq!(g.bytes().await.unwrap(), body);
         let h = reg.client.head(&url).send().await.unwrap();
         assert_eq!(h.status(), 200);
-        assert_eq!(header(&h, "content-length"), Some(body.len().to_string().as_str()));
+        assert_eq!(
+            header(&h, "content-length"),
+            Some(body.len().to_string().as_str())
+        );
         assert_eq!(header(&h, "docker-content-digest"), Some(d.as_str()));
     }
     // PUT by digest.
     let r = reg.put_manifest("app/web", &d, OCI_MANIFEST, &body).await;
     assert_eq!(r.status(), 201);
     // Unknown.
-    let r = reg.client.get(reg.url("/v2/app/web/manifests/nope")).send().await.unwrap();
+    let r = reg
+        .client
+        .get(reg.url("/v2/app/web/manifests/nope"))
+        .send()
+        .await
+        .unwrap();
     assert_oci_error(r, 404, "MANIFEST_UNKNOWN").await;
-    let r = reg.client.head(reg.url("/v2/app/web/manifests/nope")).send().await.unwrap();
+    let r = reg
+        .client
+        .head(reg.url("/v2/app/web/manifests/nope"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
-    let r = reg.client.get(reg.url("/v2/no/such/manifests/v1")).send().await.unwrap();
+    let r = reg
+        .client
+        .get(reg.url("/v2/no/such/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 }
 
@@ -47,7 +65,10 @@ async fn docker_schema2_and_manifest_list() {
     m["mediaType"] = json!("application/vnd.docker.distribution.manifest.v2+json");
     let body = serde_json::to_vec(&m).unwrap();
     let ct = "application/vnd.docker.distribution.manifest.v2+json";
-    assert_eq!(reg.put_manifest("d", "amd64", ct, &body).await.status(), 201);
+    assert_eq!(
+        reg.put_manifest("d", "amd64", ct, &body).await.status(),
+        201
+    );
     let list = json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
@@ -58,10 +79,20 @@ async fn docker_schema2_and_manifest_list() {
     });
     let lb = serde_json::to_vec(&list).unwrap();
     let r = reg
-        .put_manifest("d", "latest", "application/vnd.docker.distribution.manifest.list.v2+json", &lb)
+        .put_manifest(
+            "d",
+            "latest",
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+            &lb,
+        )
         .await;
     assert_eq!(r.status(), 201);
-    let g = reg.client.get(reg.url("/v2/d/manifests/latest")).send().await.unwrap();
+    let g = reg
+        .client
+        .get(reg.url("/v2/d/manifests/latest"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(
         header(&g, "content-type"),
         Some("application/vnd.docker.distribution.manifest.list.v2+json")
@@ -75,25 +106,44 @@ async fn bad_manifests_get_the_right_errors_and_leave_nothing_behind() {
     let body = serde_json::to_vec(&good).unwrap();
 
     // Digest in the URL does not match the body.
-    let r = reg.put_manifest("r", &digest(b"other"), OCI_MANIFEST, &body).await;
+    let r = reg
+        .put_manifest("r", &digest(b"other"), OCI_MANIFEST, &body)
+        .await;
     assert_oci_error(r, 400, "DIGEST_INVALID").await;
 
     // Content-Type disagrees with mediaType.
     let r = reg
-        .put_manifest("r", "t", "application/vnd.docker.distribution.manifest.v2+json", &body)
+        .put_manifest(
+            "r",
+            "t",
+            "application/vnd.docker.distribution.manifest.v2+json",
+            &body,
+        )
         .await;
     assert_oci_error(r, 400, "MANIFEST_INVALID").await;
 
     // Not JSON, wrong schemaVersion, schema1.
-    for bad in [&b"{nope"[..], br#"{"schemaVersion":3}"#, br#"{"schemaVersion":1,"fsLayers":[]}"#] {
+    for bad in [
+        &b"{nope"[..],
+        br#"{"schemaVersion":3}"#,
+        br#"{"schemaVersion":1,"fsLayers":[]}"#,
+    ] {
         let r = reg.put_manifest("r", "t", OCI_MANIFEST, bad).await;
         assert_oci_error(r, 400, "MANIFEST_INVALID").await;
     }
     let r = reg
-        .put_manifest("r", "t", "application/vnd.docker.distribution.manifest.v1+prettyjws", b"{}")
+        .put_manifest(
+            "r",
+            "t",
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+            b"{}",
+        )
         .await;
     let v: Value = r.json().await.unwrap();
-    assert!(v["errors"][0]["message"].as_str().unwrap().contains("schema1"));
+    assert!(v["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("schema1"));
 
     // A layer the repository does not have.
     let mut missing = good.clone();
@@ -102,21 +152,43 @@ async fn bad_manifests_get_the_right_errors_and_leave_nothing_behind() {
     let r = reg.put_manifest("r", "t", OCI_MANIFEST, &mb).await;
     assert_oci_error(r, 400, "MANIFEST_BLOB_UNKNOWN").await;
     // The blob exists, but in another repository only.
-    let r = reg.put_manifest("elsewhere", "t", OCI_MANIFEST, &body).await;
+    let r = reg
+        .put_manifest("elsewhere", "t", OCI_MANIFEST, &body)
+        .await;
     assert_oci_error(r, 400, "MANIFEST_BLOB_UNKNOWN").await;
 
     // An index naming a manifest the repository does not have.
     let idx = json!({"schemaVersion": 2, "mediaType": OCI_INDEX,
         "manifests": [{"mediaType": OCI_MANIFEST, "digest": digest(&body), "size": body.len()}]});
-    let r = reg.put_manifest("r", "t", OCI_INDEX, &serde_json::to_vec(&idx).unwrap()).await;
+    let r = reg
+        .put_manifest("r", "t", OCI_INDEX, &serde_json::to_vec(&idx).unwrap())
+        .await;
     assert_oci_error(r, 400, "MANIFEST_UNKNOWN").await;
 
     // Nothing of the refused pushes is visible.
-    let r = reg.client.get(reg.url("/v2/r/manifests/t")).send().await.unwrap();
+    let r = reg
+        .client
+        .get(reg.url("/v2/r/manifests/t"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
-    let r = reg.client.get(reg.url(&format!("/v2/r/manifests/{}", digest(&mb)))).send().await.unwrap();
+    let r = reg
+        .client
+        .get(reg.url(&format!("/v2/r/manifests/{}", digest(&mb))))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
-    let tags: Value = reg.client.get(reg.url("/v2/r/tags/list")).send().await.unwrap().json().await.unwrap();
+    let tags: Value = reg
+        .client
+        .get(reg.url("/v2/r/tags/list"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(tags["tags"], json!([]));
     // No manifest bytes were stored (only the pushed config and layers).
     assert_eq!(blob_files(&reg.root).len(), 3);
@@ -135,10 +207,17 @@ async fn size_limit_accepts_four_mib_and_refuses_more() {
     m["annotations"] = json!({ "pad": "x".repeat(pad) });
     let body = serde_json::to_vec(&m).unwrap();
     assert!(body.len() <= 4 << 20 && body.len() > (4 << 20) - 100);
-    assert_eq!(reg.put_manifest("big", "ok", OCI_MANIFEST, &body).await.status(), 201);
+    assert_eq!(
+        reg.put_manifest("big", "ok", OCI_MANIFEST, &body)
+            .await
+            .status(),
+        201
+    );
     m["annotations"] = json!({ "pad": "x".repeat(pad + 1000) });
     let body = serde_json::to_vec(&m).unwrap();
-    let r = reg.put_manifest("big", "toolarge", OCI_MANIFEST, &body).await;
+    let r = reg
+        .put_manifest("big", "toolarge", OCI_MANIFEST, &body)
+        .await;
     assert_oci_error(r, 413, "SIZE_INVALID").await;
 }
 
@@ -148,11 +227,22 @@ async fn tags_and_catalog_sorted_with_pagination() {
     let m = serde_json::to_vec(&reg.image_manifest("p/q", 5, 1).await).unwrap();
     let tags = ["b", "a", "c10", "c2", "Z", "_x", "latest"];
     for t in tags {
-        assert_eq!(reg.put_manifest("p/q", t, OCI_MANIFEST, &m).await.status(), 201);
+        assert_eq!(
+            reg.put_manifest("p/q", t, OCI_MANIFEST, &m).await.status(),
+            201
+        );
     }
     let mut sorted: Vec<&str> = tags.to_vec();
     sorted.sort();
-    let all: Value = reg.client.get(reg.url("/v2/p/q/tags/list")).send().await.unwrap().json().await.unwrap();
+    let all: Value = reg
+        .client
+        .get(reg.url("/v2/p/q/tags/list"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(all["name"], "p/q");
     assert_eq!(all["tags"], json!(sorted));
 
@@ -171,23 +261,76 @@ async fn tags_and_catalog_sorted_with_pagination() {
         seen.extend(page);
     }
     assert_eq!(seen, sorted);
-    let r: Value = reg.client.get(reg.url("/v2/p/q/tags/list?n=2&last=b")).send().await.unwrap().json().await.unwrap();
+    let r: Value = reg
+        .client
+        .get(reg.url("/v2/p/q/tags/list?n=2&last=b"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(r["tags"], json!(["c10", "c2"]));
-    let r: Value = reg.client.get(reg.url("/v2/p/q/tags/list?n=0")).send().await.unwrap().json().await.unwrap();
+    let r: Value = reg
+        .client
+        .get(reg.url("/v2/p/q/tags/list?n=0"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(r["tags"], json!([]));
-    let r = reg.client.get(reg.url("/v2/p/q/tags/list?n=x")).send().await.unwrap();
+    let r = reg
+        .client
+        .get(reg.url("/v2/p/q/tags/list?n=x"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    let r = reg.client.get(reg.url("/v2/unknown/tags/list")).send().await.unwrap();
+    let r = reg
+        .client
+        .get(reg.url("/v2/unknown/tags/list"))
+        .send()
+        .await
+        .unwrap();
     assert_oci_error(r, 404, "NAME_UNKNOWN").await;
 
     for name in ["zeta", "alpha/one", "mid"] {
         reg.push_mono(name, b"x").await;
     }
-    let c: Value = reg.client.get(reg.url("/v2/_catalog")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(c["repositories"], json!(["alpha/one", "mid", "p/q", "zeta"]));
-    let r = reg.client.get(reg.url("/v2/_catalog?n=2")).send().await.unwrap();
-    assert_eq!(header(&r, "link"), Some("</v2/_catalog?n=2&last=mid>; rel=\"next\""));
-    let r: Value = reg.client.get(reg.url("/v2/_catalog?n=2&last=mid")).send().await.unwrap().json().await.unwrap();
+    let c: Value = reg
+        .client
+        .get(reg.url("/v2/_catalog"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        c["repositories"],
+        json!(["alpha/one", "mid", "p/q", "zeta"])
+    );
+    let r = reg
+        .client
+        .get(reg.url("/v2/_catalog?n=2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&r, "link"),
+        Some("</v2/_catalog?n=2&last=mid>; rel=\"next\"")
+    );
+    let r: Value = reg
+        .client
+        .get(reg.url("/v2/_catalog?n=2&last=mid"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(r["repositories"], json!(["p/q", "zeta"]));
 }
 
@@ -197,7 +340,12 @@ async fn referrers_index_with_filter_and_subject_header() {
     let subject_m = serde_json::to_vec(&reg.image_manifest("s", 6, 1).await).unwrap();
     let subject = digest(&subject_m);
     // Unknown subject: an empty index, not 404.
-    let r = reg.client.get(reg.url(&format!("/v2/s/referrers/{subject}"))).send().await.unwrap();
+    let r = reg
+        .client
+        .get(reg.url(&format!("/v2/s/referrers/{subject}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "content-type"), Some(OCI_INDEX));
     let v: Value = r.json().await.unwrap();
@@ -214,10 +362,17 @@ async fn referrers_index_with_filter_and_subject_header() {
         "annotations": {"org.example": "yes"}
     });
     let sig_body = serde_json::to_vec(&sig).unwrap();
-    let r = reg.put_manifest("s", &digest(&sig_body), OCI_MANIFEST, &sig_body).await;
+    let r = reg
+        .put_manifest("s", &digest(&sig_body), OCI_MANIFEST, &sig_body)
+        .await;
     assert_eq!(r.status(), 201);
     assert_eq!(header(&r, "oci-subject"), Some(subject.as_str()));
-    assert_eq!(reg.put_manifest("s", "v1", OCI_MANIFEST, &subject_m).await.status(), 201);
+    assert_eq!(
+        reg.put_manifest("s", "v1", OCI_MANIFEST, &subject_m)
+            .await
+            .status(),
+        201
+    );
     // A second referrer whose artifact type comes from its config.
     sig.as_object_mut().unwrap().remove("artifactType");
     sig["config"]["mediaType"] = json!("application/x-sbom-config");
@@ -225,22 +380,43 @@ async fn referrers_index_with_filter_and_subject_header() {
     reg.push_mono("s", sbom_cfg).await;
     sig["config"] = descriptor("application/x-sbom-config", sbom_cfg);
     let sbom_body = serde_json::to_vec(&sig).unwrap();
-    assert_eq!(reg.put_manifest("s", &digest(&sbom_body), OCI_MANIFEST, &sbom_body).await.status(), 201);
+    assert_eq!(
+        reg.put_manifest("s", &digest(&sbom_body), OCI_MANIFEST, &sbom_body)
+            .await
+            .status(),
+        201
+    );
 
-    let v: Value = reg.client.get(reg.url(&format!("/v2/s/referrers/{subject}"))).send().await.unwrap().json().await.unwrap();
+    let v: Value = reg
+        .client
+        .get(reg.url(&format!("/v2/s/referrers/{subject}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let ms = v["manifests"].as_array().unwrap();
     assert_eq!(ms.len(), 2);
-    let sig_desc = ms.iter().find(|m| m["digest"] == digest(&sig_body)).unwrap();
+    let sig_desc = ms
+        .iter()
+        .find(|m| m["digest"] == digest(&sig_body))
+        .unwrap();
     assert_eq!(sig_desc["artifactType"], "application/x-signature");
     assert_eq!(sig_desc["size"], sig_body.len());
     assert_eq!(sig_desc["mediaType"], OCI_MANIFEST);
     assert_eq!(sig_desc["annotations"]["org.example"], "yes");
-    let sbom_desc = ms.iter().find(|m| m["digest"] == digest(&sbom_body)).unwrap();
+    let sbom_desc = ms
+        .iter()
+        .find(|m| m["digest"] == digest(&sbom_body))
+        .unwrap();
     assert_eq!(sbom_desc["artifactType"], "application/x-sbom-config");
 
     let r = reg
         .client
-        .get(reg.url(&format!("/v2/s/referrers/{subject}?artifactType=application/x-signature")))
+        .get(reg.url(&format!(
+            "/v2/s/referrers/{subject}?artifactType=application/x-signature"
+        )))
         .send()
         .await
         .unwrap();
@@ -256,7 +432,15 @@ async fn referrers_index_with_filter_and_subject_header() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let v: Value = reg.client.get(reg.url(&format!("/v2/s/referrers/{subject}"))).send().await.unwrap().json().await.unwrap();
+    let v: Value = reg
+        .client
+        .get(reg.url(&format!("/v2/s/referrers/{subject}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["manifests"].as_array().unwrap().len(), 1);
 }
 
@@ -269,20 +453,64 @@ async fn deletes_by_tag_and_by_digest() {
         reg.put_manifest("del", t, OCI_MANIFEST, &m).await;
     }
     // A tag: only that tag goes.
-    let r = reg.client.delete(reg.url("/v2/del/manifests/one")).send().await.unwrap();
+    let r = reg
+        .client
+        .delete(reg.url("/v2/del/manifests/one"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
-    assert_eq!(reg.client.get(reg.url("/v2/del/manifests/one")).send().await.unwrap().status(), 404);
-    assert_eq!(reg.client.get(reg.url("/v2/del/manifests/two")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        reg.client
+            .get(reg.url("/v2/del/manifests/one"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        reg.client
+            .get(reg.url("/v2/del/manifests/two"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // The digest: the manifest and every tag on it go.
-    let r = reg.client.delete(reg.url(&format!("/v2/del/manifests/{d}"))).send().await.unwrap();
+    let r = reg
+        .client
+        .delete(reg.url(&format!("/v2/del/manifests/{d}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     for reference in ["two", "three", d.as_str()] {
-        let r = reg.client.get(reg.url(&format!("/v2/del/manifests/{reference}"))).send().await.unwrap();
+        let r = reg
+            .client
+            .get(reg.url(&format!("/v2/del/manifests/{reference}")))
+            .send()
+            .await
+            .unwrap();
         assert_oci_error(r, 404, "MANIFEST_UNKNOWN").await;
     }
-    let tags: Value = reg.client.get(reg.url("/v2/del/tags/list")).send().await.unwrap().json().await.unwrap();
+    let tags: Value = reg
+        .client
+        .get(reg.url("/v2/del/tags/list"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(tags["tags"], json!([]));
-    let r = reg.client.delete(reg.url(&format!("/v2/del/manifests/{d}"))).send().await.unwrap();
+    let r = reg
+        .client
+        .delete(reg.url(&format!("/v2/del/manifests/{d}")))
+        .send()
+        .await
+        .unwrap();
     assert_oci_error(r, 404, "MANIFEST_UNKNOWN").await;
 }
 
@@ -291,9 +519,22 @@ async fn manifest_deletes_can_be_switched_off() {
     let reg = TestRegistry::start_with(|c| c.delete_enabled = false).await;
     let m = serde_json::to_vec(&reg.image_manifest("nd", 8, 1).await).unwrap();
     reg.put_manifest("nd", "v", OCI_MANIFEST, &m).await;
-    let r = reg.client.delete(reg.url("/v2/nd/manifests/v")).send().await.unwrap();
+    let r = reg
+        .client
+        .delete(reg.url("/v2/nd/manifests/v"))
+        .send()
+        .await
+        .unwrap();
     assert_oci_error(r, 405, "UNSUPPORTED").await;
-    assert_eq!(reg.client.get(reg.url("/v2/nd/manifests/v")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        reg.client
+            .get(reg.url("/v2/nd/manifests/v"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,9 +544,22 @@ async fn tag_moves_atomically_between_manifests() {
     let b = serde_json::to_vec(&reg.image_manifest("mv", 10, 1).await).unwrap();
     reg.put_manifest("mv", "latest", OCI_MANIFEST, &a).await;
     reg.put_manifest("mv", "latest", OCI_MANIFEST, &b).await;
-    let g = reg.client.get(reg.url("/v2/mv/manifests/latest")).send().await.unwrap();
-    assert_eq!(header(&g, "docker-content-digest"), Some(digest(&b).as_str()));
+    let g = reg
+        .client
+        .get(reg.url("/v2/mv/manifests/latest"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&g, "docker-content-digest"),
+        Some(digest(&b).as_str())
+    );
     // The old manifest is still reachable by digest.
-    let g = reg.client.get(reg.url(&format!("/v2/mv/manifests/{}", digest(&a)))).send().await.unwrap();
+    let g = reg
+        .client
+        .get(reg.url(&format!("/v2/mv/manifests/{}", digest(&a))))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(g.status(), 200);
 }

@@ -59,7 +59,7 @@ pub(super) async fn patch(
     req: Request<Incoming>,
 ) -> HttpResult {
     let session = st.uploads.get(name, id)?;
-    let offset = session.len().await?;
+    let offset = session.received().await?;
     let at = chunk_start(&req, offset)?;
     let new_len = stream_body(st, &session, at, req.into_body()).await?;
     Ok(upload_progress(StatusCode::ACCEPTED, &session, new_len))
@@ -76,7 +76,7 @@ pub(super) async fn put(
     let digest = Digest::parse(query.get("digest").ok_or_else(|| {
         ApiError::DigestInvalid("the digest query parameter is required".into())
     })?)?;
-    let offset = session.len().await?;
+    let offset = session.received().await?;
     let at = chunk_start(&req, offset)?;
     stream_body(st, &session, at, req.into_body()).await?;
     complete(st, &session, &digest).await
@@ -84,7 +84,7 @@ pub(super) async fn put(
 
 pub(super) async fn status(st: &AppState, name: &RepoName, id: &str) -> HttpResult {
     let session = st.uploads.get(name, id)?;
-    let len = session.len().await?;
+    let len = session.received().await?;
     Ok(upload_progress(StatusCode::NO_CONTENT, &session, len))
 }
 

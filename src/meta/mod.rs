@@ -26,8 +26,9 @@ pub use redb_backend::RedbBackend;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
+    /// Boxed: redb's error is large and would bloat every `Result`.
     #[error("metadata database: {0}")]
-    Db(#[from] redb::Error),
+    Db(Box<redb::Error>),
     #[error("metadata record is unreadable: {0}")]
     Record(String),
     #[error("metadata writer has stopped")]

@@ -25,7 +25,7 @@ const REFERRERS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new(
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for MetaError {
-            fn from(e: $t) -> Self { MetaError::Db(e.into()) }
+            fn from(e: $t) -> Self { MetaError::Db(Box::new(e.into())) }
         }
     )*};
 }

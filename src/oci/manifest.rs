@@ -141,8 +141,7 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, 
     };
     let mut blobs = Vec::new();
     let mut children = Vec::new();
-    let artifact_type;
-    if is_index {
+    let artifact_type = if is_index {
         if raw.config.is_some() || raw.layers.is_some() {
             return invalid("an index has no config or layers");
         }
@@ -152,7 +151,7 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, 
         for (i, m) in manifests.iter().enumerate() {
             children.push(m.check(&format!("manifests[{i}]"))?);
         }
-        artifact_type = raw.artifact_type.clone();
+        raw.artifact_type.clone()
     } else {
         if raw.manifests.is_some() {
             return invalid("an image manifest has no manifests list");
@@ -170,11 +169,10 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, 
                 blobs.push(d);
             }
         }
-        artifact_type = raw
-            .artifact_type
+        raw.artifact_type
             .clone()
-            .or_else(|| config.media_type.clone());
-    }
+            .or_else(|| config.media_type.clone())
+    };
     Ok(ParsedManifest {
         media_type,
         is_index,

@@ -152,9 +152,9 @@ impl ContentStore {
         tokio::task::spawn_blocking(move || -> io::Result<()> {
             use std::io::Write;
             let mut f = std::fs::File::create(&path)?;
-            let written =
-                f.write_all(&bytes)
-                    .and_then(|_| if fsync { f.sync_data() } else { Ok(()) });
+            let written = f
+                .write_all(&bytes)
+                .and_then(|_| if fsync { f.sync_data() } else { Ok(()) });
             if written.is_err() {
                 let _ = std::fs::remove_file(&path);
             }

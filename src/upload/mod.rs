@@ -90,7 +90,7 @@ impl SessionHandle {
     }
 
     /// Bytes received so far.
-    pub async fn len(&self) -> Result<u64, UploadError> {
+    pub async fn received(&self) -> Result<u64, UploadError> {
         self.call(|reply| SessionMsg::Status { reply }).await
     }
 

@@ -200,7 +200,10 @@ impl TestRegistry {
         for i in 0..layers {
             let l = payload(1000 + i, seed * 100 + i as u64);
             self.push_mono(repo, &l).await;
-            ls.push(descriptor("application/vnd.oci.image.layer.v1.tar+gzip", &l));
+            ls.push(descriptor(
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                &l,
+            ));
         }
         serde_json::json!({
             "schemaVersion": 2,
@@ -210,7 +213,13 @@ impl TestRegistry {
         })
     }
 
-    pub async fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> reqwest::Response {
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> reqwest::Response {
         self.client
             .put(self.url(&format!("/v2/{repo}/manifests/{reference}")))
             .header("content-type", media_type)
@@ -280,4 +289,3 @@ impl Drop for WharfProcess {
         let _ = self.child.wait();
     }
 }
-
