@@ -57,6 +57,14 @@ pub struct Config {
     pub actor_call_timeout_secs: u64,
     /// Largest manifest accepted on PUT.
     pub max_manifest_bytes: usize,
+    /// Run garbage collection this often while serving (0: never; it can
+    /// still be run with `wharf gc`).
+    pub gc_interval_secs: u64,
+    /// Garbage collection spares anything pushed, linked or committed more
+    /// recently than this. Keep it well above the longest build push.
+    pub gc_grace_secs: u64,
+    /// Garbage collection also removes manifests no tag reaches.
+    pub gc_delete_untagged: bool,
 }
 
 impl Default for Config {
@@ -74,6 +82,9 @@ impl Default for Config {
             shutdown_grace_secs: 30,
             actor_call_timeout_secs: 120,
             max_manifest_bytes: 4 * 1024 * 1024,
+            gc_interval_secs: 0,
+            gc_grace_secs: 3600,
+            gc_delete_untagged: false,
         }
     }
 }
@@ -122,6 +133,14 @@ impl Config {
 
     pub fn upload_idle_timeout(&self) -> Duration {
         Duration::from_secs(self.upload_idle_timeout_secs)
+    }
+
+    pub fn gc_options(&self, dry_run: bool) -> crate::gc::GcOptions {
+        crate::gc::GcOptions {
+            grace: Duration::from_secs(self.gc_grace_secs),
+            delete_untagged: self.gc_delete_untagged,
+            dry_run,
+        }
     }
 
     pub fn actor_call_timeout(&self) -> Duration {

@@ -20,6 +20,8 @@
 //! to the repository, and only then does the client get its 201.
 
 pub mod config;
+pub mod fsck;
+pub mod gc;
 pub mod http;
 pub mod meta;
 pub mod oci;

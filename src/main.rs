@@ -34,6 +34,45 @@ enum Command {
         #[arg(long)]
         root: Option<PathBuf>,
     },
+    /// Collect garbage: on a running server (--url) or on a stopped one's
+    /// data folder. Prints what was (or, with --dry-run, would be) freed.
+    Gc {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// A running Wharf, host:port: collect online, through it.
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long)]
+        dry_run: bool,
+        /// Override gc_grace_secs.
+        #[arg(long)]
+        grace_secs: Option<u64>,
+        /// Also remove manifests no tag reaches (gc_delete_untagged).
+        #[arg(long)]
+        delete_untagged: bool,
+    },
+    /// Check a stopped server's data folder: blob digests, metadata
+    /// references, leftovers. Exits 1 when it finds damage.
+    Fsck {
+        #[arg(long)]
+        root: PathBuf,
+        /// Remove what is safe to remove: leftovers, metadata pointing at
+        /// missing content; corrupt blobs go to <root>/quarantine.
+        #[arg(long)]
+        repair: bool,
+    },
+}
+
+fn load_config(config: Option<PathBuf>) -> Result<Config, ExitCode> {
+    match config {
+        Some(path) => Config::from_file(&path).map_err(|e| {
+            eprintln!("wharf: {e}");
+            ExitCode::from(2)
+        }),
+        None => Ok(Config::default()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -46,15 +85,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, addr, root } => {
-            let mut cfg = match config {
-                Some(path) => match Config::from_file(&path) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("wharf: {e}");
-                        return ExitCode::from(2);
-                    }
-                },
-                None => Config::default(),
+            let mut cfg = match load_config(config) {
+                Ok(c) => c,
+                Err(code) => return code,
             };
             if let Some(a) = addr {
                 cfg.addr = a;
@@ -64,6 +97,146 @@ fn main() -> ExitCode {
             }
             serve(cfg)
         }
+        Command::Gc {
+            config,
+            root,
+            url,
+            dry_run,
+            grace_secs,
+            delete_untagged,
+        } => {
+            let mut cfg = match load_config(config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            if let Some(r) = root {
+                cfg.root = r;
+            }
+            if let Some(g) = grace_secs {
+                cfg.gc_grace_secs = g;
+            }
+            cfg.gc_delete_untagged |= delete_untagged;
+            match url {
+                Some(u) => gc_online(&u, dry_run, grace_secs),
+                None => gc_offline(cfg, dry_run),
+            }
+        }
+        Command::Fsck { root, repair } => match wharf::fsck::run(&root, repair) {
+            Ok(r) => {
+                for p in &r.problems {
+                    println!("DAMAGE {p}");
+                }
+                for l in &r.leftovers {
+                    println!("LEFTOVER {}", l.display());
+                }
+                for o in &r.orphans {
+                    println!("ORPHAN {o} (garbage collection frees it)");
+                }
+                for f in &r.repaired {
+                    println!("REPAIRED {f}");
+                }
+                println!(
+                    "fsck: {} blobs checked, {} problems, {} leftovers, {} orphans{}",
+                    r.blobs_checked,
+                    r.problems.len(),
+                    r.leftovers.len(),
+                    r.orphans.len(),
+                    if repair { ", repair done" } else { "" }
+                );
+                if r.is_damaged() {
+                    ExitCode::from(1)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(e) => {
+                eprintln!("wharf fsck: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+/// Runs garbage collection on a stopped server's folder.
+fn gc_offline(cfg: Config, dry_run: bool) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wharf: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let (meta, writer) = match wharf::meta::Meta::open(&cfg.root, cfg.fsync) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!(
+                    "wharf gc: {e}\n(if a server is running on this folder, use --url HOST:PORT)"
+                );
+                return ExitCode::from(2);
+            }
+        };
+        let store = match wharf::store::ContentStore::start(
+            &cfg.root,
+            cfg.store_shards,
+            cfg.fsync,
+            cfg.actor_call_timeout(),
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("wharf gc: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let result = wharf::gc::collect(&meta, &store, &cfg.gc_options(dry_run)).await;
+        store.stop().await;
+        drop(meta);
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        match result {
+            Ok(report) => {
+                println!("wharf gc: {report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("wharf gc: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Asks a running server to collect garbage (`POST /_wharf/gc`).
+fn gc_online(host: &str, dry_run: bool, grace_secs: Option<u64>) -> ExitCode {
+    use std::io::{Read, Write};
+    let host = host.trim_start_matches("http://").trim_end_matches('/');
+    let mut path = format!("/_wharf/gc?dry_run={dry_run}");
+    if let Some(g) = grace_secs {
+        path.push_str(&format!("&grace_secs={g}"));
+    }
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let mut response = String::new();
+    let sent = std::net::TcpStream::connect(host).and_then(|mut s| {
+        s.write_all(request.as_bytes())?;
+        s.read_to_string(&mut response)
+    });
+    if let Err(e) = sent {
+        eprintln!("wharf gc: cannot reach {host}: {e}");
+        return ExitCode::from(2);
+    }
+    let ok = response.starts_with("HTTP/1.1 200");
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("");
+    println!("wharf gc: {body}");
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

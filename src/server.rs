@@ -90,6 +90,7 @@ impl Server {
             store,
             meta,
             body_budget: Arc::new(Semaphore::new(budget_kib)),
+            gc_running: tokio::sync::Mutex::new(()),
         });
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(run(listener, state, writer, stopped));
@@ -130,6 +131,7 @@ async fn run(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     let purger = tokio::spawn(purge_idle_uploads(state.clone()));
+    let collector = tokio::spawn(scheduled_gc(state.clone()));
     loop {
         while connections.try_join_next().is_some() {}
         tokio::select! {
@@ -171,7 +173,9 @@ async fn run(
     }
     connections.shutdown().await;
     purger.abort();
+    collector.abort();
     let _ = purger.await;
+    let _ = collector.await;
     match Arc::try_unwrap(state) {
         Ok(state) => {
             // Sessions keep their files: clients resume after the restart.
@@ -195,6 +199,23 @@ async fn purge_idle_uploads(state: Arc<AppState>) {
         let n = state.uploads.purge_idle(idle).await;
         if n > 0 {
             tracing::info!(purged = n, "purged idle upload sessions");
+        }
+    }
+}
+
+async fn scheduled_gc(state: Arc<AppState>) {
+    if state.config.gc_interval_secs == 0 {
+        return;
+    }
+    let every = Duration::from_secs(state.config.gc_interval_secs);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let _running = state.gc_running.lock().await;
+        match crate::gc::collect(&state.meta, &state.store, &state.config.gc_options(false)).await {
+            Ok(report) => tracing::info!(%report, "garbage collection (scheduled)"),
+            Err(e) => tracing::error!(error = %e, "garbage collection failed"),
         }
     }
 }

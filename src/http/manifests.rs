@@ -4,7 +4,7 @@
 use super::body::Body;
 use super::error::ApiError;
 use super::{empty_response, AppState, HttpResult};
-use crate::meta::{ManifestRecord, MetaWrite};
+use crate::meta::{ManifestRecord, MetaError, MetaWrite};
 use crate::oci::manifest;
 use crate::oci::{Algorithm, Digest, Reference, RepoName};
 use bytes::Bytes;
@@ -137,6 +137,10 @@ pub(super) async fn put(
         annotations: parsed.annotations,
         blobs: parsed.blobs.iter().map(|d| d.to_string()).collect(),
         children: parsed.children.iter().map(|d| d.to_string()).collect(),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
     };
     let tag = match reference {
         Reference::Tag(t) => Some(t.clone()),
@@ -149,7 +153,13 @@ pub(super) async fn put(
             record,
             tag,
         }])
-        .await?;
+        .await
+        .map_err(|e| match e {
+            // A referenced blob was unlinked (garbage collection) between
+            // the check above and the commit.
+            MetaError::Conflict(why) => ApiError::ManifestBlobUnknown(why),
+            e => e.into(),
+        })?;
 
     let mut headers = vec![
         ("location", format!("/v2/{name}/manifests/{digest}")),

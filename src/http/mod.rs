@@ -6,6 +6,7 @@
 //! Must not: touch files directly; it goes through the upload registry, the
 //! content store and the metadata store.
 
+mod admin;
 mod blobs;
 pub mod body;
 pub mod error;
@@ -38,6 +39,8 @@ pub struct AppState {
     /// handler takes a batch's worth before it reads the batch, so a crowd of
     /// fast clients waits on this instead of filling memory.
     pub body_budget: Arc<Semaphore>,
+    /// Held by the garbage collection that is running, so runs never overlap.
+    pub gc_running: tokio::sync::Mutex<()>,
 }
 
 impl AppState {
@@ -63,6 +66,9 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
 }
 
 async fn dispatch(st: &AppState, req: Request<Incoming>) -> HttpResult {
+    if req.uri().path() == "/_wharf/gc" {
+        return admin::gc(st, req.method(), &Query::parse(req.uri().query())).await;
+    }
     let endpoint = match route::parse(req.uri().path()) {
         Ok(e) => e,
         Err(RouteError::NotFound) => return Err(ApiError::NotFound),

@@ -7,6 +7,7 @@
 use super::error::ApiError;
 use super::query::Query;
 use super::{empty_response, AppState, HttpResult};
+use crate::meta::{MetaError, MetaWrite};
 use crate::oci::{ContentRange, Digest, RepoName};
 use crate::upload::{SessionHandle, UploadError};
 use bytes::Bytes;
@@ -28,8 +29,18 @@ pub(super) async fn start(
         if let Some(from) = query.get("from").and_then(|f| RepoName::parse(f).ok()) {
             if let Some(size) = st.meta.read().blob_link(&from, &digest)? {
                 if st.store.exists(&digest) {
-                    st.meta.link_blob(name, &digest, size).await?;
-                    return Ok(created(name, &digest));
+                    let mount = MetaWrite::MountBlob {
+                        from,
+                        repo: name.clone(),
+                        digest: digest.clone(),
+                        size,
+                    };
+                    match st.meta.write(vec![mount]).await {
+                        Ok(()) => return Ok(created(name, &digest)),
+                        // The source lost the blob meanwhile: upload instead.
+                        Err(MetaError::Conflict(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
             }
         }

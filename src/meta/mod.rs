@@ -37,6 +37,11 @@ pub enum MetaError {
     CommitFailed(String),
     #[error("cannot start the metadata writer: {0}")]
     Thread(std::io::Error),
+    /// A write's precondition no longer held when its transaction ran (a
+    /// blob was unlinked by garbage collection meanwhile, say). Nothing of
+    /// that write was applied.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// What is kept about a stored manifest (its bytes are a blob).
@@ -56,6 +61,19 @@ pub struct ManifestRecord {
     /// Manifests this index references.
     #[serde(default)]
     pub children: Vec<String>,
+    /// Unix seconds of the push: garbage collection spares younger ones.
+    #[serde(default)]
+    pub created: u64,
+}
+
+/// A repository's link to a blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobLink {
+    pub repo: String,
+    pub digest: String,
+    pub size: u64,
+    /// Unix seconds of the upload or mount that made the link.
+    pub linked_at: u64,
 }
 
 /// One change to the metadata. Validation happens before a write is queued,
@@ -67,12 +85,20 @@ pub enum MetaWrite {
         digest: Digest,
         size: u64,
     },
+    /// Links a blob that `from` may read; fails if `from` lost it meanwhile.
+    MountBlob {
+        from: RepoName,
+        repo: RepoName,
+        digest: Digest,
+        size: u64,
+    },
     UnlinkBlob {
         repo: RepoName,
         digest: Digest,
     },
-    /// Stores a manifest record, indexes its subject, and optionally points
-    /// a tag at it: all in the same transaction.
+    /// Stores a manifest record, indexes its subject and the blobs and
+    /// child manifests it references, and optionally points a tag at it.
+    /// Fails if a referenced blob or child is no longer in the repository.
     PutManifest {
         repo: RepoName,
         digest: Digest,
@@ -87,6 +113,20 @@ pub enum MetaWrite {
     DeleteTag {
         repo: RepoName,
         tag: String,
+    },
+    /// Garbage collection: unlink a blob no manifest of `repo` references,
+    /// if the link is older than `cutoff` (unix seconds).
+    GcUnlinkBlob {
+        repo: RepoName,
+        digest: Digest,
+        cutoff: u64,
+    },
+    /// Garbage collection: remove an untagged manifest no index references,
+    /// if it was pushed before `cutoff`.
+    GcDeleteManifest {
+        repo: RepoName,
+        digest: Digest,
+        cutoff: u64,
     },
 }
 
@@ -115,7 +155,20 @@ pub trait MetaBackend: Send + Sync + 'static {
     fn repos(&self, after: Option<&str>, n: usize) -> Result<Page, MetaError>;
     /// Digests of the manifests in `repo` whose subject is `subject`.
     fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Digest>, MetaError>;
-    fn commit(&self, ops: &[MetaWrite], durable: bool) -> Result<(), MetaError>;
+    /// Every blob link (garbage collection, fsck).
+    fn all_blob_links(&self) -> Result<Vec<BlobLink>, MetaError>;
+    /// Every manifest as (repository, digest, record).
+    fn all_manifests(&self) -> Result<Vec<(String, String, ManifestRecord)>, MetaError>;
+    /// Every tag as (repository, tag, digest).
+    fn all_tags(&self) -> Result<Vec<(String, String, String)>, MetaError>;
+    /// Applies each job in order in one transaction. A job whose
+    /// precondition fails is skipped whole and answered `Conflict`; the
+    /// outer error fails every job (database trouble).
+    fn commit(
+        &self,
+        jobs: &[Vec<MetaWrite>],
+        durable: bool,
+    ) -> Result<Vec<Result<(), MetaError>>, MetaError>;
 }
 
 /// Handle to the metadata store; cheap to clone.

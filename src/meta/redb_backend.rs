@@ -2,25 +2,28 @@
 //!
 //! ```text
 //! repos       repo                       -> created (unix s)
-//! blob_links  (repo, digest)             -> size
+//! blob_links  (repo, digest)             -> (size, linked_at)
 //! manifests   (repo, digest)             -> ManifestRecord (JSON)
 //! tags        (repo, tag)                -> digest
 //! referrers   (repo, subject, referrer)  -> ()
+//! refs        (digest, repo, manifest)   -> ()   blob or child manifest
+//!                                               `digest` is used by `manifest`
 //! ```
 //! Keys sort bytewise, so tag and repository listings are range scans in
 //! order, with no directory walk and no sort per request.
 
-use super::{ManifestRecord, MetaBackend, MetaError, MetaWrite, Page};
+use super::{BlobLink, ManifestRecord, MetaBackend, MetaError, MetaWrite, Page};
 use crate::oci::{Digest, RepoName};
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const REPOS: TableDefinition<&str, u64> = TableDefinition::new("repos");
-const BLOB_LINKS: TableDefinition<(&str, &str), u64> = TableDefinition::new("blob_links");
+const BLOB_LINKS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("blob_links");
 const MANIFESTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("manifests");
 const TAGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("tags");
 const REFERRERS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("referrers");
+const REFS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("refs");
 
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
@@ -51,6 +54,7 @@ impl RedbBackend {
         txn.open_table(MANIFESTS)?;
         txn.open_table(TAGS)?;
         txn.open_table(REFERRERS)?;
+        txn.open_table(REFS)?;
         txn.commit()?;
         Ok(RedbBackend { db })
     }
@@ -74,7 +78,7 @@ impl MetaBackend for RedbBackend {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(BLOB_LINKS)?;
         let d = digest.to_string();
-        Ok(t.get((repo.as_str(), d.as_str()))?.map(|v| v.value()))
+        Ok(t.get((repo.as_str(), d.as_str()))?.map(|v| v.value().0))
     }
 
     fn manifest(
@@ -164,84 +168,296 @@ impl MetaBackend for RedbBackend {
         Ok(out)
     }
 
-    fn commit(&self, ops: &[MetaWrite], durable: bool) -> Result<(), MetaError> {
+    fn all_blob_links(&self) -> Result<Vec<BlobLink>, MetaError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(BLOB_LINKS)?;
+        let mut out = Vec::new();
+        for entry in t.iter()? {
+            let (k, v) = entry?;
+            let ((repo, digest), (size, linked_at)) = (k.value(), v.value());
+            out.push(BlobLink {
+                repo: repo.to_owned(),
+                digest: digest.to_owned(),
+                size,
+                linked_at,
+            });
+        }
+        Ok(out)
+    }
+
+    fn all_manifests(&self) -> Result<Vec<(String, String, ManifestRecord)>, MetaError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(MANIFESTS)?;
+        let mut out = Vec::new();
+        for entry in t.iter()? {
+            let (k, v) = entry?;
+            let (repo, digest) = k.value();
+            out.push((
+                repo.to_owned(),
+                digest.to_owned(),
+                decode_record(v.value())?,
+            ));
+        }
+        Ok(out)
+    }
+
+    fn all_tags(&self) -> Result<Vec<(String, String, String)>, MetaError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(TAGS)?;
+        let mut out = Vec::new();
+        for entry in t.iter()? {
+            let (k, v) = entry?;
+            let (repo, tag) = k.value();
+            out.push((repo.to_owned(), tag.to_owned(), v.value().to_owned()));
+        }
+        Ok(out)
+    }
+
+    fn commit(
+        &self,
+        jobs: &[Vec<MetaWrite>],
+        durable: bool,
+    ) -> Result<Vec<Result<(), MetaError>>, MetaError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(if durable {
             Durability::Immediate
         } else {
             Durability::None
         });
+        let mut results = Vec::with_capacity(jobs.len());
         {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            let mut repos = txn.open_table(REPOS)?;
-            let mut links = txn.open_table(BLOB_LINKS)?;
-            let mut manifests = txn.open_table(MANIFESTS)?;
-            let mut tags = txn.open_table(TAGS)?;
-            let mut referrers = txn.open_table(REFERRERS)?;
-            for op in ops {
-                match op {
-                    MetaWrite::LinkBlob { repo, digest, size } => {
-                        let d = digest.to_string();
-                        links.insert((repo.as_str(), d.as_str()), *size)?;
-                        if repos.get(repo.as_str())?.is_none() {
-                            repos.insert(repo.as_str(), now)?;
-                        }
-                    }
-                    MetaWrite::UnlinkBlob { repo, digest } => {
-                        let d = digest.to_string();
-                        links.remove((repo.as_str(), d.as_str()))?;
-                    }
-                    MetaWrite::PutManifest {
-                        repo,
-                        digest,
-                        record,
-                        tag,
-                    } => {
-                        let (r, d) = (repo.as_str(), digest.to_string());
-                        let bytes = serde_json::to_vec(record)
-                            .map_err(|e| MetaError::Record(e.to_string()))?;
-                        manifests.insert((r, d.as_str()), bytes.as_slice())?;
-                        if let Some(s) = &record.subject {
-                            referrers.insert((r, s.as_str(), d.as_str()), ())?;
-                        }
-                        if let Some(t) = tag {
-                            tags.insert((r, t.as_str()), d.as_str())?;
-                        }
-                        if repos.get(r)?.is_none() {
-                            repos.insert(r, now)?;
-                        }
-                    }
-                    MetaWrite::DeleteManifest { repo, digest } => {
-                        let (r, d) = (repo.as_str(), digest.to_string());
-                        let old = manifests
-                            .remove((r, d.as_str()))?
-                            .map(|v| v.value().to_vec());
-                        if let Some(old) = old {
-                            if let Some(s) = decode_record(&old)?.subject {
-                                referrers.remove((r, s.as_str(), d.as_str()))?;
-                            }
-                        }
-                        let mut doomed = Vec::new();
-                        for entry in tags.range((r, "")..(r, AFTER_ALL))? {
-                            let (k, v) = entry?;
-                            if v.value() == d {
-                                doomed.push(k.value().1.to_owned());
-                            }
-                        }
-                        for t in doomed {
-                            tags.remove((r, t.as_str()))?;
-                        }
-                    }
-                    MetaWrite::DeleteTag { repo, tag } => {
-                        tags.remove((repo.as_str(), tag.as_str()))?;
+            let mut t = Tables {
+                repos: txn.open_table(REPOS)?,
+                links: txn.open_table(BLOB_LINKS)?,
+                manifests: txn.open_table(MANIFESTS)?,
+                tags: txn.open_table(TAGS)?,
+                referrers: txn.open_table(REFERRERS)?,
+                refs: txn.open_table(REFS)?,
+                now: unix_now(),
+            };
+            for job in jobs {
+                let mut refused = None;
+                for op in job {
+                    if let Some(why) = t.precondition(op)? {
+                        refused = Some(why);
+                        break;
                     }
                 }
+                if let Some(why) = refused {
+                    results.push(Err(MetaError::Conflict(why)));
+                    continue;
+                }
+                for op in job {
+                    t.apply(op)?;
+                }
+                results.push(Ok(()));
             }
         }
         txn.commit()?;
+        Ok(results)
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The tables of one write transaction.
+struct Tables<'t> {
+    repos: redb::Table<'t, &'static str, u64>,
+    links: redb::Table<'t, (&'static str, &'static str), (u64, u64)>,
+    manifests: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
+    tags: redb::Table<'t, (&'static str, &'static str), &'static str>,
+    referrers: redb::Table<'t, (&'static str, &'static str, &'static str), ()>,
+    refs: redb::Table<'t, (&'static str, &'static str, &'static str), ()>,
+    now: u64,
+}
+
+impl Tables<'_> {
+    fn linked(&self, repo: &str, digest: &str) -> Result<Option<(u64, u64)>, MetaError> {
+        Ok(self.links.get((repo, digest))?.map(|v| v.value()))
+    }
+
+    /// Is `digest` referenced by any manifest of `repo`?
+    fn referenced(&self, repo: &str, digest: &str) -> Result<bool, MetaError> {
+        Ok(self
+            .refs
+            .range((digest, repo, "")..(digest, repo, AFTER_ALL))?
+            .next()
+            .is_some())
+    }
+
+    /// Why `op` may not be applied now, if it may not.
+    fn precondition(&self, op: &MetaWrite) -> Result<Option<String>, MetaError> {
+        Ok(match op {
+            MetaWrite::MountBlob { from, digest, .. } => {
+                let d = digest.to_string();
+                self.linked(from.as_str(), &d)?
+                    .is_none()
+                    .then(|| format!("blob {d} is no longer in repository {from}"))
+            }
+            MetaWrite::PutManifest { repo, record, .. } => {
+                let r = repo.as_str();
+                for b in &record.blobs {
+                    if self.linked(r, b)?.is_none() {
+                        return Ok(Some(format!("blob {b} is not in repository {r}")));
+                    }
+                }
+                for c in &record.children {
+                    if self.manifests.get((r, c.as_str()))?.is_none() {
+                        return Ok(Some(format!("manifest {c} is not in repository {r}")));
+                    }
+                }
+                None
+            }
+            MetaWrite::GcUnlinkBlob {
+                repo,
+                digest,
+                cutoff,
+            } => {
+                let (r, d) = (repo.as_str(), digest.to_string());
+                match self.linked(r, &d)? {
+                    None => Some("already unlinked".into()),
+                    Some((_, at)) if at >= *cutoff => Some("linked recently".into()),
+                    Some(_) if self.referenced(r, &d)? => Some("referenced".into()),
+                    Some(_) => None,
+                }
+            }
+            MetaWrite::GcDeleteManifest {
+                repo,
+                digest,
+                cutoff,
+            } => {
+                let (r, d) = (repo.as_str(), digest.to_string());
+                let record = match self.manifests.get((r, d.as_str()))? {
+                    Some(v) => decode_record(v.value())?,
+                    None => return Ok(Some("already deleted".into())),
+                };
+                if record.created >= *cutoff {
+                    Some("pushed recently".into())
+                } else if self.referenced(r, &d)? {
+                    Some("referenced by an index".into())
+                } else if self.tag_of(r, &d)?.is_some() {
+                    Some("tagged".into())
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        })
+    }
+
+    fn tag_of(&self, repo: &str, digest: &str) -> Result<Option<String>, MetaError> {
+        for entry in self.tags.range((repo, "")..(repo, AFTER_ALL))? {
+            let (k, v) = entry?;
+            if v.value() == digest {
+                return Ok(Some(k.value().1.to_owned()));
+            }
+        }
+        Ok(None)
+    }
+
+    fn ensure_repo(&mut self, repo: &str) -> Result<(), MetaError> {
+        if self.repos.get(repo)?.is_none() {
+            self.repos.insert(repo, self.now)?;
+        }
         Ok(())
+    }
+
+    fn delete_manifest(&mut self, repo: &str, digest: &str) -> Result<(), MetaError> {
+        let old = self
+            .manifests
+            .remove((repo, digest))?
+            .map(|v| v.value().to_vec());
+        if let Some(old) = old {
+            let record = decode_record(&old)?;
+            if let Some(s) = &record.subject {
+                self.referrers.remove((repo, s.as_str(), digest))?;
+            }
+            for b in record.blobs.iter().chain(record.children.iter()) {
+                self.refs.remove((b.as_str(), repo, digest))?;
+            }
+        }
+        let mut doomed = Vec::new();
+        for entry in self.tags.range((repo, "")..(repo, AFTER_ALL))? {
+            let (k, v) = entry?;
+            if v.value() == digest {
+                doomed.push(k.value().1.to_owned());
+            }
+        }
+        for t in doomed {
+            self.tags.remove((repo, t.as_str()))?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, op: &MetaWrite) -> Result<(), MetaError> {
+        match op {
+            MetaWrite::LinkBlob { repo, digest, size }
+            | MetaWrite::MountBlob {
+                repo, digest, size, ..
+            } => {
+                let d = digest.to_string();
+                self.links
+                    .insert((repo.as_str(), d.as_str()), (*size, self.now))?;
+                self.ensure_repo(repo.as_str())?;
+            }
+            MetaWrite::UnlinkBlob { repo, digest }
+            | MetaWrite::GcUnlinkBlob { repo, digest, .. } => {
+                let d = digest.to_string();
+                self.links.remove((repo.as_str(), d.as_str()))?;
+            }
+            MetaWrite::PutManifest {
+                repo,
+                digest,
+                record,
+                tag,
+            } => {
+                let (r, d) = (repo.as_str(), digest.to_string());
+                // A re-push replaces the record: drop the old index entries.
+                if self.manifests.get((r, d.as_str()))?.is_some() {
+                    let tags_kept = self.tags_on(r, &d)?;
+                    self.delete_manifest(r, &d)?;
+                    for t in tags_kept {
+                        self.tags.insert((r, t.as_str()), d.as_str())?;
+                    }
+                }
+                let bytes =
+                    serde_json::to_vec(record).map_err(|e| MetaError::Record(e.to_string()))?;
+                self.manifests.insert((r, d.as_str()), bytes.as_slice())?;
+                if let Some(s) = &record.subject {
+                    self.referrers.insert((r, s.as_str(), d.as_str()), ())?;
+                }
+                for b in record.blobs.iter().chain(record.children.iter()) {
+                    self.refs.insert((b.as_str(), r, d.as_str()), ())?;
+                }
+                if let Some(t) = tag {
+                    self.tags.insert((r, t.as_str()), d.as_str())?;
+                }
+                self.ensure_repo(r)?;
+            }
+            MetaWrite::DeleteManifest { repo, digest }
+            | MetaWrite::GcDeleteManifest { repo, digest, .. } => {
+                self.delete_manifest(repo.as_str(), &digest.to_string())?;
+            }
+            MetaWrite::DeleteTag { repo, tag } => {
+                self.tags.remove((repo.as_str(), tag.as_str()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn tags_on(&self, repo: &str, digest: &str) -> Result<Vec<String>, MetaError> {
+        let mut out = Vec::new();
+        for entry in self.tags.range((repo, "")..(repo, AFTER_ALL))? {
+            let (k, v) = entry?;
+            if v.value() == digest {
+                out.push(k.value().1.to_owned());
+            }
+        }
+        Ok(out)
     }
 }

@@ -31,14 +31,19 @@ pub(super) fn spawn(
                         Err(_) => break,
                     }
                 }
-                let ops: Vec<MetaWrite> = jobs.iter().flat_map(|j| j.ops.iter().cloned()).collect();
-                let result = backend.commit(&ops, durable);
-                for job in jobs {
-                    let r = match &result {
-                        Ok(()) => Ok(()),
-                        Err(e) => Err(MetaError::CommitFailed(e.to_string())),
-                    };
-                    let _ = job.done.send(r);
+                let (ops, replies): (Vec<Vec<MetaWrite>>, Vec<_>) =
+                    jobs.into_iter().map(|j| (j.ops, j.done)).unzip();
+                match backend.commit(&ops, durable) {
+                    Ok(results) => {
+                        for (r, done) in results.into_iter().zip(replies) {
+                            let _ = done.send(r);
+                        }
+                    }
+                    Err(e) => {
+                        for done in replies {
+                            let _ = done.send(Err(MetaError::CommitFailed(e.to_string())));
+                        }
+                    }
                 }
             }
         })

@@ -109,27 +109,55 @@ impl ContentStore {
     /// Moves a staged file (bytes already synced and verified to hash to
     /// `digest`) into place, or drops it if the blob already exists.
     pub async fn commit(&self, digest: &Digest, staged: PathBuf) -> Result<Commit, StoreError> {
-        let shard = &self.shards[shard_of(digest, self.shards.len())];
         let target = self.blob_path(digest);
-        match shard
-            .call(
-                |reply| ShardMsg::Commit {
-                    staged,
-                    target,
-                    reply,
-                },
-                Some(self.call_timeout),
-            )
-            .await
-        {
+        self.call_shard(digest, |reply| ShardMsg::Commit {
+            staged,
+            target,
+            reply,
+        })
+        .await
+    }
+
+    /// Removes a blob last committed before `cutoff`, serialised with
+    /// commits of the same digest; returns the bytes freed.
+    pub async fn delete_if_older(
+        &self,
+        digest: &Digest,
+        cutoff: std::time::SystemTime,
+    ) -> Result<Option<u64>, StoreError> {
+        let target = self.blob_path(digest);
+        self.call_shard(digest, |reply| ShardMsg::DeleteIfOlder {
+            target,
+            cutoff,
+            reply,
+        })
+        .await
+    }
+
+    async fn call_shard<T: Send + 'static>(
+        &self,
+        digest: &Digest,
+        build: impl FnOnce(ractor::RpcReplyPort<io::Result<T>>) -> ShardMsg,
+    ) -> Result<T, StoreError> {
+        let shard = &self.shards[shard_of(digest, self.shards.len())];
+        match shard.call(build, Some(self.call_timeout)).await {
             Ok(ractor::rpc::CallResult::Success(r)) => r.map_err(StoreError::Io),
             Ok(ractor::rpc::CallResult::Timeout) => {
-                Err(StoreError::Unavailable("commit timed out".into()))
+                Err(StoreError::Unavailable("content store timed out".into()))
             }
             Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
                 Err(StoreError::Unavailable("shard actor stopped".into()))
             }
         }
+    }
+
+    /// Every blob file: (digest, size, last commit). A directory walk, for
+    /// garbage collection only; runs on the blocking pool.
+    pub async fn list(&self) -> io::Result<Vec<(Digest, u64, std::time::SystemTime)>> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || list_blobs(&root))
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?
     }
 
     /// Stores a small in-memory blob (a manifest) whose digest the caller
@@ -183,6 +211,35 @@ impl ContentStore {
             let _ = j.await;
         }
     }
+}
+
+/// Walks `<blobs>/<alg>/<xx>/<hex>`; files that are not valid blob names
+/// are skipped (fsck reports them).
+pub fn list_blobs(blobs_root: &Path) -> io::Result<Vec<(Digest, u64, std::time::SystemTime)>> {
+    let mut out = Vec::new();
+    for alg in ["sha256", "sha512"] {
+        let dir = blobs_root.join(alg);
+        let Ok(prefixes) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for prefix in prefixes {
+            let prefix = prefix?.path();
+            if !prefix.is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(&prefix)? {
+                let f = f?;
+                let name = f.file_name();
+                let Some(name) = name.to_str() else { continue };
+                let Ok(d) = Digest::parse(&format!("{alg}:{name}")) else {
+                    continue;
+                };
+                let m = f.metadata()?;
+                out.push((d, m.len(), m.modified()?));
+            }
+        }
+    }
+    Ok(out)
 }
 
 pub(crate) fn blob_path(blobs_root: &Path, digest: &Digest) -> PathBuf {

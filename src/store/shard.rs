@@ -5,6 +5,7 @@ use super::Commit;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 pub struct Shard;
 
@@ -17,6 +18,13 @@ pub enum ShardMsg {
         staged: PathBuf,
         target: PathBuf,
         reply: RpcReplyPort<io::Result<Commit>>,
+    },
+    /// Garbage collection: unlink the blob if it was last committed before
+    /// `cutoff`; answers the bytes freed (`None` when kept).
+    DeleteIfOlder {
+        target: PathBuf,
+        cutoff: SystemTime,
+        reply: RpcReplyPort<io::Result<Option<u64>>>,
     },
 }
 
@@ -54,6 +62,16 @@ impl Actor for Shard {
                     .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
                 let _ = reply.send(result);
             }
+            ShardMsg::DeleteIfOlder {
+                target,
+                cutoff,
+                reply,
+            } => {
+                let result = tokio::task::spawn_blocking(move || delete_if_older(&target, cutoff))
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+                let _ = reply.send(result);
+            }
         }
         Ok(())
     }
@@ -62,6 +80,10 @@ impl Actor for Shard {
 fn commit(staged: &Path, target: &Path, fsync: bool) -> io::Result<Commit> {
     if target.is_file() {
         std::fs::remove_file(staged)?;
+        // The mtime is the blob's last commit: garbage collection spares a
+        // blob committed within its grace period, so a push that found its
+        // layer already here cannot lose it before its link is written.
+        std::fs::File::open(target)?.set_modified(SystemTime::now())?;
         return Ok(Commit::Deduplicated);
     }
     let dir = target
@@ -83,6 +105,19 @@ fn commit(staged: &Path, target: &Path, fsync: bool) -> io::Result<Commit> {
         }
     }
     Ok(Commit::Stored)
+}
+
+fn delete_if_older(target: &Path, cutoff: SystemTime) -> io::Result<Option<u64>> {
+    let meta = match std::fs::metadata(target) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if meta.modified()? >= cutoff {
+        return Ok(None);
+    }
+    std::fs::remove_file(target)?;
+    Ok(Some(meta.len()))
 }
 
 /// Makes a directory's entries (a rename into it) durable.

@@ -1,0 +1,241 @@
+//! `wharf fsck`: an offline check of a data folder.
+//!
+//! Owns: verifying every blob against its digest, every metadata reference
+//! against the blobs and rows it names, and finding leftovers; with
+//! `repair`, removing what is safe to remove.
+//! Must not: run beside a live server (the metadata database is opened
+//! exclusively, so it cannot), or delete a blob that is only suspect:
+//! corrupt blobs are moved to `<root>/quarantine/`.
+
+use crate::meta::{MetaBackend, MetaError, MetaWrite, RedbBackend};
+use crate::oci::{Algorithm, Digest, RepoName};
+use sha2::Digest as _;
+use std::collections::HashSet;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsckError {
+    #[error("cannot open the metadata database (is a server running on this folder?): {0}")]
+    Meta(#[from] MetaError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> FsckError + '_ {
+    move |source| FsckError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct FsckReport {
+    pub blobs_checked: usize,
+    /// Damage: each makes fsck exit non-zero.
+    pub problems: Vec<String>,
+    /// Blobs nothing references: garbage collection's business, not damage.
+    pub orphans: Vec<String>,
+    /// Leftovers of interrupted work (staging files, broken sessions).
+    pub leftovers: Vec<PathBuf>,
+    pub repaired: Vec<String>,
+}
+
+impl FsckReport {
+    pub fn is_damaged(&self) -> bool {
+        !self.problems.is_empty()
+    }
+}
+
+fn hash_file(path: &Path, alg: Algorithm) -> io::Result<Digest> {
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut s256 = sha2::Sha256::new();
+    let mut s512 = sha2::Sha512::new();
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        match alg {
+            Algorithm::Sha256 => s256.update(&buf[..n]),
+            Algorithm::Sha512 => s512.update(&buf[..n]),
+        }
+    }
+    Ok(match alg {
+        Algorithm::Sha256 => Digest::sha256_from_bytes(&s256.finalize()),
+        Algorithm::Sha512 => Digest::sha512_from_bytes(&s512.finalize()),
+    })
+}
+
+pub fn run(root: &Path, repair: bool) -> Result<FsckReport, FsckError> {
+    let meta = RedbBackend::open(&root.join("meta.redb"))?;
+    let blobs_root = root.join("blobs");
+    let mut report = FsckReport::default();
+    let mut present: HashSet<String> = HashSet::new();
+    let mut writes: Vec<MetaWrite> = Vec::new();
+
+    // Blob files: name, place and content.
+    for alg in [Algorithm::Sha256, Algorithm::Sha512] {
+        let dir = blobs_root.join(alg.as_str());
+        let Ok(prefixes) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for prefix in prefixes {
+            let prefix = prefix.map_err(io_at(&dir))?.path();
+            let files = match std::fs::read_dir(&prefix) {
+                Ok(f) => f,
+                Err(_) => {
+                    report
+                        .problems
+                        .push(format!("stray file {}", prefix.display()));
+                    continue;
+                }
+            };
+            for f in files {
+                let path = f.map_err(io_at(&prefix))?.path();
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                let prefix_ok = prefix.file_name().and_then(|p| p.to_str()) == name.get(..2);
+                let digest = match Digest::parse(&format!("{}:{name}", alg.as_str())) {
+                    Ok(d) if prefix_ok => d,
+                    _ => {
+                        report
+                            .problems
+                            .push(format!("stray file {}", path.display()));
+                        continue;
+                    }
+                };
+                report.blobs_checked += 1;
+                let actual = hash_file(&path, alg).map_err(io_at(&path))?;
+                if actual != digest {
+                    report.problems.push(format!(
+                        "blob {digest} is corrupt (content hashes to {actual})"
+                    ));
+                    if repair {
+                        let q = root.join("quarantine");
+                        std::fs::create_dir_all(&q).map_err(io_at(&q))?;
+                        let dest = q.join(format!("{}-{}", alg.as_str(), name));
+                        std::fs::rename(&path, &dest).map_err(io_at(&path))?;
+                        report
+                            .repaired
+                            .push(format!("moved corrupt {digest} to {}", dest.display()));
+                    }
+                    continue;
+                }
+                present.insert(digest.to_string());
+            }
+        }
+    }
+
+    // Leftovers of interrupted writes.
+    let staging = blobs_root.join("staging");
+    if let Ok(entries) = std::fs::read_dir(&staging) {
+        for e in entries.flatten() {
+            report.leftovers.push(e.path());
+        }
+    }
+    let uploads = root.join("uploads");
+    if let Ok(entries) = std::fs::read_dir(&uploads) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let is_session = e
+                .file_name()
+                .to_str()
+                .is_some_and(|n| uuid::Uuid::parse_str(n).is_ok())
+                && p.join("info").is_file();
+            if !is_session {
+                report.leftovers.push(p);
+            }
+        }
+    }
+
+    // Metadata references.
+    let mut referenced: HashSet<String> = HashSet::new();
+    for l in meta.all_blob_links()? {
+        referenced.insert(l.digest.clone());
+        if !present.contains(&l.digest) {
+            report.problems.push(format!(
+                "repository {} links blob {} which is missing",
+                l.repo, l.digest
+            ));
+            if let (Ok(repo), Ok(digest)) = (RepoName::parse(&l.repo), Digest::parse(&l.digest)) {
+                writes.push(MetaWrite::UnlinkBlob { repo, digest });
+            }
+        }
+    }
+    let manifests = meta.all_manifests()?;
+    let rows: HashSet<(String, String)> = manifests
+        .iter()
+        .map(|(r, d, _)| (r.clone(), d.clone()))
+        .collect();
+    for (repo, d, rec) in &manifests {
+        referenced.insert(d.clone());
+        let mut broken = !present.contains(d);
+        if broken {
+            report
+                .problems
+                .push(format!("manifest {repo}@{d} has no bytes in the store"));
+        }
+        for b in &rec.blobs {
+            if !present.contains(b) {
+                broken = true;
+                report
+                    .problems
+                    .push(format!("manifest {repo}@{d} references missing blob {b}"));
+            }
+        }
+        for c in &rec.children {
+            if !rows.contains(&(repo.clone(), c.clone())) {
+                broken = true;
+                report
+                    .problems
+                    .push(format!("index {repo}@{d} references missing manifest {c}"));
+            }
+        }
+        if broken {
+            if let (Ok(r), Ok(dg)) = (RepoName::parse(repo), Digest::parse(d)) {
+                writes.push(MetaWrite::DeleteManifest {
+                    repo: r,
+                    digest: dg,
+                });
+            }
+        }
+    }
+    for (repo, tag, d) in meta.all_tags()? {
+        if !rows.contains(&(repo.clone(), d.clone())) {
+            report
+                .problems
+                .push(format!("tag {repo}:{tag} points at missing manifest {d}"));
+            if let Ok(r) = RepoName::parse(&repo) {
+                writes.push(MetaWrite::DeleteTag { repo: r, tag });
+            }
+        }
+    }
+    for d in &present {
+        if !referenced.contains(d) {
+            report.orphans.push(d.clone());
+        }
+    }
+
+    if repair {
+        for p in &report.leftovers {
+            let r = if p.is_dir() {
+                std::fs::remove_dir_all(p)
+            } else {
+                std::fs::remove_file(p)
+            };
+            r.map_err(io_at(p))?;
+            report
+                .repaired
+                .push(format!("removed leftover {}", p.display()));
+        }
+        if !writes.is_empty() {
+            let n = writes.len();
+            meta.commit(&[writes], true)?;
+            report.repaired.push(format!(
+                "removed {n} metadata entries that pointed at missing content"
+            ));
+        }
+    }
+    Ok(report)
+}

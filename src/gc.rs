@@ -1,0 +1,244 @@
+//! Garbage collection, online: runs while pushes and pulls go on.
+//!
+//! Owns: deciding what is garbage and removing it, in three steps, each
+//! re-checked where it takes effect so a concurrent push never loses what
+//! it is about to reference:
+//! 1. (only with `delete_untagged`) untagged manifests that no tag reaches,
+//!    through indexes and referrers, pushed before the grace cutoff: removed
+//!    by a metadata write whose precondition re-checks "untagged and not
+//!    referenced" inside the transaction;
+//! 2. repository links to blobs that no manifest of that repository
+//!    references, linked before the cutoff: unlinked the same way (a
+//!    manifest PUT re-checks its blobs in its own transaction, so it either
+//!    commits first and keeps the link, or fails with MANIFEST_BLOB_UNKNOWN);
+//! 3. blob files that nothing links or names as a manifest, last committed
+//!    before the cutoff: unlinked by the digest's shard actor, which also
+//!    serialises commits (a commit that finds the blob present refreshes its
+//!    mtime, so a push that deduplicated onto it keeps it).
+//!
+//! Must not: block pushes for long (every write is a small transaction
+//! batched with the others), or delete anything younger than the grace.
+
+use crate::meta::{Meta, MetaError, MetaWrite};
+use crate::oci::{Digest, RepoName};
+use crate::store::{ContentStore, StoreError};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("garbage collection task failed: {0}")]
+    Task(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Nothing committed, linked or pushed more recently than this is
+    /// touched. Must exceed the longest a push takes between uploading a
+    /// layer and pushing the manifest that names it.
+    pub grace: Duration,
+    /// Also remove manifests that no tag reaches.
+    pub delete_untagged: bool,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub manifests_removed: usize,
+    pub links_removed: usize,
+    pub blobs_removed: usize,
+    pub bytes_freed: u64,
+}
+
+impl std::fmt::Display for GcReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}{} manifests removed, {} blob links removed, {} blobs removed, {} bytes freed",
+            if self.dry_run { "dry run: " } else { "" },
+            self.manifests_removed,
+            self.links_removed,
+            self.blobs_removed,
+            self.bytes_freed
+        )
+    }
+}
+
+/// Writes sent to the metadata writer at once: enough to fill its group
+/// commits, few enough not to crowd out pushes.
+const WRITE_WAVE: usize = 128;
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, MetaError> + Send + 'static,
+) -> Result<T, GcError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| GcError::Task(e.to_string()))?
+        .map_err(GcError::from)
+}
+
+/// Applies each write as its own job (a refused precondition skips only
+/// that one); returns how many were applied.
+async fn apply_each(meta: &Meta, writes: Vec<MetaWrite>) -> Result<usize, GcError> {
+    let mut applied = 0;
+    let mut writes = writes.into_iter().peekable();
+    while writes.peek().is_some() {
+        let wave: Vec<_> = writes.by_ref().take(WRITE_WAVE).collect();
+        let results =
+            futures_util::future::join_all(wave.into_iter().map(|w| meta.write(vec![w]))).await;
+        for r in results {
+            match r {
+                Ok(()) => applied += 1,
+                Err(MetaError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(applied)
+}
+
+pub async fn collect(
+    meta: &Meta,
+    store: &ContentStore,
+    opts: &GcOptions,
+) -> Result<GcReport, GcError> {
+    let now = SystemTime::now();
+    let cutoff_time = now.checked_sub(opts.grace).unwrap_or(UNIX_EPOCH);
+    let cutoff = cutoff_time
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut report = GcReport {
+        dry_run: opts.dry_run,
+        ..GcReport::default()
+    };
+
+    // 1. Manifests no tag reaches.
+    let mut gone_manifests: HashSet<(String, String)> = HashSet::new();
+    if opts.delete_untagged {
+        let m = meta.clone();
+        let (manifests, tags) =
+            blocking(move || Ok((m.read().all_manifests()?, m.read().all_tags()?))).await?;
+        let records: HashMap<(String, String), _> = manifests
+            .into_iter()
+            .map(|(r, d, rec)| ((r, d), rec))
+            .collect();
+        let mut referrers: HashMap<(String, String), Vec<String>> = HashMap::new();
+        for ((repo, d), rec) in &records {
+            if let Some(s) = &rec.subject {
+                referrers
+                    .entry((repo.clone(), s.clone()))
+                    .or_default()
+                    .push(d.clone());
+            }
+        }
+        let mut live: HashSet<(String, String)> = HashSet::new();
+        let mut work: Vec<(String, String)> = tags.into_iter().map(|(r, _, d)| (r, d)).collect();
+        while let Some(key) = work.pop() {
+            if !live.insert(key.clone()) {
+                continue;
+            }
+            if let Some(rec) = records.get(&key) {
+                work.extend(rec.children.iter().map(|c| (key.0.clone(), c.clone())));
+            }
+            if let Some(rs) = referrers.get(&key) {
+                work.extend(rs.iter().map(|r| (key.0.clone(), r.clone())));
+            }
+        }
+        let mut writes = Vec::new();
+        for ((repo, d), rec) in &records {
+            if live.contains(&(repo.clone(), d.clone())) || rec.created >= cutoff {
+                continue;
+            }
+            let (Ok(r), Ok(dg)) = (RepoName::parse(repo), Digest::parse(d)) else {
+                continue;
+            };
+            gone_manifests.insert((repo.clone(), d.clone()));
+            writes.push(MetaWrite::GcDeleteManifest {
+                repo: r,
+                digest: dg,
+                cutoff,
+            });
+        }
+        report.manifests_removed = if opts.dry_run {
+            writes.len()
+        } else {
+            apply_each(meta, writes).await?
+        };
+    }
+
+    // 2. Links to blobs no manifest of the repository references.
+    let m = meta.clone();
+    let (links, manifests) =
+        blocking(move || Ok((m.read().all_blob_links()?, m.read().all_manifests()?))).await?;
+    let mut referenced: HashSet<(String, String)> = HashSet::new();
+    for (repo, d, rec) in &manifests {
+        if opts.dry_run && gone_manifests.contains(&(repo.clone(), d.clone())) {
+            continue;
+        }
+        for b in &rec.blobs {
+            referenced.insert((repo.clone(), b.clone()));
+        }
+    }
+    let mut writes = Vec::new();
+    let mut gone_links: HashSet<(String, String)> = HashSet::new();
+    for l in &links {
+        let key = (l.repo.clone(), l.digest.clone());
+        if referenced.contains(&key) || l.linked_at >= cutoff {
+            continue;
+        }
+        let (Ok(r), Ok(d)) = (RepoName::parse(&l.repo), Digest::parse(&l.digest)) else {
+            continue;
+        };
+        gone_links.insert(key);
+        writes.push(MetaWrite::GcUnlinkBlob {
+            repo: r,
+            digest: d,
+            cutoff,
+        });
+    }
+    report.links_removed = if opts.dry_run {
+        writes.len()
+    } else {
+        apply_each(meta, writes).await?
+    };
+
+    // 3. Files nothing links or names as a manifest.
+    let m = meta.clone();
+    let (links, manifests) = if opts.dry_run {
+        (links, manifests)
+    } else {
+        blocking(move || Ok((m.read().all_blob_links()?, m.read().all_manifests()?))).await?
+    };
+    let mut alive: HashSet<String> = HashSet::new();
+    for l in links {
+        if !(opts.dry_run && gone_links.contains(&(l.repo.clone(), l.digest.clone()))) {
+            alive.insert(l.digest);
+        }
+    }
+    for (repo, d, _) in manifests {
+        if !(opts.dry_run && gone_manifests.contains(&(repo, d.clone()))) {
+            alive.insert(d);
+        }
+    }
+    let files = store.list().await.map_err(StoreError::Io)?;
+    for (digest, size, mtime) in files {
+        if alive.contains(&digest.to_string()) || mtime >= cutoff_time {
+            continue;
+        }
+        if opts.dry_run {
+            report.blobs_removed += 1;
+            report.bytes_freed += size;
+        } else if let Some(freed) = store.delete_if_older(&digest, cutoff_time).await? {
+            report.blobs_removed += 1;
+            report.bytes_freed += freed;
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,45 @@
+//! Operator endpoints outside the OCI namespace (`/_wharf/...`; no
+//! repository name can start with `_`, so none can collide).
+//!
+//! `POST /_wharf/gc[?dry_run=true][&grace_secs=N]` runs garbage collection
+//! now and answers its report as JSON.
+
+use super::body::Body;
+use super::error::ApiError;
+use super::query::Query;
+use super::{AppState, HttpResult};
+use crate::gc;
+use http::{HeaderValue, Method, Response};
+use std::time::Duration;
+
+pub(super) async fn gc(st: &AppState, method: &Method, query: &Query) -> HttpResult {
+    if method != Method::POST {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let Ok(_running) = st.gc_running.try_lock() else {
+        return Err(ApiError::Unavailable(
+            "garbage collection is already running".into(),
+        ));
+    };
+    let mut opts = st.config.gc_options(query.get("dry_run") == Some("true"));
+    if let Some(g) = query.get("grace_secs") {
+        let secs = g
+            .parse()
+            .map_err(|_| ApiError::Unsupported(format!("grace_secs={g} is not a number")))?;
+        opts.grace = Duration::from_secs(secs);
+    }
+    let report = gc::collect(&st.meta, &st.store, &opts)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    tracing::info!(%report, "garbage collection (requested)");
+    let body = serde_json::to_vec(&report).unwrap_or_default();
+    let len = body.len();
+    let mut r = Response::new(Body::full(body));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+    Ok(r)
+}
