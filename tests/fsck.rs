@@ -1,0 +1,89 @@
+//! `wharf fsck` on real data folders: healthy, a flipped byte, a metadata
+//! row pointing at a missing blob, leftovers, and --repair.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn fsck(root: &std::path::Path, repair: bool) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wharf"));
+    cmd.args(["fsck", "--root"]).arg(root);
+    if repair {
+        cmd.arg("--repair");
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finds_damage_and_repairs_it() {
+    let mut reg = TestRegistry::start_with(|_| {}).await;
+    let m = serde_json::to_vec(&reg.image_manifest("f", 1, 3).await).unwrap();
+    assert_eq!(
+        reg.put_manifest("f", "v1", OCI_MANIFEST, &m).await.status(),
+        201
+    );
+    let victim = payload(3000, 2);
+    let victim_d = reg.push_mono("g", &victim).await;
+    let missing = payload(4000, 3);
+    let missing_d = reg.push_mono("g", &missing).await;
+    reg.server.take().unwrap().shutdown().await;
+    let root = reg.root.clone();
+
+    let (code, out) = fsck(&root, false);
+    assert_eq!(code, 0, "healthy store: {out}");
+    assert!(out.contains("0 problems"), "{out}");
+
+    // A running server holds the database: fsck refuses rather than race it.
+    reg.restart().await;
+    let (code, out) = fsck(&root, false);
+    assert_eq!(code, 2, "{out}");
+    reg.server.take().unwrap().shutdown().await;
+
+    // One flipped byte, one blob file gone, one staging leftover.
+    let path_of = |d: &str| {
+        let hex = d.trim_start_matches("sha256:");
+        root.join("blobs/sha256").join(&hex[..2]).join(hex)
+    };
+    let p = path_of(&victim_d);
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[1234] ^= 0x01;
+    std::fs::write(&p, bytes).unwrap();
+    std::fs::remove_file(path_of(&missing_d)).unwrap();
+    std::fs::write(root.join("blobs/staging/half-written"), b"x").unwrap();
+
+    let (code, out) = fsck(&root, false);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("blob {victim_d} is corrupt")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("links blob {missing_d} which is missing")),
+        "{out}"
+    );
+    assert!(out.contains("LEFTOVER"), "{out}");
+
+    let (code, out) = fsck(&root, true);
+    assert_eq!(code, 1, "damage is reported even when repaired: {out}");
+    assert!(out.contains("REPAIRED"), "{out}");
+    assert!(root.join("quarantine").read_dir().unwrap().count() == 1);
+
+    let (code, out) = fsck(&root, false);
+    assert_eq!(code, 0, "after repair: {out}");
+
+    // The healthy image is untouched and still pulls.
+    reg.restart().await;
+    let g = reg
+        .client
+        .get(reg.url("/v2/f/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(g.bytes().await.unwrap(), m);
+    assert_oci_error(reg.get_blob("g", &victim_d).await, 404, "BLOB_UNKNOWN").await;
+}
