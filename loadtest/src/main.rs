@@ -51,6 +51,17 @@ struct Args {
     timeout: u64,
 }
 
+/// A `VmRSS:`-style field of /proc/<pid>/status, in KiB.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// utime + stime of a process, in seconds.
 fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -97,6 +108,7 @@ async fn main() {
     let host = prep.host(&a.host).to_owned();
     let next = Arc::new(AtomicUsize::new(0));
     let cpu0 = a.pid.and_then(cpu_seconds);
+    let rss0 = a.pid.and_then(|p| status_kib(p, "VmRSS:"));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for client in 0..a.clients {
@@ -152,7 +164,10 @@ async fn main() {
         (Some(c1), Some(c0)) => Some(c1 - c0),
         _ => None,
     };
-    report(&a, &prep, stats, secs, cpu);
+    let rss = a
+        .pid
+        .and_then(|p| Some((rss0?, status_kib(p, "VmRSS:")?, status_kib(p, "VmHWM:")?)));
+    report(&a, &prep, stats, secs, cpu, rss);
 }
 
 async fn futures_join(tasks: Vec<tokio::task::JoinHandle<ClientStats>>) -> Vec<ClientStats> {
@@ -165,7 +180,14 @@ async fn futures_join(tasks: Vec<tokio::task::JoinHandle<ClientStats>>) -> Vec<C
     out
 }
 
-fn report(a: &Args, _prep: &Prepared, stats: Vec<ClientStats>, secs: f64, cpu: Option<f64>) {
+fn report(
+    a: &Args,
+    _prep: &Prepared,
+    stats: Vec<ClientStats>,
+    secs: f64,
+    cpu: Option<f64>,
+    rss: Option<(u64, u64, u64)>,
+) {
     let mut all: Vec<u64> = stats
         .iter()
         .flat_map(|s| s.latencies_us.iter().copied())
@@ -184,7 +206,7 @@ fn report(a: &Args, _prep: &Prepared, stats: Vec<ClientStats>, secs: f64, cpu: O
         eprintln!("wharf-load: first error: {e}");
     }
     println!(
-        "RESULT scenario={} clients={} ok={ok} errors={errors} secs={secs:.3} ops_s={:.1} mb_s={:.1} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} cpu_s={} cpu_ms_per_mb={cpu_ms_per_mb} min_client_ops={} max_client_ops={}",
+        "RESULT scenario={} clients={} ok={ok} errors={errors} secs={secs:.3} ops_s={:.1} mb_s={:.1} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} cpu_s={} cpu_ms_per_mb={cpu_ms_per_mb} min_client_ops={} max_client_ops={} rss_before_kib={} rss_after_kib={} rss_peak_kib={}",
         a.scenario,
         a.clients,
         ok as f64 / secs,
@@ -195,6 +217,9 @@ fn report(a: &Args, _prep: &Prepared, stats: Vec<ClientStats>, secs: f64, cpu: O
         cpu.map_or("-".into(), |c| format!("{c:.2}")),
         per_client.iter().min().unwrap_or(&0),
         per_client.iter().max().unwrap_or(&0),
+        rss.map_or("-".into(), |r| r.0.to_string()),
+        rss.map_or("-".into(), |r| r.1.to_string()),
+        rss.map_or("-".into(), |r| r.2.to_string()),
     );
     if errors > 0 {
         std::process::exit(1);

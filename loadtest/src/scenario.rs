@@ -49,6 +49,10 @@ pub enum Prepared {
         len: u64,
     },
     Farm(Box<Farm>),
+    /// Opens upload sessions and leaves them idle (memory per session).
+    OpenSessions {
+        repo: String,
+    },
     /// Loopback ceiling: an in-process HTTP server returning a static
     /// buffer, fetched the same way as a blob.
     Static {
@@ -201,6 +205,7 @@ pub async fn prepare(name: &str, host: &str, p: &Params) -> Result<Prepared, Err
             blobs: payload::blobs(p.ops, p.size, seed),
             chunk: (name == "push-chunked").then_some(p.chunk),
         },
+        "open-sessions" => Prepared::OpenSessions { repo },
         "push-same" => Prepared::Same {
             repo,
             blob: payload::blob(p.size, seed),
@@ -332,6 +337,18 @@ pub async fn run_op(prep: &Prepared, c: &mut Conn, client: usize, i: usize) -> R
             Ok(if *head { 0 } else { r.body_len })
         }
         Prepared::Farm(f) => farm_op(f, c, client, i).await,
+        Prepared::OpenSessions { repo } => {
+            c.send(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/"),
+                &[],
+                Bytes::new(),
+                false,
+            )
+            .await?
+            .expect(202, "start upload")?;
+            Ok(0)
+        }
         Prepared::Static { size, .. } => {
             let r = c
                 .send(Method::GET, "/static", &[], Bytes::new(), false)

@@ -7,6 +7,7 @@
 //! Must not: know about tags or manifests, or move a finished upload into the
 //! content store (the caller commits the sealed file it is handed).
 
+mod data_file;
 mod session;
 
 pub use session::{Sealed, SessionMsg};
@@ -111,6 +112,7 @@ impl SessionHandle {
 /// All live sessions of this node.
 pub struct UploadRegistry {
     dir: PathBuf,
+    pool: Arc<data_file::BufferPool>,
     sessions: DashMap<Uuid, SessionEntry>,
     fsync: bool,
     call_timeout: Duration,
@@ -126,6 +128,8 @@ impl UploadRegistry {
         std::fs::create_dir_all(&dir)?;
         let reg = UploadRegistry {
             dir,
+            // Enough aligned buffers for every blocking thread writing at once.
+            pool: Arc::new(data_file::BufferPool::new(64)),
             sessions: DashMap::new(),
             fsync,
             call_timeout,
@@ -164,6 +168,7 @@ impl UploadRegistry {
         let dir = self.dir.join(id.to_string());
         let args = SessionArgs {
             dir,
+            pool: self.pool.clone(),
             fresh,
             repo: repo.clone(),
             fsync: self.fsync,

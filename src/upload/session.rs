@@ -4,19 +4,22 @@
 //! port: a handler that returned `Err` would kill the actor and lose the
 //! session.
 
+use super::data_file::{self, BufferPool};
 use super::{SessionInfo, UploadError};
 use crate::oci::{Algorithm, Digest, RepoName};
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sha2::{Digest as _, Sha256, Sha512};
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub struct Session;
 
 pub struct SessionArgs {
     pub dir: PathBuf,
+    pub pool: Arc<BufferPool>,
     /// New session (create its files) or recovered one (read its length).
     pub fresh: bool,
     pub repo: RepoName,
@@ -59,6 +62,7 @@ pub struct SessionState {
     hasher: Option<Sha256>,
     sealed: bool,
     fsync: bool,
+    pool: Arc<BufferPool>,
 }
 
 impl SessionState {
@@ -106,6 +110,7 @@ impl Actor for Session {
             },
             sealed: false,
             fsync: args.fsync,
+            pool: args.pool,
         })
     }
 
@@ -158,6 +163,7 @@ async fn append(
     let data = state.data();
     let len = state.len;
     let hasher = state.hasher.take();
+    let pool = state.pool.clone();
     // Writing and hashing are CPU and disk work: run them on the blocking
     // pool with the file opened for this batch only, so thousands of idle
     // sessions hold no file descriptors.
@@ -169,7 +175,7 @@ async fn append(
                 Err(e) => return (None, Err(e)),
             },
         };
-        let r = write_chunks(&data, len, &chunks);
+        let r = data_file::append(&data, len, &chunks, &pool);
         if r.is_ok() {
             for c in &chunks {
                 hasher.update(c);
@@ -183,21 +189,6 @@ async fn append(
     let written = result?;
     state.len += written;
     Ok(state.len)
-}
-
-/// Appends the chunks at `len`. On failure the file is cut back to `len`,
-/// so the session stays at a known offset whose hash we hold.
-fn write_chunks(data: &Path, len: u64, chunks: &[Bytes]) -> io::Result<u64> {
-    let mut file = OpenOptions::new().append(true).open(data)?;
-    let mut written = 0u64;
-    for c in chunks {
-        if let Err(e) = file.write_all(c) {
-            let _ = file.set_len(len);
-            return Err(e);
-        }
-        written += c.len() as u64;
-    }
-    Ok(written)
 }
 
 async fn seal(state: &mut SessionState, digest: Digest) -> Result<Sealed, UploadError> {
