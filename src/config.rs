@@ -74,7 +74,7 @@ impl Default for Config {
             root: PathBuf::from("./wharf-data"),
             upload_idle_timeout_secs: 24 * 3600,
             upload_purge_interval_secs: 60,
-            upload_memory_budget_mib: 256,
+            upload_memory_budget_mib: 32,
             upload_batch_kib: 1024,
             store_shards: 16,
             delete_enabled: true,

@@ -159,15 +159,8 @@ fn main() -> ExitCode {
 
 /// Runs garbage collection on a stopped server's folder.
 fn gc_offline(cfg: Config, dry_run: bool) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("wharf: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
     };
     rt.block_on(async move {
         let (meta, writer) = match wharf::meta::Meta::open(&cfg.root, cfg.fsync) {
@@ -242,15 +235,8 @@ fn gc_online(host: &str, dry_run: bool, grace_secs: Option<u64>) -> ExitCode {
 
 fn serve(cfg: Config) -> ExitCode {
     raise_fd_limit();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("wharf: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
     };
     rt.block_on(async move {
         let mut server = match Server::start(cfg).await {
@@ -299,6 +285,23 @@ fn raise_fd_limit() {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
             let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// The async runtime. Disk work (appends, syncs, renames) runs on its
+/// blocking pool; past a few dozen threads more only add stacks and
+/// allocator heaps, so hundreds of uploads syncing at once queue instead.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(32)
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("wharf: cannot start the runtime: {e}");
+            None
         }
     }
 }

@@ -129,7 +129,11 @@ async fn run(
 ) {
     let mut connections = JoinSet::new();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Body frames are slices of this per-connection buffer and stay alive
+    // while a batch holds them: a smaller cap keeps hundreds of concurrent
+    // uploads inside the memory budget.
+    builder.http1().max_buf_size(256 * 1024);
     let purger = tokio::spawn(purge_idle_uploads(state.clone()));
     let collector = tokio::spawn(scheduled_gc(state.clone()));
     loop {

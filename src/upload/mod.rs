@@ -128,8 +128,9 @@ impl UploadRegistry {
         std::fs::create_dir_all(&dir)?;
         let reg = UploadRegistry {
             dir,
-            // Enough aligned buffers for every blocking thread writing at once.
-            pool: Arc::new(data_file::BufferPool::new(64)),
+            // Kept buffers: enough for the batches the memory budget lets
+            // be written at once on 2 cores; more are allocated on demand.
+            pool: Arc::new(data_file::BufferPool::new(16)),
             sessions: DashMap::new(),
             fsync,
             call_timeout,
