@@ -9,8 +9,33 @@ use crate::oci::manifest;
 use crate::oci::{Algorithm, Digest, Reference, RepoName};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
+
+/// An oversized body is still read (and dropped) up to this much, so the
+/// client gets its 413 instead of a reset connection mid-upload.
+const DRAIN_MAX: u64 = 64 << 20;
+
+/// Reads a manifest body of at most `max` bytes; `None` when it is larger
+/// (the rest is drained, up to `DRAIN_MAX`).
+async fn read_manifest_body(mut body: Incoming, max: usize) -> Result<Option<Bytes>, ApiError> {
+    let mut buf = bytes::BytesMut::new();
+    let mut seen: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::ManifestInvalid(format!("could not read the manifest: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len() as u64;
+            if seen > DRAIN_MAX {
+                return Ok(None);
+            }
+            if seen <= max as u64 {
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok((seen <= max as u64).then(|| buf.freeze()))
+}
 
 /// The digest a reference names in `repo`, or MANIFEST_UNKNOWN.
 fn resolve(st: &AppState, name: &RepoName, reference: &Reference) -> Result<Digest, ApiError> {
@@ -82,20 +107,12 @@ pub(super) async fn put(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let too_large = || ApiError::TooLarge(format!("manifest is larger than {max} bytes"));
-    if declared.is_some_and(|n| n > max as u64) {
+    if declared.is_some_and(|n| n > DRAIN_MAX) {
         return Err(too_large());
     }
-    let body: Bytes = Limited::new(req.into_body(), max)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                too_large()
-            } else {
-                ApiError::ManifestInvalid(format!("could not read the manifest: {e}"))
-            }
-        })?
-        .to_bytes();
+    let body = read_manifest_body(req.into_body(), max)
+        .await?
+        .ok_or_else(too_large)?;
 
     let digest = match reference {
         Reference::Digest(d) => {

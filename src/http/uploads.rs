@@ -71,7 +71,13 @@ pub(super) async fn patch(
 ) -> HttpResult {
     let session = st.uploads.get(name, id)?;
     let offset = session.received().await?;
-    let at = chunk_start(&req, offset)?;
+    let at = match chunk_start(&req, offset) {
+        Ok(at) => at,
+        Err(e) => {
+            drain(req.into_body()).await;
+            return Err(e);
+        }
+    };
     let new_len = stream_body(st, &session, at, req.into_body()).await?;
     Ok(upload_progress(StatusCode::ACCEPTED, &session, new_len))
 }
@@ -88,7 +94,13 @@ pub(super) async fn put(
         ApiError::DigestInvalid("the digest query parameter is required".into())
     })?)?;
     let offset = session.received().await?;
-    let at = chunk_start(&req, offset)?;
+    let at = match chunk_start(&req, offset) {
+        Ok(at) => at,
+        Err(e) => {
+            drain(req.into_body()).await;
+            return Err(e);
+        }
+    };
     stream_body(st, &session, at, req.into_body()).await?;
     complete(st, &session, &digest).await
 }
@@ -215,7 +227,13 @@ async fn stream_body(
             None => (next.await, None),
         };
         if let Some(w) = previous {
-            at = w?;
+            at = match w {
+                Ok(at) => at,
+                Err(e) => {
+                    drain(body).await;
+                    return Err(e.into());
+                }
+            };
         }
         let batch = batch?;
         if batch.bytes > 0 {
@@ -231,7 +249,13 @@ async fn stream_body(
             BatchEnd::Full => continue,
             BatchEnd::Eof | BatchEnd::Broken(_) => {
                 if let Some(w) = inflight.take() {
-                    at = w.await?;
+                    at = match w.await {
+                        Ok(at) => at,
+                        Err(e) => {
+                            drain(body).await;
+                            return Err(e.into());
+                        }
+                    };
                 }
                 if let BatchEnd::Broken(why) = batch.end {
                     return Err(ApiError::BlobUploadInvalid(format!(
@@ -242,6 +266,23 @@ async fn stream_body(
             }
         }
     }
+}
+
+/// Reads and drops what is left of a refused request's body (at most
+/// `DRAIN_MAX`, for at most a few seconds), so the client reads our error
+/// reply instead of a connection reset in the middle of its upload.
+async fn drain(mut body: Incoming) {
+    const DRAIN_MAX: usize = 64 << 20;
+    let mut seen = 0;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > DRAIN_MAX {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Reads frames until a batch's worth of bytes, the end of the body, or an
