@@ -71,14 +71,7 @@ pub(super) async fn patch(
 ) -> HttpResult {
     let session = st.uploads.get(name, id)?;
     let offset = session.received().await?;
-    let at = match chunk_start(&req, offset) {
-        Ok(at) => at,
-        Err(e) => {
-            drain(req.into_body()).await;
-            return Err(e);
-        }
-    };
-    let new_len = stream_body(st, &session, at, req.into_body()).await?;
+    let new_len = stream_chunk(st, &session, offset, req).await?;
     Ok(upload_progress(StatusCode::ACCEPTED, &session, new_len))
 }
 
@@ -94,14 +87,7 @@ pub(super) async fn put(
         ApiError::DigestInvalid("the digest query parameter is required".into())
     })?)?;
     let offset = session.received().await?;
-    let at = match chunk_start(&req, offset) {
-        Ok(at) => at,
-        Err(e) => {
-            drain(req.into_body()).await;
-            return Err(e);
-        }
-    };
-    stream_body(st, &session, at, req.into_body()).await?;
+    stream_chunk(st, &session, offset, req).await?;
     complete(st, &session, &digest).await
 }
 
@@ -115,6 +101,23 @@ pub(super) async fn cancel(st: &AppState, name: &RepoName, id: &str) -> HttpResu
     let session = st.uploads.get(name, id)?;
     st.uploads.discard(session.id).await?;
     Ok(empty_response(StatusCode::NO_CONTENT, &[]))
+}
+
+/// Streams a PATCH/PUT body in at the place its `Content-Range` names
+/// (refusing, and draining, a chunk that does not start at `offset`).
+async fn stream_chunk(
+    st: &AppState,
+    session: &SessionHandle,
+    offset: u64,
+    req: Request<Incoming>,
+) -> Result<u64, ApiError> {
+    match chunk_start(&req, offset) {
+        Ok(at) => stream_body(st, session, at, req.into_body()).await,
+        Err(e) => {
+            drain(req.into_body()).await;
+            Err(e)
+        }
+    }
 }
 
 /// Where a chunk must start: its `Content-Range` start, which has to equal

@@ -340,7 +340,7 @@ impl Tables<'_> {
                     Some("pushed recently".into())
                 } else if self.referenced(r, &d)? {
                     Some("referenced by an index".into())
-                } else if self.tag_of(r, &d)?.is_some() {
+                } else if !self.tags_on(r, &d)?.is_empty() {
                     Some("tagged".into())
                 } else {
                     None
@@ -348,16 +348,6 @@ impl Tables<'_> {
             }
             _ => None,
         })
-    }
-
-    fn tag_of(&self, repo: &str, digest: &str) -> Result<Option<String>, MetaError> {
-        for entry in self.tags.range((repo, "")..(repo, AFTER_ALL))? {
-            let (k, v) = entry?;
-            if v.value() == digest {
-                return Ok(Some(k.value().1.to_owned()));
-            }
-        }
-        Ok(None)
     }
 
     fn ensure_repo(&mut self, repo: &str) -> Result<(), MetaError> {
@@ -381,14 +371,7 @@ impl Tables<'_> {
                 self.refs.remove((b.as_str(), repo, digest))?;
             }
         }
-        let mut doomed = Vec::new();
-        for entry in self.tags.range((repo, "")..(repo, AFTER_ALL))? {
-            let (k, v) = entry?;
-            if v.value() == digest {
-                doomed.push(k.value().1.to_owned());
-            }
-        }
-        for t in doomed {
+        for t in self.tags_on(repo, digest)? {
             self.tags.remove((repo, t.as_str()))?;
         }
         Ok(())
