@@ -9,19 +9,14 @@ use futures_util::stream;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn base_endpoint_answers_with_api_version() {
     let reg = TestRegistry::start().await;
-    let r = reg.client.get(reg.url("/v2/")).send().await.unwrap();
+    let r = reg.get("/v2/").await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         header(&r, "docker-distribution-api-version"),
         Some("registry/2.0")
     );
     // Errors carry the header too.
-    let r = reg
-        .client
-        .get(reg.url("/v2/nope/x/y"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.get("/v2/nope/x/y").await;
     assert_eq!(
         header(&r, "docker-distribution-api-version"),
         Some("registry/2.0")
@@ -111,7 +106,7 @@ async fn chunked_push_with_content_range_and_final_chunk_on_put() {
         loc = location(&r);
         off = end;
     }
-    let status = reg.client.get(reg.url(&loc)).send().await.unwrap();
+    let status = reg.get(&loc).await;
     assert_eq!(status.status(), 204);
     assert_eq!(
         header(&status, "range"),
@@ -130,7 +125,7 @@ async fn chunked_push_with_content_range_and_final_chunk_on_put() {
     let got = reg.get_blob("a/b/c", &d).await.bytes().await.unwrap();
     assert_eq!(&got[..], &data[..]);
     // The session is gone after completion.
-    let r = reg.client.get(reg.url(&loc)).send().await.unwrap();
+    let r = reg.get(&loc).await;
     assert_oci_error(r, 404, "BLOB_UPLOAD_UNKNOWN").await;
 }
 
@@ -203,7 +198,7 @@ async fn out_of_order_and_overlapping_chunks_get_416() {
     // Length disagreeing with the range.
     assert_eq!(send("10-19", vec![1; 5]).await.unwrap().status(), 416);
     // Nothing of the refused chunks was stored.
-    let r = reg.client.get(reg.url(&loc)).send().await.unwrap();
+    let r = reg.get(&loc).await;
     assert_eq!(header(&r, "range"), Some("0-9"));
 }
 
@@ -275,12 +270,7 @@ async fn bad_names_digests_and_upload_ids() {
         "md5:d41d8cd98f00b204e9800998ecf8427e",
         "nothing",
     ] {
-        let r = reg
-            .client
-            .get(reg.url(&format!("/v2/a/blobs/{bad}")))
-            .send()
-            .await
-            .unwrap();
+        let r = reg.get(&format!("/v2/a/blobs/{bad}")).await;
         assert_oci_error(r, 400, "DIGEST_INVALID").await;
         let r = reg
             .client
@@ -304,23 +294,13 @@ async fn bad_names_digests_and_upload_ids() {
         assert_eq!(status, 404, "{bad_id}");
     }
     // A session belongs to its repository.
-    let r = reg
-        .client
-        .get(reg.url(&format!("/v2/other/blobs/uploads/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.get(&format!("/v2/other/blobs/uploads/{id}")).await;
     assert_oci_error(r, 404, "BLOB_UPLOAD_UNKNOWN").await;
     // PUT without a digest.
     let r = reg.client.put(reg.url(&loc)).send().await.unwrap();
     assert_oci_error(r, 400, "DIGEST_INVALID").await;
     // Unknown route and wrong method.
-    let r = reg
-        .client
-        .get(reg.url("/v2/a/whatever/x"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.get("/v2/a/whatever/x").await;
     assert_eq!(r.status(), 404);
     let r = reg
         .client
@@ -366,21 +346,11 @@ async fn delete_unlinks_from_that_repository_only() {
     let data = payload(1000, 4);
     let d = reg.push_mono("one", &data).await;
     reg.push_mono("two", &data).await;
-    let r = reg
-        .client
-        .delete(reg.url(&format!("/v2/one/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.delete(&format!("/v2/one/blobs/{d}")).await;
     assert_eq!(r.status(), 202);
     assert_oci_error(reg.get_blob("one", &d).await, 404, "BLOB_UNKNOWN").await;
     assert_eq!(reg.get_blob("two", &d).await.status(), 200);
-    let r = reg
-        .client
-        .delete(reg.url(&format!("/v2/one/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.delete(&format!("/v2/one/blobs/{d}")).await;
     assert_oci_error(r, 404, "BLOB_UNKNOWN").await;
 }
 
@@ -388,12 +358,7 @@ async fn delete_unlinks_from_that_repository_only() {
 async fn deletes_can_be_switched_off() {
     let reg = TestRegistry::start_with(|c| c.delete_enabled = false).await;
     let d = reg.push_mono("r", b"keep me").await;
-    let r = reg
-        .client
-        .delete(reg.url(&format!("/v2/r/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.delete(&format!("/v2/r/blobs/{d}")).await;
     assert_oci_error(r, 405, "UNSUPPORTED").await;
     assert_eq!(reg.get_blob("r", &d).await.status(), 200);
 }
@@ -445,11 +410,11 @@ async fn cancel_removes_the_session_and_its_files() {
         .send()
         .await
         .unwrap();
-    let r = reg.client.delete(reg.url(&loc)).send().await.unwrap();
+    let r = reg.delete(&loc).await;
     assert_eq!(r.status(), 204);
-    let r = reg.client.get(reg.url(&loc)).send().await.unwrap();
+    let r = reg.get(&loc).await;
     assert_oci_error(r, 404, "BLOB_UPLOAD_UNKNOWN").await;
-    let r = reg.client.delete(reg.url(&loc)).send().await.unwrap();
+    let r = reg.delete(&loc).await;
     assert_oci_error(r, 404, "BLOB_UPLOAD_UNKNOWN").await;
     assert_eq!(
         std::fs::read_dir(reg.root.join("uploads")).unwrap().count(),

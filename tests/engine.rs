@@ -108,7 +108,7 @@ async fn patch_and_hang_up(reg: &TestRegistry, loc: &str, data: &[u8], announced
 }
 
 async fn upload_len(reg: &TestRegistry, loc: &str) -> u64 {
-    let r = reg.client.get(reg.url(loc)).send().await.unwrap();
+    let r = reg.get(loc).await;
     assert_eq!(r.status(), 204);
     let range = header(&r, "range").unwrap().to_owned();
     let end: u64 = range.trim_start_matches("0-").parse().unwrap();
@@ -292,6 +292,6 @@ async fn idle_sessions_are_purged_with_their_files() {
         }
     }
     assert!(gone, "session files still there after the idle timeout");
-    let r = reg.client.get(reg.url(&loc)).send().await.unwrap();
+    let r = reg.get(&loc).await;
     assert_oci_error(r, 404, "BLOB_UPLOAD_UNKNOWN").await;
 }

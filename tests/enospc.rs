@@ -86,29 +86,19 @@ async fn full_disk_fails_cleanly_and_recovers() {
         .unwrap();
     assert_eq!(r.status(), 507);
     // The session survives at a consistent offset.
-    let r = reg.client.get(reg.url(&loc)).send().await.unwrap();
+    let r = reg.get(&loc).await;
     assert_eq!(r.status(), 204);
 
     // Reads keep working, and what was acknowledged is intact.
     let got = reg.get_blob("full", &first_d).await.bytes().await.unwrap();
     assert_eq!(&got[..], &first[..]);
-    let g = reg
-        .client
-        .get(reg.url("/v2/full/manifests/keep"))
-        .send()
-        .await
-        .unwrap();
+    let g = reg.get("/v2/full/manifests/keep").await;
     assert_eq!(g.bytes().await.unwrap(), m);
 
     // Free space: cancel the session, delete blobs, collect garbage.
-    reg.client.delete(reg.url(&loc)).send().await.unwrap();
+    reg.delete(&loc).await;
     for d in &pushed {
-        let r = reg
-            .client
-            .delete(reg.url(&format!("/v2/full/blobs/{d}")))
-            .send()
-            .await
-            .unwrap();
+        let r = reg.delete(&format!("/v2/full/blobs/{d}")).await;
         assert_eq!(r.status(), 202);
     }
     tokio::time::sleep(Duration::from_millis(1100)).await;

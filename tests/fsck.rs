@@ -78,12 +78,7 @@ async fn finds_damage_and_repairs_it() {
 
     // The healthy image is untouched and still pulls.
     reg.restart().await;
-    let g = reg
-        .client
-        .get(reg.url("/v2/f/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let g = reg.get("/v2/f/manifests/v1").await;
     assert_eq!(g.bytes().await.unwrap(), m);
     assert_oci_error(reg.get_blob("g", &victim_d).await, 404, "BLOB_UNKNOWN").await;
 }

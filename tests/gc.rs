@@ -57,11 +57,8 @@ async fn frees_deleted_images_and_unreferenced_uploads_and_keeps_the_rest() {
     assert_eq!(r["blobs_removed"], 0);
 
     let r = reg
-        .client
-        .delete(reg.url(&format!("/v2/app/manifests/{}", digest(&b))))
-        .send()
-        .await
-        .unwrap();
+        .delete(&format!("/v2/app/manifests/{}", digest(&b)))
+        .await;
     assert_eq!(r.status(), 202);
     // Make everything older than a zero grace.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -76,15 +73,7 @@ async fn frees_deleted_images_and_unreferenced_uploads_and_keeps_the_rest() {
     assert_oci_error(reg.get_blob("app", &lonely_d).await, 404, "BLOB_UNKNOWN").await;
 
     // a pulls whole.
-    let m: Value = reg
-        .client
-        .get(reg.url("/v2/app/manifests/a"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let m: Value = reg.get_json("/v2/app/manifests/a").await;
     for l in m["layers"].as_array().unwrap().iter().chain([&m["config"]]) {
         let d = l["digest"].as_str().unwrap();
         let got = reg.get_blob("app", d).await.bytes().await.unwrap();
@@ -121,13 +110,7 @@ async fn untagged_manifests_are_kept_or_removed_by_setting() {
         );
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let r = gc(&reg, "grace_secs=0").await;
-        let status = reg
-            .client
-            .get(reg.url(&format!("/v2/u/manifests/{d}")))
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let status = reg.get(&format!("/v2/u/manifests/{d}")).await.status();
         if delete_untagged {
             assert_eq!(r["manifests_removed"], 1, "{r}");
             assert_eq!(status, 404);
@@ -136,11 +119,8 @@ async fn untagged_manifests_are_kept_or_removed_by_setting() {
             assert_eq!(status, 200);
         }
         let c = reg
-            .client
-            .get(reg.url(&format!("/v2/u/manifests/{}", digest(&child))))
-            .send()
-            .await
-            .unwrap();
+            .get(&format!("/v2/u/manifests/{}", digest(&child)))
+            .await;
         assert_eq!(c.status(), 200, "index child was collected");
     }
 }
@@ -177,11 +157,8 @@ async fn gc_running_in_a_loop_never_breaks_pushes_in_flight() {
                 assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
                 // Delete every other image so GC has real work.
                 if i % 2 == 1 {
-                    reg.client
-                        .delete(reg.url(&format!("/v2/{repo}/manifests/{}", digest(&body))))
-                        .send()
-                        .await
-                        .unwrap();
+                    reg.delete(&format!("/v2/{repo}/manifests/{}", digest(&body)))
+                        .await;
                 }
             }
         }));
@@ -194,15 +171,7 @@ async fn gc_running_in_a_loop_never_breaks_pushes_in_flight() {
     // Every tagged image pulls whole.
     for w in 0..8 {
         for i in (0..6).step_by(2) {
-            let m: Value = reg
-                .client
-                .get(reg.url(&format!("/v2/race/w{w}/manifests/t{i}")))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let m: Value = reg.get_json(&format!("/v2/race/w{w}/manifests/t{i}")).await;
             for l in m["layers"].as_array().unwrap().iter().chain([&m["config"]]) {
                 let d = l["digest"].as_str().unwrap();
                 let r = reg.get_blob(&format!("race/w{w}"), d).await;

@@ -35,12 +35,7 @@ async fn put_get_head_by_tag_and_digest_return_exact_bytes() {
     let r = reg.put_manifest("app/web", &d, OCI_MANIFEST, &body).await;
     assert_eq!(r.status(), 201);
     // Unknown.
-    let r = reg
-        .client
-        .get(reg.url("/v2/app/web/manifests/nope"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.get("/v2/app/web/manifests/nope").await;
     assert_oci_error(r, 404, "MANIFEST_UNKNOWN").await;
     let r = reg
         .client
@@ -49,12 +44,7 @@ async fn put_get_head_by_tag_and_digest_return_exact_bytes() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    let r = reg
-        .client
-        .get(reg.url("/v2/no/such/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.get("/v2/no/such/manifests/v1").await;
     assert_eq!(r.status(), 404);
 }
 
@@ -87,12 +77,7 @@ async fn docker_schema2_and_manifest_list() {
         )
         .await;
     assert_eq!(r.status(), 201);
-    let g = reg
-        .client
-        .get(reg.url("/v2/d/manifests/latest"))
-        .send()
-        .await
-        .unwrap();
+    let g = reg.get("/v2/d/manifests/latest").await;
     assert_eq!(
         header(&g, "content-type"),
         Some("application/vnd.docker.distribution.manifest.list.v2+json")
@@ -166,29 +151,11 @@ async fn bad_manifests_get_the_right_errors_and_leave_nothing_behind() {
     assert_oci_error(r, 400, "MANIFEST_UNKNOWN").await;
 
     // Nothing of the refused pushes is visible.
-    let r = reg
-        .client
-        .get(reg.url("/v2/r/manifests/t"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.get("/v2/r/manifests/t").await;
     assert_eq!(r.status(), 404);
-    let r = reg
-        .client
-        .get(reg.url(&format!("/v2/r/manifests/{}", digest(&mb))))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.get(&format!("/v2/r/manifests/{}", digest(&mb))).await;
     assert_eq!(r.status(), 404);
-    let tags: Value = reg
-        .client
-        .get(reg.url("/v2/r/tags/list"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tags: Value = reg.get_json("/v2/r/tags/list").await;
     assert_eq!(tags["tags"], json!([]));
     // No manifest bytes were stored (only the pushed config and layers).
     assert_eq!(blob_files(&reg.root).len(), 3);
@@ -234,22 +201,14 @@ async fn tags_and_catalog_sorted_with_pagination() {
     }
     let mut sorted: Vec<&str> = tags.to_vec();
     sorted.sort();
-    let all: Value = reg
-        .client
-        .get(reg.url("/v2/p/q/tags/list"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all: Value = reg.get_json("/v2/p/q/tags/list").await;
     assert_eq!(all["name"], "p/q");
     assert_eq!(all["tags"], json!(sorted));
 
     let mut seen = Vec::new();
     let mut next = Some("/v2/p/q/tags/list?n=3".to_string());
     while let Some(path) = next {
-        let r = reg.client.get(reg.url(&path)).send().await.unwrap();
+        let r = reg.get(&path).await;
         assert_eq!(r.status(), 200);
         next = header(&r, "link").map(|l| {
             assert!(l.ends_with("; rel=\"next\""), "{l}");
@@ -261,76 +220,29 @@ async fn tags_and_catalog_sorted_with_pagination() {
         seen.extend(page);
     }
     assert_eq!(seen, sorted);
-    let r: Value = reg
-        .client
-        .get(reg.url("/v2/p/q/tags/list?n=2&last=b"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = reg.get_json("/v2/p/q/tags/list?n=2&last=b").await;
     assert_eq!(r["tags"], json!(["c10", "c2"]));
-    let r: Value = reg
-        .client
-        .get(reg.url("/v2/p/q/tags/list?n=0"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = reg.get_json("/v2/p/q/tags/list?n=0").await;
     assert_eq!(r["tags"], json!([]));
-    let r = reg
-        .client
-        .get(reg.url("/v2/p/q/tags/list?n=x"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.get("/v2/p/q/tags/list?n=x").await;
     assert_eq!(r.status(), 400);
-    let r = reg
-        .client
-        .get(reg.url("/v2/unknown/tags/list"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.get("/v2/unknown/tags/list").await;
     assert_oci_error(r, 404, "NAME_UNKNOWN").await;
 
     for name in ["zeta", "alpha/one", "mid"] {
         reg.push_mono(name, b"x").await;
     }
-    let c: Value = reg
-        .client
-        .get(reg.url("/v2/_catalog"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let c: Value = reg.get_json("/v2/_catalog").await;
     assert_eq!(
         c["repositories"],
         json!(["alpha/one", "mid", "p/q", "zeta"])
     );
-    let r = reg
-        .client
-        .get(reg.url("/v2/_catalog?n=2"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.get("/v2/_catalog?n=2").await;
     assert_eq!(
         header(&r, "link"),
         Some("</v2/_catalog?n=2&last=mid>; rel=\"next\"")
     );
-    let r: Value = reg
-        .client
-        .get(reg.url("/v2/_catalog?n=2&last=mid"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = reg.get_json("/v2/_catalog?n=2&last=mid").await;
     assert_eq!(r["repositories"], json!(["p/q", "zeta"]));
 }
 
@@ -340,12 +252,7 @@ async fn referrers_index_with_filter_and_subject_header() {
     let subject_m = serde_json::to_vec(&reg.image_manifest("s", 6, 1).await).unwrap();
     let subject = digest(&subject_m);
     // Unknown subject: an empty index, not 404.
-    let r = reg
-        .client
-        .get(reg.url(&format!("/v2/s/referrers/{subject}")))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.get(&format!("/v2/s/referrers/{subject}")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "content-type"), Some(OCI_INDEX));
     let v: Value = r.json().await.unwrap();
@@ -387,15 +294,7 @@ async fn referrers_index_with_filter_and_subject_header() {
         201
     );
 
-    let v: Value = reg
-        .client
-        .get(reg.url(&format!("/v2/s/referrers/{subject}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = reg.get_json(&format!("/v2/s/referrers/{subject}")).await;
     let ms = v["manifests"].as_array().unwrap();
     assert_eq!(ms.len(), 2);
     let sig_desc = ms
@@ -413,34 +312,20 @@ async fn referrers_index_with_filter_and_subject_header() {
     assert_eq!(sbom_desc["artifactType"], "application/x-sbom-config");
 
     let r = reg
-        .client
-        .get(reg.url(&format!(
+        .get(&format!(
             "/v2/s/referrers/{subject}?artifactType=application/x-signature"
-        )))
-        .send()
-        .await
-        .unwrap();
+        ))
+        .await;
     assert_eq!(header(&r, "oci-filters-applied"), Some("artifactType"));
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["manifests"].as_array().unwrap().len(), 1);
 
     // Deleting a referrer removes it from the index.
     let r = reg
-        .client
-        .delete(reg.url(&format!("/v2/s/manifests/{}", digest(&sig_body))))
-        .send()
-        .await
-        .unwrap();
+        .delete(&format!("/v2/s/manifests/{}", digest(&sig_body)))
+        .await;
     assert_eq!(r.status(), 202);
-    let v: Value = reg
-        .client
-        .get(reg.url(&format!("/v2/s/referrers/{subject}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = reg.get_json(&format!("/v2/s/referrers/{subject}")).await;
     assert_eq!(v["manifests"].as_array().unwrap().len(), 1);
 }
 
@@ -453,64 +338,20 @@ async fn deletes_by_tag_and_by_digest() {
         reg.put_manifest("del", t, OCI_MANIFEST, &m).await;
     }
     // A tag: only that tag goes.
-    let r = reg
-        .client
-        .delete(reg.url("/v2/del/manifests/one"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.delete("/v2/del/manifests/one").await;
     assert_eq!(r.status(), 202);
-    assert_eq!(
-        reg.client
-            .get(reg.url("/v2/del/manifests/one"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
-    assert_eq!(
-        reg.client
-            .get(reg.url("/v2/del/manifests/two"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(reg.get("/v2/del/manifests/one").await.status(), 404);
+    assert_eq!(reg.get("/v2/del/manifests/two").await.status(), 200);
     // The digest: the manifest and every tag on it go.
-    let r = reg
-        .client
-        .delete(reg.url(&format!("/v2/del/manifests/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.delete(&format!("/v2/del/manifests/{d}")).await;
     assert_eq!(r.status(), 202);
     for reference in ["two", "three", d.as_str()] {
-        let r = reg
-            .client
-            .get(reg.url(&format!("/v2/del/manifests/{reference}")))
-            .send()
-            .await
-            .unwrap();
+        let r = reg.get(&format!("/v2/del/manifests/{reference}")).await;
         assert_oci_error(r, 404, "MANIFEST_UNKNOWN").await;
     }
-    let tags: Value = reg
-        .client
-        .get(reg.url("/v2/del/tags/list"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tags: Value = reg.get_json("/v2/del/tags/list").await;
     assert_eq!(tags["tags"], json!([]));
-    let r = reg
-        .client
-        .delete(reg.url(&format!("/v2/del/manifests/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.delete(&format!("/v2/del/manifests/{d}")).await;
     assert_oci_error(r, 404, "MANIFEST_UNKNOWN").await;
 }
 
@@ -519,22 +360,9 @@ async fn manifest_deletes_can_be_switched_off() {
     let reg = TestRegistry::start_with(|c| c.delete_enabled = false).await;
     let m = serde_json::to_vec(&reg.image_manifest("nd", 8, 1).await).unwrap();
     reg.put_manifest("nd", "v", OCI_MANIFEST, &m).await;
-    let r = reg
-        .client
-        .delete(reg.url("/v2/nd/manifests/v"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.delete("/v2/nd/manifests/v").await;
     assert_oci_error(r, 405, "UNSUPPORTED").await;
-    assert_eq!(
-        reg.client
-            .get(reg.url("/v2/nd/manifests/v"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(reg.get("/v2/nd/manifests/v").await.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -544,22 +372,12 @@ async fn tag_moves_atomically_between_manifests() {
     let b = serde_json::to_vec(&reg.image_manifest("mv", 10, 1).await).unwrap();
     reg.put_manifest("mv", "latest", OCI_MANIFEST, &a).await;
     reg.put_manifest("mv", "latest", OCI_MANIFEST, &b).await;
-    let g = reg
-        .client
-        .get(reg.url("/v2/mv/manifests/latest"))
-        .send()
-        .await
-        .unwrap();
+    let g = reg.get("/v2/mv/manifests/latest").await;
     assert_eq!(
         header(&g, "docker-content-digest"),
         Some(digest(&b).as_str())
     );
     // The old manifest is still reachable by digest.
-    let g = reg
-        .client
-        .get(reg.url(&format!("/v2/mv/manifests/{}", digest(&a))))
-        .send()
-        .await
-        .unwrap();
+    let g = reg.get(&format!("/v2/mv/manifests/{}", digest(&a))).await;
     assert_eq!(g.status(), 200);
 }

@@ -94,6 +94,18 @@ impl TestRegistry {
         d
     }
 
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.get(path).await.json().await.unwrap()
+    }
+
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.client.delete(self.url(path)).send().await.unwrap()
+    }
+
     pub async fn get_blob(&self, repo: &str, d: &str) -> reqwest::Response {
         self.client
             .get(self.url(&format!("/v2/{repo}/blobs/{d}")))
