@@ -157,10 +157,11 @@ async fn complete(st: &AppState, session: &SessionHandle, digest: &Digest) -> Ht
         let _ = session.unseal().await;
         return Err(e.into());
     }
-    st.meta
-        .link_blob(&session.repo, digest, sealed.size)
-        .await?;
+    let linked = st.meta.link_blob(&session.repo, digest, sealed.size).await;
+    // Either way the session is spent: its file now lives in the store. A
+    // client retrying after a failed link starts over and deduplicates.
     let _ = st.uploads.discard(session.id).await;
+    linked?;
     Ok(created(&session.repo, digest))
 }
 
