@@ -65,6 +65,140 @@ pub struct Config {
     pub gc_grace_secs: u64,
     /// Garbage collection also removes manifests no tag reaches.
     pub gc_delete_untagged: bool,
+    /// Who may do what. Absent: no authentication, everyone may do anything.
+    pub auth: AuthConfig,
+    /// Serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) instead of cleartext.
+    pub tls: Option<TlsConfig>,
+    /// Prometheus metrics and health checks on their own address.
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Apache htpasswd file with bcrypt entries (`htpasswd -B`): HTTP Basic.
+    pub htpasswd: Option<PathBuf>,
+    /// Docker token protocol: JWT bearer tokens from an external issuer.
+    pub token: Option<TokenConfig>,
+    /// Per-repository grants. With none, every authenticated user may do
+    /// everything (as in distribution); with any, only what they grant.
+    pub rules: Vec<RuleConfig>,
+    /// Basic-auth users allowed to run garbage collection over HTTP.
+    pub admins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Where clients fetch tokens (the challenge's realm).
+    pub realm: String,
+    /// Name of this registry at the issuer: the challenge's service and
+    /// the token's required audience.
+    pub service: String,
+    /// Required `iss` claim.
+    pub issuer: String,
+    /// PEM public key ("BEGIN PUBLIC KEY", RSA or EC P-256) that signs tokens.
+    pub public_key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Repository pattern: `*` matches within one path component, `**`
+    /// across components (`team/**`, `*/base`, `**`).
+    pub repository: String,
+    /// User names; `"*"` is any authenticated user, `"anonymous"` is a
+    /// request without credentials.
+    pub users: Vec<String>,
+    /// Any of "pull", "push", "delete".
+    pub actions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// How often the files are checked for changes (SIGHUP reloads at once).
+    #[serde(default = "default_reload_secs")]
+    pub reload_check_secs: u64,
+}
+
+fn default_reload_secs() -> u64 {
+    10
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `/metrics`, `/healthz` and `/readyz` are served here, never on the
+    /// registry address. Absent: no metrics listener.
+    pub addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// "text" or "json".
+    pub format: String,
+    /// Filter in tracing's syntax ("info", "wharf=debug"); WHARF_LOG wins.
+    pub level: String,
+    /// One line per request (target `wharf::access`).
+    pub access: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "text".into(),
+            level: "info".into(),
+            access: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Request line plus headers, per request (431 beyond it).
+    pub max_header_bytes: usize,
+    /// A client must finish sending a request's headers within this.
+    pub header_timeout_secs: u64,
+    /// A request body that sends nothing for this long is cut off.
+    pub body_idle_timeout_secs: u64,
+    /// A connection with no request in flight is closed after this.
+    pub idle_connection_secs: u64,
+    /// Upload sessions open at once, across all clients (429 beyond it).
+    pub max_upload_sessions: usize,
+    /// Largest blob accepted (0: no limit).
+    pub max_blob_bytes: u64,
+    /// Requests per second each client address may make, sustained
+    /// (0: no rate limit). Build farms behind one NAT share one address.
+    pub rate_limit_per_sec: u32,
+    /// Requests a client may make in a burst above the sustained rate.
+    pub rate_limit_burst: u32,
+    /// Concurrent connections per client address (0: no limit).
+    pub max_connections_per_client: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_header_bytes: 64 * 1024,
+            header_timeout_secs: 30,
+            body_idle_timeout_secs: 60,
+            idle_connection_secs: 300,
+            max_upload_sessions: 10_000,
+            max_blob_bytes: 0,
+            rate_limit_per_sec: 0,
+            rate_limit_burst: 200,
+            max_connections_per_client: 0,
+        }
+    }
 }
 
 impl Default for Config {
@@ -85,6 +219,11 @@ impl Default for Config {
             gc_interval_secs: 0,
             gc_grace_secs: 3600,
             gc_delete_untagged: false,
+            auth: AuthConfig::default(),
+            tls: None,
+            metrics: MetricsConfig::default(),
+            log: LogConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -112,6 +251,22 @@ impl Config {
             ("upload_batch_kib", self.upload_batch_kib),
             ("store_shards", self.store_shards as u64),
             ("actor_call_timeout_secs", self.actor_call_timeout_secs),
+            (
+                "limits.header_timeout_secs",
+                self.limits.header_timeout_secs,
+            ),
+            (
+                "limits.body_idle_timeout_secs",
+                self.limits.body_idle_timeout_secs,
+            ),
+            (
+                "limits.idle_connection_secs",
+                self.limits.idle_connection_secs,
+            ),
+            (
+                "limits.max_upload_sessions",
+                self.limits.max_upload_sessions as u64,
+            ),
         ];
         for (name, v) in positive {
             if v == 0 {
@@ -128,7 +283,41 @@ impl Config {
                 "max_manifest_bytes must be at least 4 MiB (the spec's minimum)".into(),
             ));
         }
+        if self.limits.max_header_bytes < 8192 {
+            return Err(ConfigError::Invalid(
+                "limits.max_header_bytes must be at least 8192".into(),
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid(
+                "log.format must be \"text\" or \"json\"".into(),
+            ));
+        }
+        if self.limits.rate_limit_per_sec > 0 && self.limits.rate_limit_burst == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.rate_limit_burst must be > 0 with a rate limit".into(),
+            ));
+        }
+        for r in &self.auth.rules {
+            for a in &r.actions {
+                if !matches!(a.as_str(), "pull" | "push" | "delete") {
+                    return Err(ConfigError::Invalid(format!(
+                        "auth.rules: unknown action {a:?} (pull, push, delete)"
+                    )));
+                }
+            }
+        }
+        if !self.auth.rules.is_empty() && !self.auth_enabled() {
+            return Err(ConfigError::Invalid(
+                "auth.rules need auth.htpasswd or auth.token".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// Whether requests must identify themselves at all.
+    pub fn auth_enabled(&self) -> bool {
+        self.auth.htpasswd.is_some() || self.auth.token.is_some()
     }
 
     pub fn upload_idle_timeout(&self) -> Duration {

@@ -13,20 +13,31 @@
 //!   digest commits and deduplicates; reads are mmap'd `Bytes`.
 //! - [`meta`]: the transactional metadata store (redb) with a group-commit
 //!   writer.
+//! - [`auth`]: htpasswd Basic and Docker bearer tokens, per-repository rules.
+//! - [`limits`]: per-client request rate and connection caps.
+//! - [`tls`]: rustls certificates, reloaded on SIGHUP or file change.
+//! - [`metrics`] and [`ops`]: Prometheus metrics, `/healthz`, `/readyz` on
+//!   their own listener.
 //!
 //! The path of a push: `http` streams request-body frames into the session
 //! actor; on completion the session verifies and syncs its file, `store`
 //! renames it into place (or drops it as a duplicate), `meta` links the blob
 //! to the repository, and only then does the client get its 201.
 
+pub mod auth;
 pub mod config;
+pub mod connection;
 pub mod fsck;
 pub mod gc;
 pub mod http;
+pub mod limits;
 pub mod meta;
+pub mod metrics;
 pub mod oci;
+pub mod ops;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod upload;
 
 pub use config::Config;

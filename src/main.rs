@@ -44,6 +44,10 @@ enum Command {
         /// A running Wharf, host:port: collect online, through it.
         #[arg(long)]
         url: Option<String>,
+        /// With --url on a registry with authentication: an admin user
+        /// (`auth.admins`); the password is read from WHARF_PASSWORD.
+        #[arg(long)]
+        user: Option<String>,
         #[arg(long)]
         dry_run: bool,
         /// Override gc_grace_secs.
@@ -75,13 +79,23 @@ fn load_config(config: Option<PathBuf>) -> Result<Config, ExitCode> {
     }
 }
 
+/// Logs go to stderr, as text or one JSON object per line; WHARF_LOG (in
+/// tracing's filter syntax) overrides the configured level.
+fn init_logging(log: &wharf::config::LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WHARF_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if log.format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WHARF_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, addr, root } => {
@@ -95,12 +109,14 @@ fn main() -> ExitCode {
             if let Some(r) = root {
                 cfg.root = r;
             }
+            init_logging(&cfg.log);
             serve(cfg)
         }
         Command::Gc {
             config,
             root,
             url,
+            user,
             dry_run,
             grace_secs,
             delete_untagged,
@@ -116,44 +132,52 @@ fn main() -> ExitCode {
                 cfg.gc_grace_secs = g;
             }
             cfg.gc_delete_untagged |= delete_untagged;
+            init_logging(&cfg.log);
             match url {
-                Some(u) => gc_online(&u, dry_run, grace_secs),
+                Some(u) => gc_online(&u, user.as_deref(), dry_run, grace_secs),
                 None => gc_offline(cfg, dry_run),
             }
         }
-        Command::Fsck { root, repair } => match wharf::fsck::run(&root, repair) {
-            Ok(r) => {
-                for p in &r.problems {
-                    println!("DAMAGE {p}");
-                }
-                for l in &r.leftovers {
-                    println!("LEFTOVER {}", l.display());
-                }
-                for o in &r.orphans {
-                    println!("ORPHAN {o} (garbage collection frees it)");
-                }
-                for f in &r.repaired {
-                    println!("REPAIRED {f}");
-                }
-                println!(
-                    "fsck: {} blobs checked, {} problems, {} leftovers, {} orphans{}",
-                    r.blobs_checked,
-                    r.problems.len(),
-                    r.leftovers.len(),
-                    r.orphans.len(),
-                    if repair { ", repair done" } else { "" }
-                );
-                if r.is_damaged() {
-                    ExitCode::from(1)
-                } else {
-                    ExitCode::SUCCESS
-                }
+        Command::Fsck { root, repair } => {
+            init_logging(&Default::default());
+            fsck(&root, repair)
+        }
+    }
+}
+
+fn fsck(root: &std::path::Path, repair: bool) -> ExitCode {
+    match wharf::fsck::run(root, repair) {
+        Ok(r) => {
+            for p in &r.problems {
+                println!("DAMAGE {p}");
             }
-            Err(e) => {
-                eprintln!("wharf fsck: {e}");
-                ExitCode::from(2)
+            for l in &r.leftovers {
+                println!("LEFTOVER {}", l.display());
             }
-        },
+            for o in &r.orphans {
+                println!("ORPHAN {o} (garbage collection frees it)");
+            }
+            for f in &r.repaired {
+                println!("REPAIRED {f}");
+            }
+            println!(
+                "fsck: {} blobs checked, {} problems, {} leftovers, {} orphans{}",
+                r.blobs_checked,
+                r.problems.len(),
+                r.leftovers.len(),
+                r.orphans.len(),
+                if repair { ", repair done" } else { "" }
+            );
+            if r.is_damaged() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("wharf fsck: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -204,15 +228,24 @@ fn gc_offline(cfg: Config, dry_run: bool) -> ExitCode {
 }
 
 /// Asks a running server to collect garbage (`POST /_wharf/gc`).
-fn gc_online(host: &str, dry_run: bool, grace_secs: Option<u64>) -> ExitCode {
+fn gc_online(host: &str, user: Option<&str>, dry_run: bool, grace_secs: Option<u64>) -> ExitCode {
+    use base64::Engine as _;
     use std::io::{Read, Write};
     let host = host.trim_start_matches("http://").trim_end_matches('/');
     let mut path = format!("/_wharf/gc?dry_run={dry_run}");
     if let Some(g) = grace_secs {
         path.push_str(&format!("&grace_secs={g}"));
     }
+    let credentials = match user {
+        Some(u) => {
+            let password = std::env::var("WHARF_PASSWORD").unwrap_or_default();
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{password}"));
+            format!("Authorization: Basic {token}\r\n")
+        }
+        None => String::new(),
+    };
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\n{credentials}Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
     let mut response = String::new();
     let sent = std::net::TcpStream::connect(host).and_then(|mut s| {

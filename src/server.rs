@@ -6,18 +6,23 @@
 //! Owns: the listener, the connection tasks, the idle-upload purger.
 //! Must not: hold registry logic; that lives in `http` and below.
 
+use crate::auth::{AuthError, Authenticator};
 use crate::config::Config;
-use crate::http::{self, AppState};
+use crate::connection::{self, Connections};
+use crate::http::AppState;
+use crate::limits::{ConnectionLimiter, RateLimiter};
 use crate::meta::{Meta, MetaError, MetaWriter};
+use crate::metrics::{Metrics, MetricsError};
 use crate::store::{ContentStore, StoreError};
+use crate::tls::{CertResolver, TlsError};
 use crate::upload::UploadRegistry;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
@@ -42,11 +47,18 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("upload sessions: {0}")]
     Uploads(std::io::Error),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// A running registry.
 pub struct Server {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -72,18 +84,22 @@ impl Server {
         let uploads = UploadRegistry::start(&root, config.fsync, config.actor_call_timeout())
             .await
             .map_err(ServerError::Uploads)?;
-        let listener =
-            TcpListener::bind(config.addr)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    addr: config.addr,
-                    source,
-                })?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: config.addr,
-            source,
-        })?;
+        let auth = Authenticator::new(&config.auth)?;
+        let tls = match &config.tls {
+            Some(t) => Some(Arc::new(CertResolver::load(&t.cert, &t.key)?)),
+            None => None,
+        };
+        let (listener, addr) = bind(config.addr).await?;
+        let ops_listener = match config.metrics.addr {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        let metrics = Arc::new(Metrics::new()?);
         let budget_kib = (config.upload_memory_budget_mib * 1024) as usize;
+        let rate_limiter = RateLimiter::new(
+            config.limits.rate_limit_per_sec,
+            config.limits.rate_limit_burst,
+        );
         let state = Arc::new(AppState {
             config,
             uploads,
@@ -91,15 +107,33 @@ impl Server {
             meta,
             body_budget: Arc::new(Semaphore::new(budget_kib)),
             gc_running: tokio::sync::Mutex::new(()),
+            auth,
+            rate_limiter,
+            metrics,
+            draining: AtomicBool::new(false),
         });
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(run(listener, state, writer, stopped));
-        tracing::info!(%addr, "wharf is serving");
+        let metrics_addr = ops_listener.as_ref().map(|(_, a)| *a);
+        let task = tokio::spawn(run(
+            listener,
+            ops_listener.map(|(l, _)| l),
+            tls,
+            state,
+            writer,
+            stopped,
+        ));
+        tracing::info!(%addr, metrics = ?metrics_addr, "wharf is serving");
         Ok(Server {
             addr,
+            metrics_addr,
             stop: Some(stop),
             task,
         })
+    }
+
+    /// The metrics listener's address, when one is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -121,28 +155,76 @@ impl Server {
     }
 }
 
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let err = |source| ServerError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let local = listener.local_addr().map_err(err)?;
+    Ok((listener, local))
+}
+
+fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let limits = &config.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Body frames are slices of this per-connection buffer and stay alive
+    // while a batch holds them: a smaller cap keeps hundreds of concurrent
+    // uploads inside the memory budget. It also caps a request head (431
+    // beyond it); the configured header limit is checked per request.
+    builder
+        .http1()
+        .max_buf_size((256 * 1024).max(limits.max_header_bytes))
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(limits.header_timeout_secs));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32)
+        .keep_alive_interval(Duration::from_secs(limits.idle_connection_secs / 2 + 1))
+        .keep_alive_timeout(Duration::from_secs(limits.header_timeout_secs));
+    builder
+}
+
 async fn run(
     listener: TcpListener,
+    ops_listener: Option<TcpListener>,
+    tls: Option<Arc<CertResolver>>,
     state: Arc<AppState>,
     writer: MetaWriter,
     mut stopped: oneshot::Receiver<()>,
 ) {
     let mut connections = JoinSet::new();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Body frames are slices of this per-connection buffer and stay alive
-    // while a batch holds them: a smaller cap keeps hundreds of concurrent
-    // uploads inside the memory budget.
-    builder.http1().max_buf_size(256 * 1024);
-    let purger = tokio::spawn(purge_idle_uploads(state.clone()));
-    let collector = tokio::spawn(scheduled_gc(state.clone()));
+    let acceptor = match tls.clone().map(crate::tls::server_config) {
+        Some(Ok(c)) => Some(tokio_rustls::TlsAcceptor::from(c)),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "TLS configuration failed; not serving");
+            return;
+        }
+        None => None,
+    };
+    let limits = &state.config.limits;
+    let ctx = Arc::new(Connections {
+        state: state.clone(),
+        builder: connection_builder(&state.config),
+        tls: acceptor,
+        idle: Duration::from_secs(limits.idle_connection_secs),
+        handshake: Duration::from_secs(limits.header_timeout_secs),
+    });
+    let per_client = ConnectionLimiter::new(limits.max_connections_per_client);
+    let mut background = JoinSet::new();
+    background.spawn(purge_idle_uploads(state.clone()));
+    background.spawn(scheduled_gc(state.clone()));
+    background.spawn(count_store(state.clone()));
+    background.spawn(watch_reloadable(state.clone(), tls));
+    if let Some(l) = ops_listener {
+        background.spawn(crate::ops::serve(l, state.clone()));
+    }
     loop {
         while connections.try_join_next().is_some() {}
         tokio::select! {
             _ = &mut stopped => break,
             accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((s, _)) => s,
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
@@ -150,23 +232,23 @@ async fn run(
                         continue;
                     }
                 };
+                let slot = match &per_client {
+                    Some(l) => match l.acquire(peer.ip()) {
+                        Some(slot) => Some(slot),
+                        None => {
+                            state.metrics.connections_cut.with_label_values(&["per_client_limit"]).inc();
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
                 let _ = stream.set_nodelay(true);
-                let st = state.clone();
-                let svc = service_fn(move |req| {
-                    let st = st.clone();
-                    async move { Ok::<_, Infallible>(http::handle(st, req).await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
-                connections.spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
+                connections.spawn(connection::serve(ctx.clone(), stream, peer, graceful.watcher(), slot));
             }
         }
     }
     drop(listener);
+    state.draining.store(true, Ordering::Relaxed);
     let grace = Duration::from_secs(state.config.shutdown_grace_secs);
     tracing::info!("shutting down: waiting up to {grace:?} for requests in flight");
     if tokio::time::timeout(grace, graceful.shutdown())
@@ -176,10 +258,8 @@ async fn run(
         tracing::warn!("grace period over; closing remaining connections");
     }
     connections.shutdown().await;
-    purger.abort();
-    collector.abort();
-    let _ = purger.await;
-    let _ = collector.await;
+    background.shutdown().await;
+    drop(ctx);
     match Arc::try_unwrap(state) {
         Ok(state) => {
             // Sessions keep their files: clients resume after the restart.
@@ -193,6 +273,91 @@ async fn run(
     tracing::info!("wharf stopped");
 }
 
+/// Reloads the certificate and the htpasswd file on SIGHUP, and when their
+/// modification times change (checked every `tls.reload_check_secs`, or 10 s).
+async fn watch_reloadable(state: Arc<AppState>, tls: Option<Arc<CertResolver>>) {
+    let mut files: Vec<PathBuf> = Vec::new();
+    if let Some(t) = &tls {
+        files.extend(t.paths().iter().map(|p| p.to_path_buf()));
+    }
+    if let Some(p) = state.auth.as_ref().and_then(|a| a.htpasswd_path()) {
+        files.push(p.clone());
+    }
+    if files.is_empty() {
+        return;
+    }
+    let every = Duration::from_secs(
+        state
+            .config
+            .tls
+            .as_ref()
+            .map_or(10, |t| t.reload_check_secs.max(1)),
+    );
+    let stamps = |files: &[PathBuf]| -> Vec<Option<SystemTime>> {
+        files
+            .iter()
+            .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+            .collect()
+    };
+    let mut seen = stamps(&files);
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler; reloading on file change only");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let signalled = tokio::select! {
+            _ = tick.tick() => false,
+            Some(()) = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => true,
+        };
+        let now = stamps(&files);
+        if !signalled && now == seen {
+            continue;
+        }
+        seen = now;
+        if let Some(t) = &tls {
+            match t.reload() {
+                Ok(()) => {
+                    state.metrics.tls_reloads.with_label_values(&["ok"]).inc();
+                    tracing::info!("TLS certificate reloaded");
+                }
+                Err(e) => {
+                    state
+                        .metrics
+                        .tls_reloads
+                        .with_label_values(&["error"])
+                        .inc();
+                    tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate");
+                }
+            }
+        }
+        if let Some(a) = &state.auth {
+            if let Err(e) = a.reload() {
+                tracing::error!(error = %e, "htpasswd reload failed; keeping the previous users");
+            }
+        }
+    }
+}
+
+/// Sets the store gauges from a scan of the blobs folder at start-up; from
+/// then on commits and garbage collection keep them current.
+async fn count_store(state: Arc<AppState>) {
+    if let Ok(blobs) = state.store.list().await {
+        let bytes: u64 = blobs.iter().map(|(_, size, _)| size).sum();
+        state.metrics.store_bytes.add(bytes as i64);
+        state.metrics.store_blobs.add(blobs.len() as i64);
+    }
+}
+
 async fn purge_idle_uploads(state: Arc<AppState>) {
     let every = Duration::from_secs(state.config.upload_purge_interval_secs);
     let idle = state.config.upload_idle_timeout();
@@ -201,6 +366,13 @@ async fn purge_idle_uploads(state: Arc<AppState>) {
     loop {
         tick.tick().await;
         let n = state.uploads.purge_idle(idle).await;
+        state
+            .metrics
+            .upload_sessions_open
+            .set(state.uploads.len() as i64);
+        if let Some(r) = &state.rate_limiter {
+            r.sweep();
+        }
         if n > 0 {
             tracing::info!(purged = n, "purged idle upload sessions");
         }
@@ -217,7 +389,10 @@ async fn scheduled_gc(state: Arc<AppState>) {
     loop {
         tick.tick().await;
         let _running = state.gc_running.lock().await;
-        match crate::gc::collect(&state.meta, &state.store, &state.config.gc_options(false)).await {
+        let result =
+            crate::gc::collect(&state.meta, &state.store, &state.config.gc_options(false)).await;
+        state.metrics.record_gc(&result);
+        match result {
             Ok(report) => tracing::info!(%report, "garbage collection (scheduled)"),
             Err(e) => tracing::error!(error = %e, "garbage collection failed"),
         }

@@ -28,9 +28,9 @@ pub(super) async fn gc(st: &AppState, method: &Method, query: &Query) -> HttpRes
             .map_err(|_| ApiError::Unsupported(format!("grace_secs={g} is not a number")))?;
         opts.grace = Duration::from_secs(secs);
     }
-    let report = gc::collect(&st.meta, &st.store, &opts)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let result = gc::collect(&st.meta, &st.store, &opts).await;
+    st.metrics.record_gc(&result);
+    let report = result.map_err(|e| ApiError::Internal(e.to_string()))?;
     tracing::info!(%report, "garbage collection (requested)");
     let body = serde_json::to_vec(&report).unwrap_or_default();
     let len = body.len();

@@ -50,6 +50,14 @@ pub enum ApiError {
     StorageFull(String),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("{message}")]
+    Unauthorized { challenge: String, message: String },
+    #[error("requested access to the resource is denied")]
+    Denied { challenge: Option<String> },
+    #[error("too many requests; retry in {retry_after_secs} s")]
+    TooManyRequests { retry_after_secs: u64 },
+    #[error("request headers are larger than {0} bytes")]
+    HeadersTooLarge(usize),
 }
 
 impl ApiError {
@@ -77,6 +85,10 @@ impl ApiError {
             Unavailable(_) => ("UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE),
             StorageFull(_) => ("STORAGE_FULL", StatusCode::INSUFFICIENT_STORAGE),
             Internal(_) => ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR),
+            Unauthorized { .. } => ("UNAUTHORIZED", StatusCode::UNAUTHORIZED),
+            Denied { .. } => ("DENIED", StatusCode::FORBIDDEN),
+            TooManyRequests { .. } => ("TOOMANYREQUESTS", StatusCode::TOO_MANY_REQUESTS),
+            HeadersTooLarge(_) => ("SIZE_INVALID", StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
         }
     }
 
@@ -106,9 +118,22 @@ impl ApiError {
             HeaderValue::from_static("application/json"),
         );
         h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
-        if let ApiError::RangeNotSatisfiable { size } = self {
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                h.insert(http::header::CONTENT_RANGE, v);
+        let extra = match self {
+            ApiError::RangeNotSatisfiable { size } => {
+                Some((http::header::CONTENT_RANGE, format!("bytes */{size}")))
+            }
+            ApiError::Unauthorized { challenge, .. }
+            | ApiError::Denied {
+                challenge: Some(challenge),
+            } => Some((http::header::WWW_AUTHENTICATE, challenge)),
+            ApiError::TooManyRequests { retry_after_secs } => {
+                Some((http::header::RETRY_AFTER, retry_after_secs.to_string()))
+            }
+            _ => None,
+        };
+        if let Some((name, value)) = extra {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(name, v);
             }
         }
         resp

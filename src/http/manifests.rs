@@ -18,13 +18,29 @@ const DRAIN_MAX: u64 = 64 << 20;
 
 /// Reads a manifest body of at most `max` bytes; `None` when it is larger
 /// (the rest is drained, up to `DRAIN_MAX`).
-async fn read_manifest_body(mut body: Incoming, max: usize) -> Result<Option<Bytes>, ApiError> {
+async fn read_manifest_body(
+    st: &AppState,
+    mut body: Incoming,
+    max: usize,
+) -> Result<Option<Bytes>, ApiError> {
     let mut buf = bytes::BytesMut::new();
     let mut seen: u64 = 0;
-    while let Some(frame) = body.frame().await {
+    let idle = std::time::Duration::from_secs(st.config.limits.body_idle_timeout_secs);
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(ApiError::ManifestInvalid(format!(
+                    "no manifest bytes for {} s",
+                    idle.as_secs()
+                )))
+            }
+        };
         let frame = frame
             .map_err(|e| ApiError::ManifestInvalid(format!("could not read the manifest: {e}")))?;
         if let Ok(data) = frame.into_data() {
+            st.metrics.received_bytes.inc_by(data.len() as u64);
             seen += data.len() as u64;
             if seen > DRAIN_MAX {
                 return Ok(None);
@@ -110,7 +126,7 @@ pub(super) async fn put(
     if declared.is_some_and(|n| n > DRAIN_MAX) {
         return Err(too_large());
     }
-    let body = read_manifest_body(req.into_body(), max)
+    let body = read_manifest_body(st, req.into_body(), max)
         .await?
         .ok_or_else(too_large)?;
 
@@ -145,7 +161,10 @@ pub(super) async fn put(
         }
     }
 
-    st.store.put_bytes(&digest, body.clone()).await?;
+    if st.store.put_bytes(&digest, body.clone()).await? == crate::store::Commit::Stored {
+        st.metrics.store_bytes.add(body.len() as i64);
+        st.metrics.store_blobs.inc();
+    }
     let record = ManifestRecord {
         media_type: parsed.media_type,
         size: body.len() as u64,

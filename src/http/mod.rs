@@ -16,17 +16,24 @@ pub mod query;
 pub mod route;
 mod uploads;
 
+use crate::auth::{Access, Action, Authenticator, Decision, Identity};
 use crate::config::Config;
+use crate::limits::RateLimiter;
 use crate::meta::Meta;
+use crate::metrics::Metrics;
 use crate::store::ContentStore;
 use crate::upload::UploadRegistry;
 use body::Body;
 use error::ApiError;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use query::Query;
 use route::{Endpoint, RouteError};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::Semaphore;
 
 /// Everything a handler may use. Built once at start-up.
@@ -41,41 +48,266 @@ pub struct AppState {
     pub body_budget: Arc<Semaphore>,
     /// Held by the garbage collection that is running, so runs never overlap.
     pub gc_running: tokio::sync::Mutex<()>,
+    /// `None`: authentication is off.
+    pub auth: Option<Authenticator>,
+    pub rate_limiter: Option<RateLimiter>,
+    pub metrics: Arc<Metrics>,
+    /// Set when shutdown begins: `/readyz` turns 503 so balancers drain us.
+    pub draining: AtomicBool,
 }
 
 impl AppState {
     fn batch_bytes(&self) -> usize {
         (self.config.upload_batch_kib * 1024) as usize
     }
+
+    /// Whether the registry can serve: not draining, metadata readable.
+    pub fn ready(&self) -> Result<(), String> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err("shutting down".into());
+        }
+        self.meta
+            .read()
+            .repos(None, 1)
+            .map(|_| ())
+            .map_err(|e| format!("metadata store: {e}"))
+    }
 }
 
 pub type HttpResult = Result<Response<Body>, ApiError>;
 
+/// What the access log and metrics say about a request, filled in as the
+/// request is understood.
+struct RequestFacts {
+    route: &'static str,
+    repo: Option<String>,
+    user: String,
+}
+
 /// Serves one request. Never fails: every error becomes an OCI error reply.
-pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
-    let head_only = req.method() == Method::HEAD;
-    let mut resp = match dispatch(&state, req).await {
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let head_only = method == Method::HEAD;
+    let bytes_in = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut facts = RequestFacts {
+        route: "none",
+        repo: None,
+        user: "-".into(),
+    };
+    let mut resp = match dispatch(&state, req, peer, &mut facts).await {
         Ok(r) => r,
-        Err(e) => e.into_response(head_only),
+        Err(e) => {
+            match e {
+                ApiError::Unauthorized { .. } => state
+                    .metrics
+                    .auth_failures
+                    .with_label_values(&["unauthenticated"])
+                    .inc(),
+                ApiError::Denied { .. } => state
+                    .metrics
+                    .auth_failures
+                    .with_label_values(&["denied"])
+                    .inc(),
+                ApiError::TooManyRequests { .. } => state.metrics.rate_limited.inc(),
+                _ => {}
+            }
+            e.into_response(head_only)
+        }
     };
     resp.headers_mut().insert(
         "docker-distribution-api-version",
         HeaderValue::from_static("registry/2.0"),
     );
+    let elapsed = started.elapsed();
+    let status = resp.status().as_u16();
+    let bytes_out = resp.body().size_hint().exact().unwrap_or(0);
+    let m = &state.metrics;
+    m.requests
+        .with_label_values(&[facts.route, method.as_str(), status_label(status)])
+        .inc();
+    m.request_seconds
+        .with_label_values(&[facts.route])
+        .observe(elapsed.as_secs_f64());
+    m.sent_bytes.inc_by(bytes_out);
+    if state.config.log.access {
+        tracing::info!(
+            target: "wharf::access",
+            method = %method,
+            route = facts.route,
+            repository = facts.repo.as_deref().unwrap_or("-"),
+            user = %facts.user,
+            client = %peer,
+            status,
+            bytes_in = bytes_in.unwrap_or(0),
+            bytes_out,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+        );
+    }
     resp
 }
 
-async fn dispatch(st: &AppState, req: Request<Incoming>) -> HttpResult {
-    if req.uri().path() == "/_wharf/gc" {
-        return admin::gc(st, req.method(), &Query::parse(req.uri().query())).await;
+/// Status codes as static label values (no allocation per request).
+fn status_label(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        201 => "201",
+        202 => "202",
+        204 => "204",
+        206 => "206",
+        304 => "304",
+        307 => "307",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        413 => "413",
+        416 => "416",
+        429 => "429",
+        431 => "431",
+        500 => "500",
+        503 => "503",
+        507 => "507",
+        s if s < 300 => "2xx",
+        s if s < 400 => "3xx",
+        s if s < 500 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// The route label and the repository an endpoint names.
+fn describe(ep: &Endpoint) -> (&'static str, Option<String>) {
+    match ep {
+        Endpoint::Base => ("base", None),
+        Endpoint::Catalog => ("catalog", None),
+        Endpoint::Blob { name, .. } => ("blob", Some(name.to_string())),
+        Endpoint::UploadStart { name } => ("upload_start", Some(name.to_string())),
+        Endpoint::Upload { name, .. } => ("upload", Some(name.to_string())),
+        Endpoint::Manifest { name, .. } => ("manifest", Some(name.to_string())),
+        Endpoint::Tags { name } => ("tags", Some(name.to_string())),
+        Endpoint::Referrers { name, .. } => ("referrers", Some(name.to_string())),
+    }
+}
+
+/// The permission a request for `ep` with `method` needs. Unknown method
+/// and endpoint pairs ask for pull: they end in 405 once allowed to ask.
+pub fn required_access(method: &Method, ep: &Endpoint) -> Access {
+    let repo = |name: &crate::oci::RepoName, action| Access::repo(name.as_str(), action);
+    match ep {
+        Endpoint::Base => Access::Login,
+        Endpoint::Catalog => Access::Catalog,
+        Endpoint::UploadStart { name } | Endpoint::Upload { name, .. } => repo(name, Action::Push),
+        Endpoint::Blob { name, .. } | Endpoint::Manifest { name, .. } => match *method {
+            Method::DELETE => repo(name, Action::Delete),
+            Method::PUT => repo(name, Action::Push),
+            _ => repo(name, Action::Pull),
+        },
+        Endpoint::Tags { name } | Endpoint::Referrers { name, .. } => repo(name, Action::Pull),
+    }
+}
+
+/// Checks credentials and permission for `access`.
+async fn authorize(
+    auth: &Authenticator,
+    req: &Request<Incoming>,
+    access: &Access,
+    facts: &mut RequestFacts,
+) -> Result<Identity, ApiError> {
+    let header = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    let who = match auth.identify(header).await {
+        Ok(who) => who,
+        Err(e) => {
+            return Err(ApiError::Unauthorized {
+                challenge: auth.challenge(access, false),
+                message: e.to_string(),
+            })
+        }
+    };
+    facts.user = who.name().to_owned();
+    match auth.decide(&who, access) {
+        Decision::Allow => Ok(who),
+        Decision::Challenge => Err(ApiError::Unauthorized {
+            challenge: auth.challenge(access, false),
+            message: "authentication required".into(),
+        }),
+        Decision::Deny => Err(ApiError::Denied {
+            challenge: matches!(who, Identity::Token(_)).then(|| auth.challenge(access, true)),
+        }),
+    }
+}
+
+async fn dispatch(
+    st: &AppState,
+    req: Request<Incoming>,
+    peer: IpAddr,
+    facts: &mut RequestFacts,
+) -> HttpResult {
+    let max_head = st.config.limits.max_header_bytes;
+    let head_len = req.uri().to_string().len()
+        + req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if head_len > max_head {
+        return Err(ApiError::HeadersTooLarge(max_head));
+    }
+    if let Some(r) = &st.rate_limiter {
+        if let Err(wait) = r.check(peer) {
+            return Err(ApiError::TooManyRequests {
+                retry_after_secs: wait.as_secs().max(1),
+            });
+        }
+    }
+    match req.uri().path() {
+        "/healthz" => {
+            facts.route = "healthz";
+            return Ok(json_response(StatusCode::OK, b"{}"));
+        }
+        "/readyz" => {
+            facts.route = "readyz";
+            return match st.ready() {
+                Ok(()) => Ok(json_response(StatusCode::OK, b"{}")),
+                Err(why) => Err(ApiError::Unavailable(why)),
+            };
+        }
+        "/_wharf/gc" => {
+            facts.route = "admin_gc";
+            if let Some(auth) = &st.auth {
+                let who = authorize(auth, &req, &Access::Login, facts).await?;
+                if !auth.is_admin(&who) {
+                    return Err(ApiError::Denied { challenge: None });
+                }
+            }
+            return admin::gc(st, req.method(), &Query::parse(req.uri().query())).await;
+        }
+        _ => {}
     }
     let endpoint = match route::parse(req.uri().path()) {
         Ok(e) => e,
         Err(RouteError::NotFound) => return Err(ApiError::NotFound),
         Err(RouteError::Invalid(e)) => return Err(e.into()),
     };
+    (facts.route, facts.repo) = describe(&endpoint);
     let query = Query::parse(req.uri().query());
     let method = req.method().clone();
+    // Mounting reads the source repository: without pull there, the mount
+    // is ignored and a plain upload starts, as the spec allows.
+    let mut may_mount = true;
+    if let Some(auth) = &st.auth {
+        let who = authorize(auth, &req, &required_access(&method, &endpoint), facts).await?;
+        if let (Endpoint::UploadStart { .. }, Some(from)) = (&endpoint, query.get("from")) {
+            may_mount = auth.allows(&who, &Access::repo(from, Action::Pull));
+        }
+    }
     match (method, endpoint) {
         (Method::GET | Method::HEAD, Endpoint::Base) => Ok(json_response(StatusCode::OK, b"{}")),
         (Method::GET, Endpoint::Blob { name, digest }) => {
@@ -88,7 +320,7 @@ async fn dispatch(st: &AppState, req: Request<Incoming>) -> HttpResult {
             blobs::delete(st, &name, &digest).await
         }
         (Method::POST, Endpoint::UploadStart { name }) => {
-            uploads::start(st, &name, &query, req).await
+            uploads::start(st, &name, &query, req, may_mount).await
         }
         (Method::PATCH, Endpoint::Upload { name, id }) => uploads::patch(st, &name, &id, req).await,
         (Method::PUT, Endpoint::Upload { name, id }) => {

@@ -12,6 +12,7 @@ use crate::oci::{ContentRange, Digest, RepoName};
 use crate::upload::{SessionHandle, UploadError};
 use bytes::Bytes;
 use http::{Request, StatusCode};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::future::Future;
@@ -23,8 +24,9 @@ pub(super) async fn start(
     name: &RepoName,
     query: &Query,
     req: Request<Incoming>,
+    may_mount: bool,
 ) -> HttpResult {
-    if let Some(mount) = query.get("mount") {
+    if let (Some(mount), true) = (query.get("mount"), may_mount) {
         let digest = Digest::parse(mount)?;
         if let Some(from) = query.get("from").and_then(|f| RepoName::parse(f).ok()) {
             if let Some(size) = st.meta.read().blob_link(&from, &digest)? {
@@ -47,7 +49,7 @@ pub(super) async fn start(
         // Not mountable: the spec says to fall back to a normal session.
     } else if let Some(d) = query.get("digest") {
         let digest = Digest::parse(d)?;
-        let session = st.uploads.create(name).await?;
+        let session = new_session(st, name).await?;
         let result = async {
             stream_body(st, &session, 0, req.into_body()).await?;
             complete(st, &session, &digest).await
@@ -59,8 +61,20 @@ pub(super) async fn start(
         }
         return result;
     }
-    let session = st.uploads.create(name).await?;
+    let session = new_session(st, name).await?;
     Ok(upload_progress(StatusCode::ACCEPTED, &session, 0))
+}
+
+/// A new session, unless `limits.max_upload_sessions` are open already.
+async fn new_session(st: &AppState, name: &RepoName) -> Result<SessionHandle, ApiError> {
+    if st.uploads.len() >= st.config.limits.max_upload_sessions {
+        return Err(ApiError::TooManyRequests {
+            retry_after_secs: 10,
+        });
+    }
+    let session = st.uploads.create(name).await?;
+    st.metrics.upload_sessions_open.set(st.uploads.len() as i64);
+    Ok(session)
 }
 
 pub(super) async fn patch(
@@ -152,16 +166,23 @@ fn chunk_start(req: &Request<Incoming>, offset: u64) -> Result<u64, ApiError> {
 /// Verifies and commits a session's content under `digest`, links it to
 /// the session's repository, and ends the session.
 async fn complete(st: &AppState, session: &SessionHandle, digest: &Digest) -> HttpResult {
+    let started = std::time::Instant::now();
     let sealed = session.seal(digest).await?;
-    if let Err(e) = st.store.commit(digest, sealed.staged).await {
-        let _ = session.unseal().await;
-        return Err(e.into());
-    }
+    let commit = match st.store.commit(digest, sealed.staged).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = session.unseal().await;
+            return Err(e.into());
+        }
+    };
     let linked = st.meta.link_blob(&session.repo, digest, sealed.size).await;
     // Either way the session is spent: its file now lives in the store. A
     // client retrying after a failed link starts over and deduplicates.
     let _ = st.uploads.discard(session.id).await;
     linked?;
+    st.metrics
+        .record_commit(commit, sealed.size, started.elapsed());
+    st.metrics.upload_sessions_open.set(st.uploads.len() as i64);
     Ok(created(&session.repo, digest))
 }
 
@@ -193,6 +214,12 @@ fn upload_progress(
     )
 }
 
+fn too_large(max: u64) -> ApiError {
+    ApiError::TooLarge(format!(
+        "blob larger than this registry accepts ({max} bytes)"
+    ))
+}
+
 /// How a batch of body frames ended.
 enum BatchEnd {
     /// The batch is full; more body follows.
@@ -221,6 +248,12 @@ async fn stream_body(
     mut body: Incoming,
 ) -> Result<u64, ApiError> {
     let mut inflight: Option<Append<'_>> = None;
+    let max = st.config.limits.max_blob_bytes;
+    let mut read_end = at;
+    if max > 0 && at + body.size_hint().lower() > max {
+        drain(body).await;
+        return Err(too_large(max));
+    }
     loop {
         let next = collect_batch(st, &mut body);
         let (batch, previous) = match inflight.take() {
@@ -240,6 +273,14 @@ async fn stream_body(
             };
         }
         let batch = batch?;
+        read_end += batch.bytes as u64;
+        if max > 0 && read_end > max {
+            if let Some(w) = inflight.take() {
+                let _ = w.await;
+            }
+            drain(body).await;
+            return Err(too_large(max));
+        }
         if batch.bytes > 0 {
             let s = session.clone();
             let (chunks, permit) = (batch.chunks, batch.permit);
@@ -299,7 +340,7 @@ async fn collect_batch(st: &AppState, body: &mut Incoming) -> Result<Batch, ApiE
         .acquire_many_owned((max / 1024) as u32)
         .await
         .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
-    let idle = st.config.actor_call_timeout();
+    let idle = std::time::Duration::from_secs(st.config.limits.body_idle_timeout_secs);
     let mut chunks = Vec::new();
     let mut bytes = 0usize;
     let end = loop {
@@ -313,6 +354,7 @@ async fn collect_batch(st: &AppState, body: &mut Incoming) -> Result<Batch, ApiE
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
                     if !data.is_empty() {
+                        st.metrics.received_bytes.inc_by(data.len() as u64);
                         bytes += data.len();
                         chunks.push(data);
                     }

@@ -1,0 +1,218 @@
+//! The registry's Prometheus metrics: one `Metrics` value, built at start-up
+//! and shared; recorders are plain counter/histogram updates (atomics, no
+//! locks, no allocation on the request path beyond label lookup).
+//!
+//! Owns: metric names, labels and buckets, and the text exposition.
+//! Must not: serve HTTP (the ops listener does) or decide anything.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_seconds: HistogramVec,
+    pub received_bytes: IntCounter,
+    pub sent_bytes: IntCounter,
+    pub upload_sessions_open: IntGauge,
+    pub commit_seconds: Histogram,
+    pub blob_commits: IntCounterVec,
+    pub gc_runs: IntCounterVec,
+    pub gc_freed_bytes: IntCounter,
+    pub store_bytes: IntGauge,
+    pub store_blobs: IntGauge,
+    pub auth_failures: IntCounterVec,
+    pub rate_limited: IntCounter,
+    pub connections_open: IntGauge,
+    pub connections_cut: IntCounterVec,
+    pub tls_reloads: IntCounterVec,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("metrics: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, MetricsError> {
+        let registry = Registry::new_custom(Some("wharf".into()), None)?;
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "Requests answered, by route, method and status.",
+            ),
+            &["route", "method", "status"],
+        )?;
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "Time from request head to response head, by route.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        let received_bytes = IntCounter::new(
+            "http_received_bytes_total",
+            "Request-body bytes read (blob uploads and manifests).",
+        )?;
+        let sent_bytes = IntCounter::new(
+            "http_sent_bytes_total",
+            "Response-body bytes sent (by declared length).",
+        )?;
+        let upload_sessions_open =
+            IntGauge::new("upload_sessions_open", "Upload sessions currently open.")?;
+        let commit_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "blob_commit_duration_seconds",
+                "Time to verify, store and link a completed upload.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let blob_commits = IntCounterVec::new(
+            Opts::new(
+                "blob_commits_total",
+                "Completed uploads: result=stored (new content) or deduplicated.",
+            ),
+            &["result"],
+        )?;
+        let gc_runs = IntCounterVec::new(
+            Opts::new(
+                "gc_runs_total",
+                "Garbage collections, by result (ok, error).",
+            ),
+            &["result"],
+        )?;
+        let gc_freed_bytes = IntCounter::new(
+            "gc_freed_bytes_total",
+            "Blob bytes freed by garbage collection.",
+        )?;
+        let store_bytes = IntGauge::new("store_bytes", "Bytes of blob content in the store.")?;
+        let store_blobs = IntGauge::new("store_blobs", "Blobs in the store.")?;
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "auth_failures_total",
+                "Refused requests: kind=unauthenticated (401) or denied (403).",
+            ),
+            &["kind"],
+        )?;
+        let rate_limited = IntCounter::new(
+            "rate_limited_total",
+            "Requests refused with 429 by the per-client rate limit.",
+        )?;
+        let connections_open = IntGauge::new("connections_open", "Client connections open.")?;
+        let connections_cut = IntCounterVec::new(
+            Opts::new(
+                "connections_cut_total",
+                "Connections closed by the server: reason=idle, tls_handshake, per_client_limit.",
+            ),
+            &["reason"],
+        )?;
+        let tls_reloads = IntCounterVec::new(
+            Opts::new("tls_reloads_total", "Certificate reloads, by result."),
+            &["result"],
+        )?;
+        let m = Metrics {
+            registry,
+            requests,
+            request_seconds,
+            received_bytes,
+            sent_bytes,
+            upload_sessions_open,
+            commit_seconds,
+            blob_commits,
+            gc_runs,
+            gc_freed_bytes,
+            store_bytes,
+            store_blobs,
+            auth_failures,
+            rate_limited,
+            connections_open,
+            connections_cut,
+            tls_reloads,
+        };
+        let r = &m.registry;
+        r.register(Box::new(m.requests.clone()))?;
+        r.register(Box::new(m.request_seconds.clone()))?;
+        r.register(Box::new(m.received_bytes.clone()))?;
+        r.register(Box::new(m.sent_bytes.clone()))?;
+        r.register(Box::new(m.upload_sessions_open.clone()))?;
+        r.register(Box::new(m.commit_seconds.clone()))?;
+        r.register(Box::new(m.blob_commits.clone()))?;
+        r.register(Box::new(m.gc_runs.clone()))?;
+        r.register(Box::new(m.gc_freed_bytes.clone()))?;
+        r.register(Box::new(m.store_bytes.clone()))?;
+        r.register(Box::new(m.store_blobs.clone()))?;
+        r.register(Box::new(m.auth_failures.clone()))?;
+        r.register(Box::new(m.rate_limited.clone()))?;
+        r.register(Box::new(m.connections_open.clone()))?;
+        r.register(Box::new(m.connections_cut.clone()))?;
+        r.register(Box::new(m.tls_reloads.clone()))?;
+        Ok(m)
+    }
+
+    /// The text exposition format (version 0.0.4).
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+
+    pub fn record_commit(
+        &self,
+        commit: crate::store::Commit,
+        size: u64,
+        took: std::time::Duration,
+    ) {
+        self.commit_seconds.observe(took.as_secs_f64());
+        match commit {
+            crate::store::Commit::Stored => {
+                self.blob_commits.with_label_values(&["stored"]).inc();
+                self.store_bytes.add(size as i64);
+                self.store_blobs.inc();
+            }
+            crate::store::Commit::Deduplicated => {
+                self.blob_commits.with_label_values(&["deduplicated"]).inc();
+            }
+        }
+    }
+
+    pub fn record_gc(&self, result: &Result<crate::gc::GcReport, crate::gc::GcError>) {
+        match result {
+            Ok(r) => {
+                self.gc_runs.with_label_values(&["ok"]).inc();
+                if !r.dry_run {
+                    self.gc_freed_bytes.inc_by(r.bytes_freed);
+                    self.store_bytes.sub(r.bytes_freed as i64);
+                    self.store_blobs.sub(r.blobs_removed as i64);
+                }
+            }
+            Err(_) => self.gc_runs.with_label_values(&["error"]).inc(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_with_the_prefix() {
+        let m = Metrics::new().unwrap();
+        m.requests
+            .with_label_values(&["blob_get", "GET", "200"])
+            .inc();
+        m.blob_commits.with_label_values(&["deduplicated"]).inc();
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains(
+            "wharf_http_requests_total{method=\"GET\",route=\"blob_get\",status=\"200\"} 1"
+        ));
+        assert!(text.contains("wharf_blob_commits_total{result=\"deduplicated\"} 1"));
+        assert!(text.contains("# TYPE wharf_store_bytes gauge"));
+    }
+}

@@ -1,0 +1,80 @@
+//! The operator listener, on its own address so it can stay on a private
+//! network: `/metrics` (Prometheus text format), `/healthz` (the process
+//! answers), `/readyz` (it can serve: metadata readable, not draining).
+//!
+//! Owns: that listener and its connections.
+//! Must not: serve registry endpoints or require credentials.
+
+use crate::http::AppState;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// Serves until the task running it is aborted (which also ends its
+/// connections: they live in this function's `JoinSet`).
+pub async fn serve(listener: TcpListener, state: Arc<AppState>) {
+    let mut connections = JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let st = state.clone();
+        let svc = service_fn(move |req| {
+            let st = st.clone();
+            async move { Ok::<_, Infallible>(answer(&st, &req)) }
+        });
+        connections.spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc);
+            // Scrapers are short-lived; a stuck one must not pin a socket.
+            let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
+        });
+    }
+}
+
+fn answer(st: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, content_type, body): (StatusCode, &str, Bytes) = match req.uri().path() {
+        "/metrics" => {
+            st.metrics.upload_sessions_open.set(st.uploads.len() as i64);
+            (
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                Bytes::from(st.metrics.render()),
+            )
+        }
+        "/healthz" => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
+        "/readyz" => match st.ready() {
+            Ok(()) => (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n")),
+            Err(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                Bytes::from(format!("not ready: {why}\n")),
+            ),
+        },
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            Bytes::from_static(b"not found: /metrics, /healthz, /readyz\n"),
+        ),
+    };
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    r
+}
