@@ -79,15 +79,13 @@ fn load_config(config: Option<PathBuf>) -> Result<Config, ExitCode> {
     }
 }
 
-/// Logs go to stderr, as text or one JSON object per line; WHARF_LOG (in
+/// Logs go to stdout, as text or one JSON object per line; WHARF_LOG (in
 /// tracing's filter syntax) overrides the configured level.
 fn init_logging(log: &wharf::config::LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WHARF_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if log.format == "json" {
         builder.json().flatten_event(true).init();
     } else {

@@ -2,6 +2,8 @@
 //! small helpers that speak the protocol with reqwest.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use sha2::{Digest as _, Sha256};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
