@@ -252,8 +252,15 @@ pub struct WharfProcess {
 
 impl WharfProcess {
     pub fn start(root: &std::path::Path) -> Self {
+        Self::start_args(root, &[])
+    }
+
+    /// Started with more flags (`--config FILE`, say).
+    pub fn start_args(root: &std::path::Path, extra: &[&std::ffi::OsStr]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
-            .args(["serve", "--addr", "127.0.0.1:0", "--root"])
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(extra)
+            .arg("--root")
             .arg(root)
             .env("WHARF_LOG", "info")
             .env("NO_COLOR", "1")

@@ -1,0 +1,120 @@
+//! The operator listener: Prometheus metrics that move with traffic,
+//! health and readiness, and nothing of it on the registry address.
+
+mod common;
+
+use common::*;
+
+fn metric(text: &str, line_start: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_traffic() {
+    let reg =
+        TestRegistry::start_with(|c| c.metrics.addr = Some("127.0.0.1:0".parse().unwrap())).await;
+    let ops = format!(
+        "http://{}",
+        reg.server.as_ref().unwrap().metrics_addr().unwrap()
+    );
+    let scrape = || async {
+        let r = reqwest::get(format!("{ops}/metrics")).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(header(&r, "content-type")
+            .unwrap()
+            .starts_with("text/plain"));
+        r.text().await.unwrap()
+    };
+    let before = scrape().await;
+    let data = payload(300_000, 5);
+    reg.push_mono("m/x", &data).await;
+    reg.push_mono("m/y", &data).await;
+    let open = reg.start_upload("m/z").await;
+    reg.get_blob("m/x", &digest(&data))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let _ = reg.get("/v2/m/x/manifests/nope").await;
+    let after = scrape().await;
+
+    let grew = |name: &str| metric(&after, name) - metric(&before, name);
+    assert_eq!(grew("wharf_blob_commits_total{result=\"stored\"}"), 1.0);
+    assert_eq!(
+        grew("wharf_blob_commits_total{result=\"deduplicated\"}"),
+        1.0
+    );
+    assert!(grew("wharf_http_received_bytes_total") >= 600_000.0);
+    assert!(grew("wharf_http_sent_bytes_total") >= 300_000.0);
+    assert_eq!(
+        grew("wharf_http_requests_total{method=\"GET\",route=\"manifest\",status=\"404\"}"),
+        1.0
+    );
+    assert_eq!(
+        grew("wharf_http_requests_total{method=\"POST\",route=\"upload_start\",status=\"201\"}"),
+        2.0
+    );
+    assert!(metric(&after, "wharf_store_bytes") >= 300_000.0);
+    assert_eq!(metric(&after, "wharf_upload_sessions_open"), 1.0);
+    assert_eq!(grew("wharf_blob_commit_duration_seconds_count"), 2.0);
+    assert!(after.contains("wharf_http_request_duration_seconds_bucket{route=\"blob\""));
+    assert!(after.contains("wharf_connections_open"));
+
+    // GC runs are counted.
+    let r = reg
+        .client
+        .post(reg.url("/_wharf/gc?dry_run=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        metric(&scrape().await, "wharf_gc_runs_total{result=\"ok\"}"),
+        1.0
+    );
+    assert_eq!(reg.delete(&open).await.status(), 204);
+
+    // Health and readiness on the operator address (and on the registry
+    // port for balancers that probe only that); no metrics there.
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            reqwest::get(format!("{ops}{path}")).await.unwrap().status(),
+            200
+        );
+        assert_eq!(reg.get(path).await.status(), 200);
+    }
+    assert_eq!(reg.get("/metrics").await.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_gauges_count_existing_content_after_restart() {
+    let mut reg =
+        TestRegistry::start_with(|c| c.metrics.addr = Some("127.0.0.1:0".parse().unwrap())).await;
+    let data = payload(123_456, 8);
+    reg.push_mono("m/x", &data).await;
+    reg.server.take().unwrap().shutdown().await;
+    let mut cfg = config_for(reg.root.clone());
+    cfg.metrics.addr = Some("127.0.0.1:0".parse().unwrap());
+    let server = wharf::Server::start(cfg).await.unwrap();
+    let ops = format!("http://{}", server.metrics_addr().unwrap());
+    let mut bytes = 0.0;
+    for _ in 0..50 {
+        let text = reqwest::get(format!("{ops}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        bytes = metric(&text, "wharf_store_bytes");
+        if bytes > 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(bytes, 123_456.0);
+    reg.server = Some(server);
+}
