@@ -106,7 +106,7 @@ fn sha(data: &[u8]) -> String {
 }
 
 /// A one-layer OCI image layout with the tag `v1`: its directory and the
-/// manifest's sha256 hex.
+/// config's sha256 hex (clients may recompress layers, never the config).
 fn oci_fixture(dir: &Path) -> (PathBuf, String) {
     let layout = dir.join("fx");
     let blobs = layout.join("blobs/sha256");
@@ -157,7 +157,7 @@ fn oci_fixture(dir: &Path) -> (PathBuf, String) {
         r#"{"imageLayoutVersion":"1.0.0"}"#,
     )
     .unwrap();
-    (layout, manifest_d)
+    (layout, config_d)
 }
 
 fn host_of(w: &WharfProcess) -> String {
@@ -189,7 +189,7 @@ fn skopeo_and_podman_log_in_with_htpasswd_bcrypt() {
     );
     let host = host_of(&w);
     let c = Clients::new(dir.path());
-    let (fx, fx_manifest) = oci_fixture(dir.path());
+    let (fx, fx_config) = oci_fixture(dir.path());
     let src = format!("oci:{}:v1", fx.display());
     let dest = format!("docker://{host}/sec/img:v1");
 
@@ -228,10 +228,9 @@ fn skopeo_and_podman_log_in_with_htpasswd_bcrypt() {
     );
     c.ok("skopeo", &["copy", "--dest-tls-verify=false", &src, &dest]);
     let raw = c.ok("skopeo", &["inspect", "--raw", "--tls-verify=false", &dest]);
-    assert_eq!(
-        sha(raw.as_bytes()),
-        fx_manifest,
-        "the pushed manifest, byte for byte"
+    assert!(
+        raw.contains(&format!("sha256:{fx_config}")),
+        "the pushed image is served: {raw}"
     );
 
     c.ok(
