@@ -349,6 +349,62 @@ mod tests {
     }
 
     #[test]
+    fn example_file_parses_and_documents_every_key() {
+        let text = include_str!("../wharf.example.toml");
+        let c: Config = toml::from_str(text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.auth.rules.len(), 3);
+        assert!(c.tls.is_some() && c.auth.token.is_some() && c.metrics.addr.is_some());
+        // Every default-valued top-level key is in the file.
+        let defaults = toml::to_string(&DefaultsView::from(&Config::default())).unwrap();
+        for line in defaults.lines() {
+            let key = line.split(" = ").next().unwrap();
+            assert!(
+                text.contains(&format!("\n{key} = ")),
+                "{key} missing from the example"
+            );
+        }
+    }
+
+    /// The flat settings, for the example-file check.
+    #[derive(serde::Serialize)]
+    struct DefaultsView {
+        upload_idle_timeout_secs: u64,
+        upload_purge_interval_secs: u64,
+        upload_memory_budget_mib: u64,
+        upload_batch_kib: u64,
+        store_shards: usize,
+        delete_enabled: bool,
+        fsync: bool,
+        shutdown_grace_secs: u64,
+        actor_call_timeout_secs: u64,
+        max_manifest_bytes: usize,
+        gc_interval_secs: u64,
+        gc_grace_secs: u64,
+        gc_delete_untagged: bool,
+    }
+
+    impl From<&Config> for DefaultsView {
+        fn from(c: &Config) -> Self {
+            DefaultsView {
+                upload_idle_timeout_secs: c.upload_idle_timeout_secs,
+                upload_purge_interval_secs: c.upload_purge_interval_secs,
+                upload_memory_budget_mib: c.upload_memory_budget_mib,
+                upload_batch_kib: c.upload_batch_kib,
+                store_shards: c.store_shards,
+                delete_enabled: c.delete_enabled,
+                fsync: c.fsync,
+                shutdown_grace_secs: c.shutdown_grace_secs,
+                actor_call_timeout_secs: c.actor_call_timeout_secs,
+                max_manifest_bytes: c.max_manifest_bytes,
+                gc_interval_secs: c.gc_interval_secs,
+                gc_grace_secs: c.gc_grace_secs,
+                gc_delete_untagged: c.gc_delete_untagged,
+            }
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         assert!(toml::from_str::<Config>("adr = \"1.2.3.4:5\"").is_err());
     }

@@ -493,7 +493,7 @@ async fn token_flow_end_to_end_with_oci_client() {
     let refused = client()
         .push(
             &image,
-            &[layer.clone()],
+            std::slice::from_ref(&layer),
             cfg.clone(),
             &RegistryAuth::Basic("alice".into(), "nope".into()),
             None,
@@ -504,7 +504,7 @@ async fn token_flow_end_to_end_with_oci_client() {
         "a wrong password at the issuer must not push"
     );
     client()
-        .push(&image, &[layer.clone()], cfg, &alice, None)
+        .push(&image, std::slice::from_ref(&layer), cfg, &alice, None)
         .await
         .expect("push with a token");
     let pulled = client()
