@@ -17,12 +17,14 @@ fi
 for t in route_parse digest_range_parse manifest_parse; do
   mkdir -p "corpus/$t"
   echo "fuzz: $t for ${secs}s"
-  cargo "${toolchain[@]}" fuzz run "$t" "corpus/$t" "seeds/$t" -- \
-    -max_total_time="$secs" -max_len=65536 -timeout=10 -print_final_stats=1 2>&1 |
-    grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|==|SUMMARY|Done)' || true
-  if [ -n "$(ls -A "artifacts/$t" 2>/dev/null)" ]; then
-    echo "fuzz: $t found a failing input in fuzz/artifacts/$t" >&2
+  log=$(mktemp)
+  if ! cargo "${toolchain[@]}" fuzz run "$t" "corpus/$t" "seeds/$t" -- \
+    -max_total_time="$secs" -max_len=65536 -timeout=10 -print_final_stats=1 >"$log" 2>&1; then
+    tail -40 "$log" >&2
+    echo "fuzz: $t failed (build error, or a failing input in fuzz/artifacts/$t)" >&2
     exit 1
   fi
+  grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|Done)' "$log" || true
+  rm -f "$log"
 done
 echo "fuzz: all targets clean"

@@ -24,7 +24,9 @@ impl ContentRange {
         let (a, b) = s.split_once('-').ok_or_else(bad)?;
         let start = parse_u64(a).ok_or_else(bad)?;
         let end_inclusive = parse_u64(b).ok_or_else(bad)?;
-        if end_inclusive < start {
+        // The length (end - start + 1) must fit in a u64: `0-18446744073709551615`
+        // is 2^64 bytes (found by fuzz/digest_range_parse).
+        if end_inclusive < start || end_inclusive == u64::MAX {
             return Err(bad());
         }
         Ok(ContentRange {
@@ -148,6 +150,15 @@ mod tests {
         ] {
             assert!(ContentRange::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Regression (fuzz/digest_range_parse): a range of 2^64 bytes made
+    /// `len()` overflow.
+    #[test]
+    fn content_range_longer_than_u64_is_refused() {
+        assert!(ContentRange::parse("0-18446744073709551615").is_err());
+        let r = ContentRange::parse("1-18446744073709551614").unwrap();
+        assert_eq!(r.len(), u64::MAX - 1);
     }
 
     #[test]
