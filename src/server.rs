@@ -174,12 +174,12 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .max_buf_size((256 * 1024).max(limits.max_header_bytes))
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(limits.header_timeout_secs));
+    // No HTTP/2 keep-alive pings: their answers would count as activity and
+    // keep an idle connection open past `idle_connection_secs` for ever.
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32)
-        .keep_alive_interval(Duration::from_secs(limits.idle_connection_secs / 2 + 1))
-        .keep_alive_timeout(Duration::from_secs(limits.header_timeout_secs));
+        .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32);
     builder
 }
 

@@ -203,6 +203,10 @@ async fn per_client_rate_limit_answers_429() {
     let retry: u64 = header(&r, "retry-after").unwrap().parse().unwrap();
     assert!((1..=5).contains(&retry));
     assert_oci_error(r, 429, "TOOMANYREQUESTS").await;
+    // Health probes are never throttled.
+    for _ in 0..20 {
+        assert_eq!(reg.get("/readyz").await.status(), 200);
+    }
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(reg.get("/v2/").await.status(), 200, "tokens refill");
 }

@@ -118,3 +118,73 @@ async fn store_gauges_count_existing_content_after_restart() {
     assert_eq!(bytes, 123_456.0);
     reg.server = Some(server);
 }
+
+/// JSON logs: one object per line, one access line per request with the
+/// documented fields, and no credential anywhere in the log.
+#[test]
+fn json_access_log_without_secrets() {
+    use common::pki::*;
+    let dir = tempfile::tempdir().unwrap();
+    let file = htpasswd(dir.path(), &[("alice", "s3cret-pw")]);
+    let config = write_file(
+        dir.path(),
+        "wharf.toml",
+        &format!("[auth]\nhtpasswd = {file:?}\n[log]\nformat = \"json\"\n"),
+    );
+    let w = WharfProcess::start_args(
+        &dir.path().join("data"),
+        &["--config".as_ref(), config.as_os_str()],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = reqwest::Client::new();
+        let ok = c
+            .get(format!("{}/v2/logs/x/tags/list", w.base))
+            .basic_auth("alice", Some("s3cret-pw"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 404);
+        let bad = c
+            .get(format!("{}/v2/", w.base))
+            .basic_auth("alice", Some("wrong-s3cret"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bad.status(), 401);
+        let bearer = c
+            .get(format!("{}/v2/", w.base))
+            .bearer_auth("eyJhbGciOiJIUzI1NiJ9.e30.c2VjcmV0LXRva2Vu")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bearer.status(), 401);
+    });
+    let mut access = Vec::new();
+    for _ in 0..50 {
+        access = w
+            .log_lines()
+            .into_iter()
+            .filter(|l| l.contains("wharf::access"))
+            .collect();
+        if access.len() >= 3 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(access.len(), 3, "{access:?}");
+    let first: serde_json::Value = serde_json::from_str(&access[0]).expect("a JSON line");
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["route"], "tags");
+    assert_eq!(first["repository"], "logs/x");
+    assert_eq!(first["user"], "alice");
+    assert_eq!(first["status"], 404);
+    assert!(first["latency_ms"].as_f64().is_some());
+    assert!(first["bytes_out"].as_u64().is_some());
+    for line in w.log_lines() {
+        serde_json::from_str::<serde_json::Value>(&line).expect("every line is JSON");
+        for secret in ["s3cret", "c2VjcmV0LXRva2Vu", "YWxpY2U6czNjcmV0LXB3"] {
+            assert!(!line.contains(secret), "secret in log: {line}");
+        }
+    }
+}

@@ -22,6 +22,10 @@ pub struct Reply {
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// `Authorization` value every request carries (HTTP Basic), set once at
+/// start-up from `--user`; unset: anonymous.
+pub static AUTHORIZATION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 impl Conn {
     pub async fn open(host: &str) -> Result<Conn, Error> {
         let stream = tokio::net::TcpStream::connect(host).await?;
@@ -53,6 +57,9 @@ impl Conn {
             .method(method)
             .uri(path)
             .header("host", &self.host);
+        if let Some(a) = AUTHORIZATION.get() {
+            req = req.header("authorization", a);
+        }
         for (k, v) in headers {
             req = req.header(*k, v);
         }

@@ -49,6 +49,10 @@ struct Args {
     /// Give up on the run after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Send HTTP Basic credentials on every request, as logged-in clients
+    /// do; the password is read from WHARF_LOAD_PASSWORD.
+    #[arg(long)]
+    user: Option<String>,
 }
 
 /// A `VmRSS:`-style field of /proc/<pid>/status, in KiB.
@@ -91,6 +95,12 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 #[tokio::main]
 async fn main() {
     let a = Args::parse();
+    if let Some(user) = &a.user {
+        use base64::Engine as _;
+        let password = std::env::var("WHARF_LOAD_PASSWORD").unwrap_or_default();
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let _ = conn::AUTHORIZATION.set(format!("Basic {basic}"));
+    }
     let p = Params {
         size: a.size,
         chunk: a.chunk,

@@ -251,7 +251,7 @@ async fn dispatch(
     facts: &mut RequestFacts,
 ) -> HttpResult {
     let max_head = st.config.limits.max_header_bytes;
-    let head_len = req.uri().to_string().len()
+    let head_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
         + req
             .headers()
             .iter()
@@ -259,13 +259,6 @@ async fn dispatch(
             .sum::<usize>();
     if head_len > max_head {
         return Err(ApiError::HeadersTooLarge(max_head));
-    }
-    if let Some(r) = &st.rate_limiter {
-        if let Err(wait) = r.check(peer) {
-            return Err(ApiError::TooManyRequests {
-                retry_after_secs: wait.as_secs().max(1),
-            });
-        }
     }
     match req.uri().path() {
         "/healthz" => {
@@ -279,6 +272,18 @@ async fn dispatch(
                 Err(why) => Err(ApiError::Unavailable(why)),
             };
         }
+        _ => {}
+    }
+    // Health probes above are exempt: a balancer polling from one address
+    // must not be throttled into marking the registry down.
+    if let Some(r) = &st.rate_limiter {
+        if let Err(wait) = r.check(peer) {
+            return Err(ApiError::TooManyRequests {
+                retry_after_secs: wait.as_secs().max(1),
+            });
+        }
+    }
+    match req.uri().path() {
         "/_wharf/gc" => {
             facts.route = "admin_gc";
             if let Some(auth) = &st.auth {

@@ -248,6 +248,7 @@ impl TestRegistry {
 pub struct WharfProcess {
     pub child: Child,
     pub base: String,
+    log: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
 }
 
 impl WharfProcess {
@@ -277,14 +278,35 @@ impl WharfProcess {
                 "wharf did not report its address"
             );
             let line = lines.next().expect("wharf exited early").unwrap();
+            // Text logs say addr=HOST:PORT, JSON logs "addr":"HOST:PORT".
             if let Some(rest) = line.split("addr=").nth(1) {
                 let addr = rest.split_whitespace().next().unwrap();
                 break format!("http://{addr}");
             }
+            if let Some(rest) = line.split("\"addr\":\"").nth(1) {
+                let addr = rest.split('"').next().unwrap();
+                break format!("http://{addr}");
+            }
         };
-        // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        WharfProcess { child, base }
+        // Keep draining the log so the server never blocks on a full pipe,
+        // and keep its recent lines for tests that read them.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let keep = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let mut l = keep.lock().unwrap();
+                if l.len() >= 10_000 {
+                    l.pop_front();
+                }
+                l.push_back(line);
+            }
+        });
+        WharfProcess { child, base, log }
+    }
+
+    /// The most recent log lines (up to 10,000).
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().iter().cloned().collect()
     }
 
     pub fn status_kib(&self, field: &str) -> u64 {
