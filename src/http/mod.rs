@@ -283,18 +283,15 @@ async fn dispatch(
             });
         }
     }
-    match req.uri().path() {
-        "/_wharf/gc" => {
-            facts.route = "admin_gc";
-            if let Some(auth) = &st.auth {
-                let who = authorize(auth, &req, &Access::Login, facts).await?;
-                if !auth.is_admin(&who) {
-                    return Err(ApiError::Denied { challenge: None });
-                }
+    if req.uri().path() == "/_wharf/gc" {
+        facts.route = "admin_gc";
+        if let Some(auth) = &st.auth {
+            let who = authorize(auth, &req, &Access::Login, facts).await?;
+            if !auth.is_admin(&who) {
+                return Err(ApiError::Denied { challenge: None });
             }
-            return admin::gc(st, req.method(), &Query::parse(req.uri().query())).await;
         }
-        _ => {}
+        return admin::gc(st, req.method(), &Query::parse(req.uri().query())).await;
     }
     let endpoint = match route::parse(req.uri().path()) {
         Ok(e) => e,
