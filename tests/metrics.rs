@@ -126,14 +126,9 @@ fn json_access_log_without_secrets() {
     use common::pki::*;
     let dir = tempfile::tempdir().unwrap();
     let file = htpasswd(dir.path(), &[("alice", "s3cret-pw")]);
-    let config = write_file(
+    let w = WharfProcess::start_with_toml(
         dir.path(),
-        "wharf.toml",
         &format!("[auth]\nhtpasswd = {file:?}\n[log]\nformat = \"json\"\n"),
-    );
-    let w = WharfProcess::start_args(
-        &dir.path().join("data"),
-        &["--config".as_ref(), config.as_os_str()],
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

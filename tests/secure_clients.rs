@@ -178,15 +178,7 @@ fn skopeo_and_podman_log_in_with_htpasswd_bcrypt() {
         .output()
         .expect("htpasswd runs (apt install apache2-utils)");
     assert!(made.status.success());
-    let config = write_file(
-        dir.path(),
-        "wharf.toml",
-        &format!("[auth]\nhtpasswd = {:?}\n", file),
-    );
-    let w = WharfProcess::start_args(
-        &dir.path().join("data"),
-        &["--config".as_ref(), config.as_os_str()],
-    );
+    let w = WharfProcess::start_with_toml(dir.path(), &format!("[auth]\nhtpasswd = {:?}\n", file));
     let host = host_of(&w);
     let c = Clients::new(dir.path());
     let (fx, fx_config) = oci_fixture(dir.path());
@@ -283,14 +275,9 @@ fn skopeo_and_podman_verify_tls_with_a_ca_file() {
     let certs = dir.path().join("certs.d");
     std::fs::create_dir_all(&certs).unwrap();
     write_file(&certs, "ca.crt", &ca.cert_pem);
-    let config = write_file(
+    let w = WharfProcess::start_with_toml(
         dir.path(),
-        "wharf.toml",
         &format!("[tls]\ncert = {cert:?}\nkey = {key:?}\n"),
-    );
-    let w = WharfProcess::start_args(
-        &dir.path().join("data"),
-        &["--config".as_ref(), config.as_os_str()],
     );
     let port = host_of(&w).rsplit(':').next().unwrap().to_owned();
     let host = format!("localhost:{port}");
@@ -329,16 +316,11 @@ fn skopeo_goes_through_the_token_flow() {
     let key = SigningKey::ec();
     let public = write_file(dir.path(), "token.pub", &key.public_pem);
     let issuer = rt.block_on(token_server(key, "alice", "alice-pw"));
-    let config = write_file(
+    let w = WharfProcess::start_with_toml(
         dir.path(),
-        "wharf.toml",
         &format!(
             "[auth.token]\nrealm = \"http://{issuer}/token\"\nservice = \"{SERVICE}\"\nissuer = \"{ISSUER}\"\npublic_key = {public:?}\n"
         ),
-    );
-    let w = WharfProcess::start_args(
-        &dir.path().join("data"),
-        &["--config".as_ref(), config.as_os_str()],
     );
     let host = host_of(&w);
     let c = Clients::new(dir.path());

@@ -48,6 +48,17 @@ fn install_cert(dir: &Path, ca: &TestCa) {
     }
 }
 
+/// Two CAs with their files; the server certificate installed in `dir`
+/// comes from the first. Returns the second CA and both CA files.
+fn two_cas(dir: &Path) -> (TestCa, std::path::PathBuf, std::path::PathBuf) {
+    let ca1 = TestCa::new("Wharf test CA one");
+    let ca2 = TestCa::new("Wharf test CA two");
+    let ca1_file = write_file(dir, "ca1.pem", &ca1.cert_pem);
+    let ca2_file = write_file(dir, "ca2.pem", &ca2.cert_pem);
+    install_cert(dir, &ca1);
+    (ca2, ca1_file, ca2_file)
+}
+
 fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !ok() {
@@ -59,11 +70,7 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_with_a_ca_file_http2_and_reload_on_change() {
     let dir = tempfile::tempdir().unwrap();
-    let ca1 = TestCa::new("Wharf test CA one");
-    let ca2 = TestCa::new("Wharf test CA two");
-    let ca1_file = write_file(dir.path(), "ca1.pem", &ca1.cert_pem);
-    let ca2_file = write_file(dir.path(), "ca2.pem", &ca2.cert_pem);
-    install_cert(dir.path(), &ca1);
+    let (ca2, ca1_file, ca2_file) = two_cas(dir.path());
     let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
     let reg = TestRegistry::start_with(move |c| {
         c.tls = Some(wharf::config::TlsConfig {
@@ -115,23 +122,16 @@ async fn https_with_a_ca_file_http2_and_reload_on_change() {
 #[test]
 fn sighup_reloads_the_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let ca1 = TestCa::new("Wharf test CA one");
-    let ca2 = TestCa::new("Wharf test CA two");
-    let ca1_file = write_file(dir.path(), "ca1.pem", &ca1.cert_pem);
-    let ca2_file = write_file(dir.path(), "ca2.pem", &ca2.cert_pem);
-    install_cert(dir.path(), &ca1);
+    let (ca2, ca1_file, ca2_file) = two_cas(dir.path());
     // Only SIGHUP can trigger the reload within this test's time.
-    let config = write_file(
+    let wharf = WharfProcess::start_with_toml(
         dir.path(),
-        "wharf.toml",
         &format!(
             "[tls]\ncert = {:?}\nkey = {:?}\nreload_check_secs = 3600\n",
             dir.path().join("server.crt"),
             dir.path().join("server.key")
         ),
     );
-    let data = dir.path().join("data");
-    let wharf = WharfProcess::start_args(&data, &["--config".as_ref(), config.as_os_str()]);
     let port = wharf.base.rsplit(':').next().unwrap().to_owned();
     let url = format!("https://localhost:{port}/v2/");
     assert_eq!(curl(&url, &ca1_file, false), Some(("1.1".to_owned(), 200)));

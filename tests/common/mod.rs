@@ -256,6 +256,17 @@ impl WharfProcess {
         Self::start_args(root, &[])
     }
 
+    /// Started with `toml` as its config file (`dir/wharf.toml`) and
+    /// `dir/data` as its data folder.
+    pub fn start_with_toml(dir: &std::path::Path, toml: &str) -> Self {
+        let config = dir.join("wharf.toml");
+        std::fs::write(&config, toml).unwrap();
+        Self::start_args(
+            &dir.join("data"),
+            &["--config".as_ref(), config.as_os_str()],
+        )
+    }
+
     /// Started with more flags (`--config FILE`, say).
     pub fn start_args(root: &std::path::Path, extra: &[&std::ffi::OsStr]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
