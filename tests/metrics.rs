@@ -64,6 +64,17 @@ async fn metrics_move_with_traffic() {
     assert!(after.contains("wharf_http_request_duration_seconds_bucket{route=\"blob\""));
     assert!(after.contains("wharf_connections_open"));
 
+    // A made-up method does not mint a new series.
+    let (status, _) = raw_request(
+        &reg.base,
+        "FROBNICATE /v2/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 405);
+    let text = scrape().await;
+    assert!(!text.contains("FROBNICATE"));
+    assert!(text.contains("method=\"other\""));
+
     // GC runs are counted.
     let r = reg
         .client
