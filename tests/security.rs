@@ -513,3 +513,45 @@ async fn token_flow_end_to_end_with_oci_client() {
         .expect("pull with a token");
     assert_eq!(pulled.layers[0].data, layer.data);
 }
+
+/// Both modes at once: the challenge is Bearer (clients go to the issuer),
+/// yet htpasswd users may still send Basic directly, under the rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_and_htpasswd_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::ec();
+    let t = token_config(dir.path(), &key);
+    let file = htpasswd(dir.path(), &[("ci", "ci-pw")]);
+    let reg = TestRegistry::start_with(move |c| {
+        c.auth.token = Some(t);
+        c.auth.htpasswd = Some(file);
+        c.auth.rules = vec![rule("ci/**", &["ci"], &["pull", "push"])];
+    })
+    .await;
+    let r = reg.get("/v2/ci/x/tags/list").await;
+    assert!(header(&r, "www-authenticate")
+        .unwrap()
+        .starts_with("Bearer realm="));
+    let basic = |path: &str| {
+        reg.client
+            .get(reg.url(path))
+            .basic_auth("ci", Some("ci-pw"))
+            .send()
+    };
+    assert_oci_error(
+        basic("/v2/ci/x/tags/list").await.unwrap(),
+        404,
+        "NAME_UNKNOWN",
+    )
+    .await;
+    assert_oci_error(basic("/v2/other/tags/list").await.unwrap(), 403, "DENIED").await;
+    let token = key.sign(claims(repo_access("other", &["pull"])));
+    let r = reg
+        .client
+        .get(reg.url("/v2/other/tags/list"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_oci_error(r, 404, "NAME_UNKNOWN").await;
+}
