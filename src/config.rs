@@ -99,7 +99,8 @@ pub struct TokenConfig {
     pub service: String,
     /// Required `iss` claim.
     pub issuer: String,
-    /// PEM public key ("BEGIN PUBLIC KEY", RSA or EC P-256) that signs tokens.
+    /// PEM public key ("BEGIN PUBLIC KEY", RSA or EC P-256) that signs
+    /// tokens, or the issuer's certificate.
     pub public_key: PathBuf,
 }
 

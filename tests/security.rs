@@ -555,3 +555,33 @@ async fn token_and_htpasswd_together() {
         .unwrap();
     assert_oci_error(r, 404, "NAME_UNKNOWN").await;
 }
+
+/// The key may be given as the issuer's certificate (as distribution's
+/// `rootcertbundle`), for EC and RSA keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_key_from_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    for key in [SigningKey::ec(), SigningKey::rsa(dir.path())] {
+        let mut t = token_config(dir.path(), &key);
+        t.public_key = write_file(dir.path(), "issuer.crt", &key.certificate_pem());
+        let reg = TestRegistry::start_with(move |c| c.auth.token = Some(t)).await;
+        let good = key.sign(claims(repo_access("r", &["pull"])));
+        let r = reg
+            .client
+            .get(reg.url("/v2/r/tags/list"))
+            .bearer_auth(&good)
+            .send()
+            .await
+            .unwrap();
+        assert_oci_error(r, 404, "NAME_UNKNOWN").await;
+        let other = SigningKey::ec().sign(claims(repo_access("r", &["pull"])));
+        let r = reg
+            .client
+            .get(reg.url("/v2/r/tags/list"))
+            .bearer_auth(&other)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+}

@@ -48,8 +48,16 @@ struct Claims {
 }
 
 impl TokenVerifier {
-    /// `pem` is a "PUBLIC KEY" (SPKI) block of an RSA or EC P-256/P-384 key.
+    /// `pem` is a "PUBLIC KEY" (SPKI) block of an RSA or EC P-256/P-384 key,
+    /// or a "CERTIFICATE" whose key is used (the first, when a bundle).
     pub fn new(pem: &[u8], issuer: &str, service: &str) -> Result<TokenVerifier, TokenError> {
+        let converted;
+        let pem = if pem.windows(11).any(|w| w == b"CERTIFICATE") {
+            converted = certificate_key_pem(pem)?;
+            converted.as_bytes()
+        } else {
+            pem
+        };
         let (key, algorithms) = if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
             (
                 k,
@@ -78,6 +86,25 @@ impl TokenVerifier {
             access: data.claims.access,
         })
     }
+}
+
+/// The public key of the first certificate in `pem`, as "PUBLIC KEY" PEM.
+fn certificate_key_pem(pem: &[u8]) -> Result<String, TokenError> {
+    use base64::Engine as _;
+    use rustls_pki_types::pem::PemObject;
+    let cert = rustls_pki_types::CertificateDer::from_pem_slice(pem)
+        .map_err(|e| TokenError::Key(format!("certificate PEM: {e}")))?;
+    let parsed = webpki::EndEntityCert::try_from(&cert)
+        .map_err(|e| TokenError::Key(format!("certificate: {e}")))?;
+    let spki = parsed.subject_public_key_info();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(spki.as_ref());
+    let mut out = String::from("-----BEGIN PUBLIC KEY-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END PUBLIC KEY-----\n");
+    Ok(out)
 }
 
 impl TokenGrant {

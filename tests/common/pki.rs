@@ -92,6 +92,16 @@ impl SigningKey {
         }
     }
 
+    /// A self-signed certificate for this key (how distribution-style
+    /// configs hand over the issuer's key).
+    pub fn certificate_pem(&self) -> String {
+        let key = KeyPair::from_pem(&self.private_pem).unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(DnType::CommonName, "token issuer");
+        p.self_signed(&key).unwrap().pem()
+    }
+
     /// A token with the given claims overrides on top of valid defaults.
     pub fn sign(&self, claims: serde_json::Value) -> String {
         let key = match self.alg {
