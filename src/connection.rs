@@ -16,7 +16,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -51,10 +51,10 @@ pub async fn serve(
         activity: activity.clone(),
     };
     match &ctx.tls {
-        None => run(&ctx, stream, peer, watcher, &activity).await,
+        None => run(&ctx, stream, peer, watcher, activity).await,
         Some(acceptor) => {
             match tokio::time::timeout(ctx.handshake, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => run(&ctx, tls, peer, watcher, &activity).await,
+                Ok(Ok(tls)) => run(&ctx, tls, peer, watcher, activity).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => {
                     metrics
@@ -69,15 +69,26 @@ pub async fn serve(
     metrics.connections_open.dec();
 }
 
-async fn run<S>(ctx: &Connections, io: S, peer: SocketAddr, watcher: Watcher, activity: &Activity)
-where
+async fn run<S>(
+    ctx: &Connections,
+    io: S,
+    peer: SocketAddr,
+    watcher: Watcher,
+    activity: Arc<Activity>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let st = ctx.state.clone();
     let ip = peer.ip();
+    let busy = activity.clone();
     let svc = service_fn(move |req| {
         let st = st.clone();
-        async move { Ok::<_, Infallible>(http::handle(st, req, ip).await) }
+        let working = Working::start(busy.clone());
+        async move {
+            let resp = http::handle(st, req, ip).await;
+            drop(working);
+            Ok::<_, Infallible>(resp)
+        }
     });
     let conn = ctx
         .builder
@@ -97,10 +108,30 @@ where
     }
 }
 
-/// When bytes last moved on a connection, in milliseconds since `epoch`.
+/// When bytes last moved on a connection, in milliseconds since `epoch`,
+/// and how many requests are being worked on (no bytes move while a
+/// handler computes, say a long garbage collection; that is not idleness).
 struct Activity {
     epoch: Instant,
     last_ms: AtomicU64,
+    working: AtomicUsize,
+}
+
+/// One request between its head arriving and its response head leaving.
+struct Working(Arc<Activity>);
+
+impl Working {
+    fn start(a: Arc<Activity>) -> Working {
+        a.working.fetch_add(1, Ordering::Relaxed);
+        Working(a)
+    }
+}
+
+impl Drop for Working {
+    fn drop(&mut self) {
+        self.0.working.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
 }
 
 impl Activity {
@@ -108,6 +139,7 @@ impl Activity {
         Activity {
             epoch: Instant::now(),
             last_ms: AtomicU64::new(0),
+            working: AtomicUsize::new(0),
         }
     }
 
@@ -120,6 +152,10 @@ impl Activity {
     /// long, so this costs one timer per connection, not one per byte.
     async fn idle_for(&self, limit: Duration) {
         loop {
+            if self.working.load(Ordering::Relaxed) > 0 {
+                tokio::time::sleep(limit).await;
+                continue;
+            }
             let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
             let idle = self.epoch.elapsed().saturating_sub(last);
             if idle >= limit {

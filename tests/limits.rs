@@ -313,3 +313,34 @@ async fn path_traversal_is_refused_and_touches_nothing() {
     let r = reg.get_blob("safe/x", &digest(b"hello")).await;
     assert_eq!(r.bytes().await.unwrap().as_ref(), b"hello");
 }
+
+/// The idle-connection limit is for connections with nothing to do: a
+/// request being worked on (here, a body pausing for less than the body
+/// limit) is never cut by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_limit_spares_requests_in_progress() {
+    let reg = TestRegistry::start_with(|c| {
+        c.limits.idle_connection_secs = 1;
+        c.limits.body_idle_timeout_secs = 10;
+    })
+    .await;
+    let loc = reg.start_upload("busy/x").await;
+    let mut s = TcpStream::connect(addr(&reg)).await.unwrap();
+    s.write_all(
+        format!("PATCH {loc} HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\n\r\nabc").as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    s.write_all(b"def").await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&buf[..n]);
+    assert!(reply.starts_with("HTTP/1.1 202"), "{reply}");
+    // Once answered, the idle connection is closed within the limit.
+    let (_, took) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
