@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
+use tokio::signal::unix::Signal;
 use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
 
@@ -114,10 +115,20 @@ impl Server {
         });
         let (stop, stopped) = oneshot::channel();
         let metrics_addr = ops_listener.as_ref().map(|(_, a)| *a);
+        // Taken before the "serving" line: from then on SIGHUP means
+        // "reload", never the default "terminate".
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGHUP handler; reloading on file change only");
+                None
+            }
+        };
         let task = tokio::spawn(run(
             listener,
             ops_listener.map(|(l, _)| l),
             tls,
+            hangup,
             state,
             writer,
             stopped,
@@ -187,6 +198,7 @@ async fn run(
     listener: TcpListener,
     ops_listener: Option<TcpListener>,
     tls: Option<Arc<CertResolver>>,
+    hangup: Option<Signal>,
     state: Arc<AppState>,
     writer: MetaWriter,
     mut stopped: oneshot::Receiver<()>,
@@ -214,7 +226,7 @@ async fn run(
     background.spawn(purge_idle_uploads(state.clone()));
     background.spawn(scheduled_gc(state.clone()));
     background.spawn(count_store(state.clone()));
-    background.spawn(watch_reloadable(state.clone(), tls));
+    background.spawn(watch_reloadable(state.clone(), tls, hangup));
     if let Some(l) = ops_listener {
         background.spawn(crate::ops::serve(l, state.clone()));
     }
@@ -273,15 +285,20 @@ async fn run(
     tracing::info!("wharf stopped");
 }
 
-/// Reloads the certificate and the htpasswd file on SIGHUP, and when their
-/// modification times change (checked every `tls.reload_check_secs`, or 10 s).
-async fn watch_reloadable(state: Arc<AppState>, tls: Option<Arc<CertResolver>>) {
+/// Reloads the certificate, the htpasswd file and the token key on SIGHUP,
+/// and when their modification times change (checked every
+/// `tls.reload_check_secs`, or 10 s).
+async fn watch_reloadable(
+    state: Arc<AppState>,
+    tls: Option<Arc<CertResolver>>,
+    mut hangup: Option<Signal>,
+) {
     let mut files: Vec<PathBuf> = Vec::new();
     if let Some(t) = &tls {
         files.extend(t.paths().iter().map(|p| p.to_path_buf()));
     }
-    if let Some(p) = state.auth.as_ref().and_then(|a| a.htpasswd_path()) {
-        files.push(p.clone());
+    if let Some(a) = &state.auth {
+        files.extend(a.watched_files());
     }
     if files.is_empty() {
         return;
@@ -300,13 +317,6 @@ async fn watch_reloadable(state: Arc<AppState>, tls: Option<Arc<CertResolver>>) 
             .collect()
     };
     let mut seen = stamps(&files);
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "no SIGHUP handler; reloading on file change only");
-            None
-        }
-    };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -342,7 +352,7 @@ async fn watch_reloadable(state: Arc<AppState>, tls: Option<Arc<CertResolver>>) 
         }
         if let Some(a) = &state.auth {
             if let Err(e) = a.reload() {
-                tracing::error!(error = %e, "htpasswd reload failed; keeping the previous users");
+                tracing::error!(error = %e, "credentials reload failed; keeping the previous ones");
             }
         }
     }

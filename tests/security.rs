@@ -585,3 +585,53 @@ async fn token_key_from_a_certificate() {
         assert_eq!(r.status(), 401);
     }
 }
+
+/// SIGHUP re-reads the htpasswd file (a new user) and the token key (the
+/// issuer rotated it: old-key tokens stop working, new-key tokens work).
+#[test]
+fn sighup_reloads_users_and_the_token_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let old_key = SigningKey::ec();
+    let new_key = SigningKey::ec();
+    let t = token_config(dir.path(), &old_key);
+    let users = htpasswd(dir.path(), &[("alice", "alice-pw")]);
+    let w = WharfProcess::start_with_toml(
+        dir.path(),
+        &format!(
+            "[auth]\nhtpasswd = {users:?}\n[auth.token]\nrealm = {:?}\nservice = {:?}\nissuer = {:?}\npublic_key = {:?}\n",
+            t.realm, t.service, t.issuer, t.public_key
+        ),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = |auth: (&str, &str, &str)| {
+        rt.block_on(async {
+            let b = reqwest::Client::new().get(format!("{}/v2/", w.base));
+            let b = match auth {
+                ("basic", u, p) => b.basic_auth(u, Some(p)),
+                (_, token, _) => b.bearer_auth(token),
+            };
+            b.send().await.unwrap().status().as_u16()
+        })
+    };
+    let old_token = old_key.sign(claims(repo_access("r", &["pull"])));
+    let new_token = new_key.sign(claims(repo_access("r", &["pull"])));
+    assert_eq!(status(("basic", "alice", "alice-pw")), 200);
+    assert_eq!(status(("basic", "bob", "bob-pw")), 401);
+    assert_eq!(status(("bearer", &old_token, "")), 200);
+    assert_eq!(status(("bearer", &new_token, "")), 401);
+
+    htpasswd(dir.path(), &[("alice", "alice-pw"), ("bob", "bob-pw")]);
+    write_file(dir.path(), "token.pub", &new_key.public_pem);
+    w.signal(libc::SIGHUP);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while status(("basic", "bob", "bob-pw")) != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload after SIGHUP"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(status(("bearer", &new_token, "")), 200);
+    assert_eq!(status(("bearer", &old_token, "")), 401);
+    assert_eq!(status(("basic", "alice", "alice-pw")), 200);
+}

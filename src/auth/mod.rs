@@ -82,7 +82,9 @@ struct Rule {
 pub struct Authenticator {
     htpasswd_path: Option<PathBuf>,
     table: RwLock<Arc<HtpasswdTable>>,
-    token: Option<(TokenVerifier, TokenConfig)>,
+    token: Option<TokenConfig>,
+    /// Swapped whole on reload, like the user table.
+    verifier: RwLock<Option<Arc<TokenVerifier>>>,
     rules: Vec<Rule>,
     admins: Vec<String>,
 }
@@ -97,14 +99,8 @@ impl Authenticator {
             Some(p) => load_table(p)?,
             None => HtpasswdTable::parse("").0,
         };
-        let token = match &cfg.token {
-            Some(t) => {
-                let pem = std::fs::read(&t.public_key).map_err(|source| AuthError::Read {
-                    path: t.public_key.clone(),
-                    source,
-                })?;
-                Some((TokenVerifier::new(&pem, &t.issuer, &t.service)?, t.clone()))
-            }
+        let verifier = match &cfg.token {
+            Some(t) => Some(Arc::new(load_verifier(t)?)),
             None => None,
         };
         let rules = cfg
@@ -119,25 +115,53 @@ impl Authenticator {
         Ok(Some(Authenticator {
             htpasswd_path: cfg.htpasswd.clone(),
             table: RwLock::new(Arc::new(table)),
-            token,
+            token: cfg.token.clone(),
+            verifier: RwLock::new(verifier),
             rules,
             admins: cfg.admins.clone(),
         }))
     }
 
-    /// Re-reads the htpasswd file. On error the old table stays.
+    /// Re-reads the htpasswd file and the token key (an issuer rotating its
+    /// key). Whatever fails to load keeps its previous value.
     pub fn reload(&self) -> Result<(), AuthError> {
+        let mut failed = None;
         if let Some(p) = &self.htpasswd_path {
-            let t = load_table(p)?;
-            if let Ok(mut guard) = self.table.write() {
-                *guard = Arc::new(t);
+            match load_table(p) {
+                Ok(t) => {
+                    if let Ok(mut guard) = self.table.write() {
+                        *guard = Arc::new(t);
+                    }
+                }
+                Err(e) => failed = Some(e),
             }
         }
-        Ok(())
+        if let Some(t) = &self.token {
+            match load_verifier(t) {
+                Ok(v) => {
+                    if let Ok(mut guard) = self.verifier.write() {
+                        *guard = Some(Arc::new(v));
+                    }
+                    tracing::info!(file = %t.public_key.display(), "token key loaded");
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
-    pub fn htpasswd_path(&self) -> Option<&PathBuf> {
-        self.htpasswd_path.as_ref()
+    /// The files `reload` reads: watched for changes.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self.htpasswd_path.iter().cloned().collect();
+        files.extend(self.token.iter().map(|t| t.public_key.clone()));
+        files
+    }
+
+    fn verifier(&self) -> Option<Arc<TokenVerifier>> {
+        match self.verifier.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 
     fn table(&self) -> Arc<HtpasswdTable> {
@@ -174,8 +198,8 @@ impl Authenticator {
                     Err(CredentialError::BadPassword)
                 }
             }
-            Credentials::Bearer(t) => match &self.token {
-                Some((v, _)) => v
+            Credentials::Bearer(t) => match self.verifier() {
+                Some(v) => v
                     .verify(&t)
                     .map(Identity::Token)
                     .map_err(|e| CredentialError::BadToken(e.to_string())),
@@ -238,7 +262,7 @@ impl Authenticator {
     /// The `WWW-Authenticate` value for a refusal of `access`.
     pub fn challenge(&self, access: &Access, insufficient: bool) -> String {
         match &self.token {
-            Some((_, t)) => {
+            Some(t) => {
                 let mut v = format!(
                     "Bearer realm=\"{}\",service=\"{}\"",
                     quote_safe(&t.realm),
@@ -272,6 +296,14 @@ fn load_table(path: &PathBuf) -> Result<HtpasswdTable, AuthError> {
     }
     tracing::info!(file = %path.display(), users = parsed.table_users, "htpasswd loaded");
     Ok(table)
+}
+
+fn load_verifier(t: &TokenConfig) -> Result<TokenVerifier, AuthError> {
+    let pem = std::fs::read(&t.public_key).map_err(|source| AuthError::Read {
+        path: t.public_key.clone(),
+        source,
+    })?;
+    Ok(TokenVerifier::new(&pem, &t.issuer, &t.service)?)
 }
 
 /// Config strings go inside a quoted header parameter.
