@@ -40,6 +40,16 @@ async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (String, Durat
     )
 }
 
+/// The first read of a reply on a connection that stays open (5 s at most).
+async fn read_reply(s: &mut TcpStream) -> String {
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("a reply within 5 s")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_headers_are_refused_with_431() {
     let reg = TestRegistry::start_with(|c| c.limits.max_header_bytes = 16 * 1024).await;
@@ -173,12 +183,7 @@ async fn stalled_clients_are_cut_off() {
         tokio::time::sleep(Duration::from_millis(600)).await;
         s.write_all(&[*b]).await.unwrap();
     }
-    let mut buf = [0u8; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let reply = String::from_utf8_lossy(&buf[..n]);
+    let reply = read_reply(&mut s).await;
     assert!(reply.starts_with("HTTP/1.1 202"), "{reply}");
 }
 
@@ -333,12 +338,7 @@ async fn idle_limit_spares_requests_in_progress() {
     .unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     s.write_all(b"def").await.unwrap();
-    let mut buf = [0u8; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let reply = String::from_utf8_lossy(&buf[..n]);
+    let reply = read_reply(&mut s).await;
     assert!(reply.starts_with("HTTP/1.1 202"), "{reply}");
     // Once answered, the idle connection is closed within the limit.
     let (_, took) = read_until_closed(&mut s, Duration::from_secs(5)).await;

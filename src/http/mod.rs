@@ -195,35 +195,22 @@ fn status_label(status: u16) -> &'static str {
     }
 }
 
-/// The route label and the repository an endpoint names.
-fn describe(ep: &Endpoint) -> (&'static str, Option<String>) {
-    match ep {
-        Endpoint::Base => ("base", None),
-        Endpoint::Catalog => ("catalog", None),
-        Endpoint::Blob { name, .. } => ("blob", Some(name.to_string())),
-        Endpoint::UploadStart { name } => ("upload_start", Some(name.to_string())),
-        Endpoint::Upload { name, .. } => ("upload", Some(name.to_string())),
-        Endpoint::Manifest { name, .. } => ("manifest", Some(name.to_string())),
-        Endpoint::Tags { name } => ("tags", Some(name.to_string())),
-        Endpoint::Referrers { name, .. } => ("referrers", Some(name.to_string())),
-    }
-}
-
 /// The permission a request for `ep` with `method` needs. Unknown method
 /// and endpoint pairs ask for pull: they end in 405 once allowed to ask.
 pub fn required_access(method: &Method, ep: &Endpoint) -> Access {
-    let repo = |name: &crate::oci::RepoName, action| Access::repo(name.as_str(), action);
-    match ep {
-        Endpoint::Base => Access::Login,
-        Endpoint::Catalog => Access::Catalog,
-        Endpoint::UploadStart { name } | Endpoint::Upload { name, .. } => repo(name, Action::Push),
-        Endpoint::Blob { name, .. } | Endpoint::Manifest { name, .. } => match *method {
-            Method::DELETE => repo(name, Action::Delete),
-            Method::PUT => repo(name, Action::Push),
-            _ => repo(name, Action::Pull),
-        },
-        Endpoint::Tags { name } | Endpoint::Referrers { name, .. } => repo(name, Action::Pull),
-    }
+    let Some(name) = ep.repo() else {
+        return match ep {
+            Endpoint::Catalog => Access::Catalog,
+            _ => Access::Login,
+        };
+    };
+    let action = match (ep, method) {
+        (Endpoint::UploadStart { .. } | Endpoint::Upload { .. }, _) => Action::Push,
+        (Endpoint::Blob { .. } | Endpoint::Manifest { .. }, &Method::DELETE) => Action::Delete,
+        (Endpoint::Blob { .. } | Endpoint::Manifest { .. }, &Method::PUT) => Action::Push,
+        _ => Action::Pull,
+    };
+    Access::repo(name.as_str(), action)
 }
 
 /// Checks credentials and permission for `access`.
@@ -313,7 +300,10 @@ async fn dispatch(
         Err(RouteError::NotFound) => return Err(ApiError::NotFound),
         Err(RouteError::Invalid(e)) => return Err(e.into()),
     };
-    (facts.route, facts.repo) = describe(&endpoint);
+    facts.route = endpoint.label();
+    if st.config.log.access {
+        facts.repo = endpoint.repo().map(|n| n.to_string());
+    }
     let query = Query::parse(req.uri().query());
     let method = req.method().clone();
     // Mounting reads the source repository: without pull there, the mount

@@ -35,6 +35,35 @@ pub enum Endpoint {
     },
 }
 
+impl Endpoint {
+    /// The repository the endpoint names (none for `/v2/` and the catalog).
+    pub fn repo(&self) -> Option<&RepoName> {
+        match self {
+            Endpoint::Base | Endpoint::Catalog => None,
+            Endpoint::Tags { name }
+            | Endpoint::Manifest { name, .. }
+            | Endpoint::Blob { name, .. }
+            | Endpoint::UploadStart { name }
+            | Endpoint::Upload { name, .. }
+            | Endpoint::Referrers { name, .. } => Some(name),
+        }
+    }
+
+    /// A short fixed name for logs and metric labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Endpoint::Base => "base",
+            Endpoint::Catalog => "catalog",
+            Endpoint::Tags { .. } => "tags",
+            Endpoint::Manifest { .. } => "manifest",
+            Endpoint::Blob { .. } => "blob",
+            Endpoint::UploadStart { .. } => "upload_start",
+            Endpoint::Upload { .. } => "upload",
+            Endpoint::Referrers { .. } => "referrers",
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum RouteError {
     /// Not a registry path at all.
@@ -105,6 +134,15 @@ mod tests {
 
     fn n(s: &str) -> RepoName {
         RepoName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn repo_and_label() {
+        let ep = parse("/v2/a/b/manifests/v1").unwrap();
+        assert_eq!(ep.repo(), Some(&n("a/b")));
+        assert_eq!(ep.label(), "manifest");
+        assert_eq!(parse("/v2/_catalog").unwrap().repo(), None);
+        assert_eq!(parse("/v2/").unwrap().label(), "base");
     }
 
     #[test]
