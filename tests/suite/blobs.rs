@@ -1,9 +1,7 @@
 //! Blob push and pull over real sockets: monolithic and chunked pushes,
 //! reads with ranges, deletes, mounts, and the protocol's error replies.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::stream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,6 @@
 //! Manifests, tags, catalog and referrers over real sockets.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -367,17 +365,55 @@ async fn manifest_deletes_can_be_switched_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tag_moves_atomically_between_manifests() {
-    let reg = TestRegistry::start().await;
+    // Writers keep moving one tag between two manifests (each PUT of an
+    // existing manifest replaces its record and its index entries) while
+    // readers keep reading the tag: every read must find a whole manifest,
+    // one of the two, never a 404 or a digest without its bytes.
+    let reg = std::sync::Arc::new(TestRegistry::start().await);
     let a = serde_json::to_vec(&reg.image_manifest("mv", 9, 1).await).unwrap();
     let b = serde_json::to_vec(&reg.image_manifest("mv", 10, 1).await).unwrap();
-    reg.put_manifest("mv", "latest", OCI_MANIFEST, &a).await;
-    reg.put_manifest("mv", "latest", OCI_MANIFEST, &b).await;
-    let g = reg.get("/v2/mv/manifests/latest").await;
-    assert_eq!(
-        header(&g, "docker-content-digest"),
-        Some(digest(&b).as_str())
-    );
+    assert_eq!(reg.put_manifest("mv", "latest", OCI_MANIFEST, &a).await.status(), 201);
+    let (da, db) = (digest(&a), digest(&b));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (reg, a, b) = (reg.clone(), a.clone(), b.clone());
+        writers.push(tokio::spawn(async move {
+            for i in 0..150 {
+                let body = if (i + w) % 2 == 0 { &a } else { &b };
+                let r = reg.put_manifest("mv", "latest", OCI_MANIFEST, body).await;
+                assert_eq!(r.status(), 201);
+            }
+        }));
+    }
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let (reg, stop, da, db) = (reg.clone(), stop.clone(), da.clone(), db.clone());
+        readers.push(tokio::spawn(async move {
+            let mut seen = [0usize; 2];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let g = reg.get("/v2/mv/manifests/latest").await;
+                assert_eq!(g.status(), 200, "tag vanished while moving");
+                let d = header(&g, "docker-content-digest").unwrap().to_owned();
+                let body = g.bytes().await.unwrap();
+                assert_eq!(digest(&body), d, "tag answered bytes of another digest");
+                seen[if d == da { 0 } else { assert_eq!(d, db); 1 }] += 1;
+            }
+            seen
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut seen = [0usize; 2];
+    for r in readers {
+        let s = r.await.unwrap();
+        seen[0] += s[0];
+        seen[1] += s[1];
+    }
+    assert!(seen[0] > 0 && seen[1] > 0, "readers saw only one side: {seen:?}");
     // The old manifest is still reachable by digest.
-    let g = reg.get(&format!("/v2/mv/manifests/{}", digest(&a))).await;
+    let g = reg.get(&format!("/v2/mv/manifests/{da}")).await;
     assert_eq!(g.status(), 200);
 }

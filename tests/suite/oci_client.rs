@@ -1,9 +1,7 @@
 //! A real Rust client (oci-client, the ORAS project's crate) pushing and
 //! pulling a multi-layer image, a multi-arch index and a referrer.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::manifest::{
     OciDescriptor, OciImageIndex, OciImageManifest, IMAGE_LAYER_GZIP_MEDIA_TYPE,

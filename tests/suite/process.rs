@@ -2,9 +2,7 @@
 //! with the server's memory measured from /proc, and graceful shutdown on
 //! SIGTERM keeping upload sessions for the next start.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::stream;
 use sha2::{Digest as _, Sha256};
 use std::time::{Duration, Instant};

@@ -1,9 +1,7 @@
 //! The operator listener: Prometheus metrics that move with traffic,
 //! health and readiness, and nothing of it on the registry address.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn metric(text: &str, line_start: &str) -> f64 {
     text.lines()
@@ -134,7 +132,7 @@ async fn store_gauges_count_existing_content_after_restart() {
 /// documented fields, and no credential anywhere in the log.
 #[test]
 fn json_access_log_without_secrets() {
-    use common::pki::*;
+    use crate::common::pki::*;
     let dir = tempfile::tempdir().unwrap();
     let file = htpasswd(dir.path(), &[("alice", "s3cret-pw")]);
     let w = WharfProcess::start_with_toml(

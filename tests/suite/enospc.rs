@@ -3,9 +3,7 @@
 //! space is freed. The data folder is a small tmpfs, so this needs root
 //! (CI runs as root); WHARF_SKIP_ENOSPC=1 skips it elsewhere.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::process::Command;
 use std::time::Duration;
 

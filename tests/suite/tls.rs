@@ -2,10 +2,8 @@
 //! that CA file (never with verification off), HTTP/2 by ALPN, and the
 //! certificate replaced while serving: on a file change and on SIGHUP.
 
-mod common;
-
-use common::pki::*;
-use common::*;
+use crate::common::pki::*;
+use crate::common::*;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};

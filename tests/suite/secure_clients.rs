@@ -5,10 +5,8 @@
 //! file; skopeo goes through the Docker token flow with a test issuer.
 //! `.ci/run` installs the clients; WHARF_SKIP_CLIENTS=1 skips this file.
 
-mod common;
-
-use common::pki::*;
-use common::*;
+use crate::common::pki::*;
+use crate::common::*;
 use sha2::{Digest as _, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -5,9 +5,7 @@
 //!
 //! WHARF_CRASH_ROUNDS (default 20) sets the number of kill/restart rounds.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -1,9 +1,7 @@
 //! `wharf fsck` on real data folders: healthy, a flipped byte, a metadata
 //! row pointing at a missing blob, leftovers, and --repair.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::process::Command;
 
 fn fsck(root: &std::path::Path, repair: bool) -> (i32, String) {

@@ -1,9 +1,7 @@
 //! Garbage collection over real sockets: what it frees, what it keeps, the
 //! grace period, dry runs, untagged manifests, and GC racing pushes.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,10 +123,28 @@ async fn untagged_manifests_are_kept_or_removed_by_setting() {
     }
 }
 
+/// Sleeps until `frac` seconds after the start of the next wall-clock
+/// second.
+async fn sleep_until_second(frac: f64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let target = now.floor() + 1.0 + frac;
+    tokio::time::sleep(Duration::from_secs_f64(target - now)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_running_in_a_loop_never_breaks_pushes_in_flight() {
-    // Layers are pushed, then a moment later the manifest naming them, as
-    // docker does; GC runs back to back the whole time with a short grace.
+    // Layers are pushed, then the manifest naming them, as docker does;
+    // GC runs back to back the whole time with a 1 s grace. Links carry
+    // whole seconds, so the links of second S become collectable at S+2:
+    // each manifest PUT is timed to land right then, racing GC's unlink of
+    // its layers. Every PUT must either win (201, and its layers stay) or
+    // lose cleanly (400 MANIFEST_BLOB_UNKNOWN); a 201 with a layer gone
+    // would be a dangling reference. Without the re-checks inside the
+    // metadata transactions (the PUT's "blobs still linked", GC's "still
+    // unreferenced") such PUTs do happen.
     let reg = Arc::new(TestRegistry::start().await);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let collector = {
@@ -136,48 +152,124 @@ async fn gc_running_in_a_loop_never_breaks_pushes_in_flight() {
         tokio::spawn(async move {
             let mut runs = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                gc(&reg, "grace_secs=2").await;
+                gc(&reg, "grace_secs=1").await;
                 runs += 1;
             }
             runs
         })
     };
     let mut pushers = Vec::new();
-    for w in 0..8u64 {
+    for w in 0..16u64 {
         let reg = reg.clone();
         pushers.push(tokio::spawn(async move {
-            for i in 0..6u64 {
+            let mut won = Vec::new();
+            let mut lost = 0;
+            for i in 0..4u64 {
                 let repo = format!("race/w{w}");
+                // Upload early in a second S, PUT around S+2: the workers
+                // spread from 20 ms before to 20 ms after it.
+                sleep_until_second(0.05).await;
                 let m = reg.image_manifest(&repo, w * 100 + i, 2).await;
-                tokio::time::sleep(Duration::from_millis(150)).await;
+                sleep_until_second(0.98 + w as f64 * 0.0025).await;
                 let body = serde_json::to_vec(&m).unwrap();
                 let r = reg
                     .put_manifest(&repo, &format!("t{i}"), OCI_MANIFEST, &body)
                     .await;
-                assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
-                // Delete every other image so GC has real work.
-                if i % 2 == 1 {
-                    reg.delete(&format!("/v2/{repo}/manifests/{}", digest(&body)))
-                        .await;
+                match r.status().as_u16() {
+                    201 => won.push((repo, i)),
+                    400 => {
+                        let e: Value = r.json().await.unwrap();
+                        assert_eq!(e["errors"][0]["code"], "MANIFEST_BLOB_UNKNOWN", "{e}");
+                        lost += 1;
+                    }
+                    s => panic!("manifest PUT answered {s}: {}", r.text().await.unwrap()),
                 }
             }
+            (won, lost)
         }));
     }
+    let mut won = Vec::new();
+    let mut lost = 0;
     for p in pushers {
-        p.await.unwrap();
+        let (w, l) = p.await.unwrap();
+        won.extend(w);
+        lost += l;
     }
+    // More collections after the pushes: a dangling reference shows now.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(collector.await.unwrap() > 0);
-    // Every tagged image pulls whole.
-    for w in 0..8 {
-        for i in (0..6).step_by(2) {
-            let m: Value = reg.get_json(&format!("/v2/race/w{w}/manifests/t{i}")).await;
-            for l in m["layers"].as_array().unwrap().iter().chain([&m["config"]]) {
-                let d = l["digest"].as_str().unwrap();
-                let r = reg.get_blob(&format!("race/w{w}"), d).await;
-                assert_eq!(r.status(), 200, "{d} lost");
-                assert_eq!(digest(&r.bytes().await.unwrap()), d);
-            }
+    eprintln!("manifest PUTs racing GC: {} won, {lost} lost cleanly", won.len());
+    // Every image that was acknowledged pulls whole.
+    for (repo, i) in &won {
+        let m: Value = reg.get_json(&format!("/v2/{repo}/manifests/t{i}")).await;
+        for l in m["layers"].as_array().unwrap().iter().chain([&m["config"]]) {
+            let d = l["digest"].as_str().unwrap();
+            let r = reg.get_blob(repo, d).await;
+            assert_eq!(r.status(), 200, "{repo} t{i}: {d} is gone (dangling reference)");
+            assert_eq!(digest(&r.bytes().await.unwrap()), d);
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_racing_repushes_of_deleted_manifests_keeps_their_bytes() {
+    // A manifest deleted earlier leaves its bytes for GC. Pushed again while
+    // GC runs, it is indexed anew, and GC, working from a view taken before
+    // that push, must not remove the bytes the new row points at.
+    let reg = Arc::new(TestRegistry::start().await);
+    let base = reg.image_manifest("re", 1, 1).await;
+    // A tagged keeper holds the layers, so only manifest bytes are at stake.
+    let keeper = serde_json::to_vec(&base).unwrap();
+    assert_eq!(reg.put_manifest("re", "keeper", OCI_MANIFEST, &keeper).await.status(), 201);
+    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..400)
+            .map(|i| {
+                let mut m = base.clone();
+                m["annotations"] = json!({ "n": i.to_string() });
+                serde_json::to_vec(&m).unwrap()
+            })
+            .collect(),
+    );
+    let push_all = |reg: Arc<TestRegistry>, bodies: Arc<Vec<Vec<u8>>>| async move {
+        let mut tasks = Vec::new();
+        for w in 0..8 {
+            let (reg, bodies) = (reg.clone(), bodies.clone());
+            tasks.push(tokio::spawn(async move {
+                for (i, b) in bodies.iter().enumerate().skip(w).step_by(8) {
+                    let r = reg.put_manifest("re", &format!("m{i}"), OCI_MANIFEST, b).await;
+                    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    };
+    let mut lost = 0;
+    for round in 0..4 {
+        push_all(reg.clone(), bodies.clone()).await;
+        for b in bodies.iter() {
+            let r = reg.delete(&format!("/v2/re/manifests/{}", digest(b))).await;
+            assert_eq!(r.status(), 202);
+        }
+        // Older than the grace: GC may take the bytes of every deleted one.
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let collector = {
+            let reg = reg.clone();
+            tokio::spawn(async move { gc(&reg, "grace_secs=1").await })
+        };
+        push_all(reg.clone(), bodies.clone()).await;
+        collector.await.unwrap();
+        for (i, b) in bodies.iter().enumerate() {
+            let r = reg.get(&format!("/v2/re/manifests/m{i}")).await;
+            if r.status() != 200 {
+                lost += 1;
+                eprintln!("round {round}: m{i} answers {} after GC", r.status());
+                continue;
+            }
+            assert_eq!(&r.bytes().await.unwrap()[..], &b[..]);
+        }
+    }
+    assert_eq!(lost, 0, "re-pushed manifests lost their bytes to GC");
 }

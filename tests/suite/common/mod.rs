@@ -96,6 +96,18 @@ impl TestRegistry {
         d
     }
 
+    /// One-request push; returns the status.
+    pub async fn push_mono_status(&self, repo: &str, data: &[u8]) -> u16 {
+        self.client
+            .post(self.url(&format!("/v2/{repo}/blobs/uploads/?digest={}", digest(data))))
+            .body(data.to_vec())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client.get(self.url(path)).send().await.unwrap()
     }

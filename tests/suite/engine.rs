@@ -2,9 +2,7 @@
 //! clients pushing one blob, clients hanging up mid-chunk, restarts and
 //! idle purge.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;

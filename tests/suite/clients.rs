@@ -4,9 +4,7 @@
 //! (../shared/clients/install.sh). Set WHARF_SKIP_CLIENTS=1 to skip this on
 //! a machine without them; unset, a missing client is a failure.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::path::PathBuf;
 use std::process::Command;
 

@@ -2,10 +2,8 @@
 //! path for htpasswd users and for bearer tokens, repository rules,
 //! anonymous pull, mounts across repositories, the operator endpoint.
 
-mod common;
-
-use common::pki::*;
-use common::*;
+use crate::common::pki::*;
+use crate::common::*;
 use serde_json::json;
 use wharf::config::{RuleConfig, TokenConfig};
 

@@ -2,9 +2,7 @@
 //! stall in the head, the body or between requests, per-client rate and
 //! connection caps, the upload-session cap, and path traversal attempts.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

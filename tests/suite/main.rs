@@ -1,0 +1,27 @@
+//! The integration suite, one test binary: every module drives real Wharf
+//! servers (in-process on 127.0.0.1:0, or the `wharf` binary) over real
+//! sockets, with real clients where a module says so. One binary means one
+//! release build and link for the whole suite.
+//!
+//! `WHARF_SKIP_CLIENTS=1` skips the modules that need the client installs
+//! (`../shared/clients/install.sh`); `WHARF_SKIP_ENOSPC=1` the full-disk
+//! test, which mounts a tmpfs and so needs root.
+
+mod common;
+
+mod blobs;
+mod clients;
+mod crash;
+mod engine;
+mod enospc;
+mod fsck;
+mod gc;
+mod limits;
+mod manifests;
+mod metrics;
+mod oci_client;
+mod process;
+mod secure_clients;
+mod security;
+mod slow_clients;
+mod tls;
