@@ -15,8 +15,10 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wharf::oci::{Algorithm, Digest, RepoName};
+use wharf::space::DiskSpace;
 use wharf::store::{BlobBytes, ContentStore};
 use wharf::upload::UploadRegistry;
 
@@ -36,6 +38,7 @@ fn session_append(c: &mut Criterion) {
             dir.path(),
             false,
             Duration::from_secs(30),
+            Arc::new(DiskSpace::unreserved(dir.path())),
         ))
         .unwrap();
     let repo = RepoName::parse("bench/append").unwrap();
@@ -71,6 +74,7 @@ fn commit(c: &mut Criterion) {
             4,
             true,
             Duration::from_secs(30),
+            Arc::new(DiskSpace::unreserved(dir.path())),
         ))
         .unwrap();
     let staging = dir.path().join("bench-staging");

@@ -57,6 +57,10 @@ pub struct Config {
     pub actor_call_timeout_secs: u64,
     /// Largest manifest accepted on PUT.
     pub max_manifest_bytes: usize,
+    /// Space held back in the data folder (`<root>/reserve`) and handed
+    /// back when the disk fills, so deletes and garbage collection can run
+    /// on a full disk (0: no reserve).
+    pub disk_reserve_mib: u64,
     /// Run garbage collection this often while serving (0: never; it can
     /// still be run with `wharf gc`).
     pub gc_interval_secs: u64,
@@ -217,6 +221,7 @@ impl Default for Config {
             shutdown_grace_secs: 30,
             actor_call_timeout_secs: 120,
             max_manifest_bytes: 4 * 1024 * 1024,
+            disk_reserve_mib: 64,
             gc_interval_secs: 0,
             gc_grace_secs: 3600,
             gc_delete_untagged: false,
@@ -380,6 +385,7 @@ mod tests {
         shutdown_grace_secs: u64,
         actor_call_timeout_secs: u64,
         max_manifest_bytes: usize,
+        disk_reserve_mib: u64,
         gc_interval_secs: u64,
         gc_grace_secs: u64,
         gc_delete_untagged: bool,
@@ -398,6 +404,7 @@ mod tests {
                 shutdown_grace_secs: c.shutdown_grace_secs,
                 actor_call_timeout_secs: c.actor_call_timeout_secs,
                 max_manifest_bytes: c.max_manifest_bytes,
+                disk_reserve_mib: c.disk_reserve_mib,
                 gc_interval_secs: c.gc_interval_secs,
                 gc_grace_secs: c.gc_grace_secs,
                 gc_delete_untagged: c.gc_delete_untagged,

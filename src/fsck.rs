@@ -7,7 +7,7 @@
 //! exclusively, so it cannot), or delete a blob that is only suspect:
 //! corrupt blobs are moved to `<root>/quarantine/`.
 
-use crate::meta::{MetaBackend, MetaError, MetaWrite, RedbBackend};
+use crate::meta::{MetaBackend, MetaError, MetaRead, MetaWrite, RedbBackend};
 use crate::oci::{Algorithm, Digest, RepoName};
 use sha2::Digest as _;
 use std::collections::HashSet;
@@ -69,7 +69,8 @@ fn hash_file(path: &Path, alg: Algorithm) -> io::Result<Digest> {
 }
 
 pub fn run(root: &Path, repair: bool) -> Result<FsckReport, FsckError> {
-    let meta = RedbBackend::open(&root.join("meta.redb"))?;
+    let space = std::sync::Arc::new(crate::space::DiskSpace::unreserved(root));
+    let meta = RedbBackend::open(&root.join("meta.redb"), space)?;
     let blobs_root = root.join("blobs");
     let mut report = FsckReport::default();
     let mut present: HashSet<String> = HashSet::new();

@@ -13,6 +13,8 @@
 //!   digest commits and deduplicates; reads are mmap'd `Bytes`.
 //! - [`meta`]: the transactional metadata store (redb) with a group-commit
 //!   writer.
+//! - [`space`]: the disk reserve and the full-disk mode (507 for new data,
+//!   deletes and garbage collection still served).
 //! - [`auth`]: htpasswd Basic and Docker bearer tokens, per-repository rules.
 //! - [`limits`]: per-client request rate and connection caps.
 //! - [`tls`]: rustls certificates, reloaded on SIGHUP or file change.
@@ -36,6 +38,7 @@ pub mod metrics;
 pub mod oci;
 pub mod ops;
 pub mod server;
+pub mod space;
 pub mod store;
 pub mod tls;
 pub mod upload;

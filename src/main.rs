@@ -185,7 +185,9 @@ fn gc_offline(cfg: Config, dry_run: bool) -> ExitCode {
         return ExitCode::FAILURE;
     };
     rt.block_on(async move {
-        let (meta, writer) = match wharf::meta::Meta::open(&cfg.root, cfg.fsync) {
+        // Offline: nothing else writes, so no reserve is taken or given.
+        let space = std::sync::Arc::new(wharf::space::DiskSpace::unreserved(&cfg.root));
+        let (meta, writer) = match wharf::meta::Meta::open(&cfg.root, cfg.fsync, space.clone()) {
             Ok(m) => m,
             Err(e) => {
                 eprintln!(
@@ -199,6 +201,7 @@ fn gc_offline(cfg: Config, dry_run: bool) -> ExitCode {
             cfg.store_shards,
             cfg.fsync,
             cfg.actor_call_timeout(),
+            space,
         )
         .await
         {

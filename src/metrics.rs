@@ -28,6 +28,7 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     pub connections_cut: IntCounterVec,
     pub tls_reloads: IntCounterVec,
+    pub disk_full: IntGauge,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +118,10 @@ impl Metrics {
             Opts::new("tls_reloads_total", "Certificate reloads, by result."),
             &["result"],
         )?;
+        let disk_full = IntGauge::new(
+            "disk_full",
+            "1 while the data folder is full (uploads and manifests refused with 507).",
+        )?;
         let m = Metrics {
             registry,
             requests,
@@ -135,6 +140,7 @@ impl Metrics {
             connections_open,
             connections_cut,
             tls_reloads,
+            disk_full,
         };
         let r = &m.registry;
         r.register(Box::new(m.requests.clone()))?;
@@ -142,6 +148,7 @@ impl Metrics {
         r.register(Box::new(m.received_bytes.clone()))?;
         r.register(Box::new(m.sent_bytes.clone()))?;
         r.register(Box::new(m.upload_sessions_open.clone()))?;
+        r.register(Box::new(m.disk_full.clone()))?;
         r.register(Box::new(m.commit_seconds.clone()))?;
         r.register(Box::new(m.blob_commits.clone()))?;
         r.register(Box::new(m.gc_runs.clone()))?;

@@ -35,7 +35,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) {
         let st = state.clone();
         let svc = service_fn(move |req| {
             let st = st.clone();
-            async move { Ok::<_, Infallible>(answer(&st, &req)) }
+            async move { Ok::<_, Infallible>(answer(&st, &req).await) }
         });
         connections.spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
@@ -46,7 +46,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) {
     }
 }
 
-fn answer(st: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn answer(st: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, content_type, body): (StatusCode, &str, Bytes) = match req.uri().path() {
         "/metrics" => {
             st.metrics.upload_sessions_open.set(st.uploads.len() as i64);
@@ -57,7 +57,7 @@ fn answer(st: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             )
         }
         "/healthz" => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
-        "/readyz" => match st.ready() {
+        "/readyz" => match st.ready().await {
             Ok(()) => (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n")),
             Err(why) => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -13,6 +13,7 @@ use crate::http::AppState;
 use crate::limits::{ConnectionLimiter, RateLimiter};
 use crate::meta::{Meta, MetaError, MetaWriter};
 use crate::metrics::{Metrics, MetricsError};
+use crate::space::DiskSpace;
 use crate::store::{ContentStore, StoreError};
 use crate::tls::{CertResolver, TlsError};
 use crate::upload::UploadRegistry;
@@ -74,17 +75,24 @@ impl Server {
             path: root.clone(),
             source,
         })?;
-        let (meta, writer) = Meta::open(&root, config.fsync)?;
+        let space = Arc::new(DiskSpace::open(&root, config.disk_reserve_mib << 20));
+        let (meta, writer) = Meta::open(&root, config.fsync, space.clone())?;
         let store = ContentStore::start(
             &root,
             config.store_shards,
             config.fsync,
             config.actor_call_timeout(),
+            space.clone(),
         )
         .await?;
-        let uploads = UploadRegistry::start(&root, config.fsync, config.actor_call_timeout())
-            .await
-            .map_err(ServerError::Uploads)?;
+        let uploads = UploadRegistry::start(
+            &root,
+            config.fsync,
+            config.actor_call_timeout(),
+            space.clone(),
+        )
+        .await
+        .map_err(ServerError::Uploads)?;
         let auth = Authenticator::new(&config.auth)?;
         let tls = match &config.tls {
             Some(t) => Some(Arc::new(CertResolver::load(&t.cert, &t.key)?)),
@@ -112,6 +120,7 @@ impl Server {
             rate_limiter,
             metrics,
             draining: AtomicBool::new(false),
+            space,
         });
         let (stop, stopped) = oneshot::channel();
         let metrics_addr = ops_listener.as_ref().map(|(_, a)| *a);
@@ -226,6 +235,7 @@ async fn run(
     background.spawn(purge_idle_uploads(state.clone()));
     background.spawn(scheduled_gc(state.clone()));
     background.spawn(count_store(state.clone()));
+    background.spawn(watch_disk_space(state.clone()));
     background.spawn(watch_reloadable(state.clone(), tls, hangup));
     if let Some(l) = ops_listener {
         background.spawn(crate::ops::serve(l, state.clone()));
@@ -310,13 +320,20 @@ async fn watch_reloadable(
             .as_ref()
             .map_or(10, |t| t.reload_check_secs.max(1)),
     );
-    let stamps = |files: &[PathBuf]| -> Vec<Option<SystemTime>> {
-        files
-            .iter()
-            .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
-            .collect()
+    // File reads (stat, certificate and credential files) go to the
+    // blocking pool: a stalled disk must not stall an async worker.
+    let stamps = |files: Arc<Vec<PathBuf>>| async move {
+        tokio::task::spawn_blocking(move || -> Vec<Option<SystemTime>> {
+            files
+                .iter()
+                .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
     };
-    let mut seen = stamps(&files);
+    let files = Arc::new(files);
+    let mut seen = stamps(files.clone()).await;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -329,31 +346,34 @@ async fn watch_reloadable(
                 }
             } => true,
         };
-        let now = stamps(&files);
+        let now = stamps(files.clone()).await;
         if !signalled && now == seen {
             continue;
         }
         seen = now;
-        if let Some(t) = &tls {
-            match t.reload() {
-                Ok(()) => {
-                    state.metrics.tls_reloads.with_label_values(&["ok"]).inc();
-                    tracing::info!("TLS certificate reloaded");
-                }
-                Err(e) => {
-                    state
-                        .metrics
-                        .tls_reloads
-                        .with_label_values(&["error"])
-                        .inc();
-                    tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate");
+        let (st, tls) = (state.clone(), tls.clone());
+        let reloaded = tokio::task::spawn_blocking(move || {
+            if let Some(t) = &tls {
+                match t.reload() {
+                    Ok(()) => {
+                        st.metrics.tls_reloads.with_label_values(&["ok"]).inc();
+                        tracing::info!("TLS certificate reloaded");
+                    }
+                    Err(e) => {
+                        st.metrics.tls_reloads.with_label_values(&["error"]).inc();
+                        tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate");
+                    }
                 }
             }
-        }
-        if let Some(a) = &state.auth {
-            if let Err(e) = a.reload() {
-                tracing::error!(error = %e, "credentials reload failed; keeping the previous ones");
+            if let Some(a) = &st.auth {
+                if let Err(e) = a.reload() {
+                    tracing::error!(error = %e, "credentials reload failed; keeping the previous ones");
+                }
             }
+        })
+        .await;
+        if let Err(e) = reloaded {
+            tracing::error!(error = %e, "reload task failed");
         }
     }
 }
@@ -365,6 +385,26 @@ async fn count_store(state: Arc<AppState>) {
         let bytes: u64 = blobs.iter().map(|(_, size, _)| size).sum();
         state.metrics.store_bytes.add(bytes as i64);
         state.metrics.store_blobs.add(blobs.len() as i64);
+    }
+}
+
+/// While the data folder is full, checks every second whether space came
+/// back (deleted through the API, or freed outside the registry) and, if
+/// so, takes the reserve back and accepts writes again.
+async fn watch_disk_space(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let full = if state.space.is_full() {
+            let space = state.space.clone();
+            tokio::task::spawn_blocking(move || space.probe())
+                .await
+                .unwrap_or(true)
+        } else {
+            false
+        };
+        state.metrics.disk_full.set(full as i64);
     }
 }
 

@@ -30,7 +30,7 @@ pub(super) async fn gc(st: &AppState, method: &Method, query: &Query) -> HttpRes
     }
     let result = gc::collect(&st.meta, &st.store, &opts).await;
     st.metrics.record_gc(&result);
-    let report = result.map_err(|e| ApiError::Internal(e.to_string()))?;
+    let report = result?;
     tracing::info!(%report, "garbage collection (requested)");
     let body = serde_json::to_vec(&report).unwrap_or_default();
     let len = body.len();

@@ -2,24 +2,31 @@
 
 use super::body::Body;
 use super::error::ApiError;
-use super::{empty_response, AppState, HttpResult};
+use super::{empty_response, off_worker, AppState, HttpResult};
 use crate::meta::MetaWrite;
 use crate::oci::range::{ByteRange, RangeRequest};
 use crate::oci::{Digest, RepoName};
+use crate::store::BlobBytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
-pub(super) fn get(
+pub(super) async fn get(
     st: &AppState,
     name: &RepoName,
     digest: &Digest,
     req_headers: &HeaderMap,
     head_only: bool,
 ) -> HttpResult {
-    let size = st
-        .meta
-        .read()
-        .blob_link(name, digest)?
-        .ok_or(ApiError::BlobUnknown)?;
+    let (meta, path) = (st.meta.reader(), st.store.blob_path(digest));
+    let (repo, d) = (name.clone(), digest.clone());
+    let (size, blob) = off_worker(move || {
+        let size = meta.blob_link(&repo, &d)?.ok_or(ApiError::BlobUnknown)?;
+        let blob = match head_only {
+            true => None,
+            false => Some(BlobBytes::open(&path)?.ok_or(ApiError::BlobUnknown)?),
+        };
+        Ok((size, blob))
+    })
+    .await?;
     let range = match req_headers.get(http::header::RANGE).map(|v| v.to_str()) {
         Some(Ok(r)) => ByteRange::resolve(r, size),
         _ => RangeRequest::Whole,
@@ -35,10 +42,7 @@ pub(super) fn get(
         RangeRequest::Partial(r) => (StatusCode::PARTIAL_CONTENT, r),
         RangeRequest::Unsatisfiable => return Err(ApiError::RangeNotSatisfiable { size }),
     };
-    let body = if head_only {
-        Body::Empty
-    } else {
-        let blob = st.store.open(digest)?.ok_or(ApiError::BlobUnknown)?;
+    let body = if let Some(blob) = blob {
         if blob.len() != size {
             return Err(ApiError::Internal(format!(
                 "blob {digest} is {} bytes on disk, {size} in metadata",
@@ -46,6 +50,8 @@ pub(super) fn get(
             )));
         }
         Body::Bytes(blob.bytes.slice(slice.start as usize..slice.end as usize))
+    } else {
+        Body::Empty
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
@@ -87,7 +93,8 @@ pub(super) async fn delete(st: &AppState, name: &RepoName, digest: &Digest) -> H
             "deletes are disabled on this registry".into(),
         ));
     }
-    if st.meta.read().blob_link(name, digest)?.is_none() {
+    let (repo, d) = (name.clone(), digest.clone());
+    if st.meta.query(move |m| m.blob_link(&repo, &d)).await?.is_none() {
         return Err(ApiError::BlobUnknown);
     }
     st.meta

@@ -80,8 +80,12 @@ impl ApiError {
             TooLarge(_) => ("SIZE_INVALID", StatusCode::PAYLOAD_TOO_LARGE),
             Unsupported(_) => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED),
             MethodNotAllowed => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED),
-            NotFound => ("NOT_FOUND", StatusCode::NOT_FOUND),
-            RangeNotSatisfiable { .. } => ("RANGE_INVALID", StatusCode::RANGE_NOT_SATISFIABLE),
+            // The spec has no code for "no such endpoint"; UNSUPPORTED is
+            // its word for a request it does not implement.
+            NotFound => ("UNSUPPORTED", StatusCode::NOT_FOUND),
+            // No spec code names a read range; the range is a size the
+            // blob does not have.
+            RangeNotSatisfiable { .. } => ("SIZE_INVALID", StatusCode::RANGE_NOT_SATISFIABLE),
             Unavailable(_) => ("UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE),
             StorageFull(_) => ("STORAGE_FULL", StatusCode::INSUFFICIENT_STORAGE),
             Internal(_) => ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR),
@@ -178,13 +182,31 @@ impl From<StoreError> for ApiError {
 
 impl From<MetaError> for ApiError {
     fn from(e: MetaError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            e @ MetaError::NoSpace(_) => ApiError::StorageFull(e.to_string()),
+            e @ MetaError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::gc::GcError> for ApiError {
+    fn from(e: crate::gc::GcError) -> Self {
+        match e {
+            crate::gc::GcError::Meta(m) => m.into(),
+            crate::gc::GcError::Store(s) => s.into(),
+            e @ crate::gc::GcError::Task(_) => ApiError::Internal(e.to_string()),
+        }
     }
 }
 
 fn io_error(e: std::io::Error) -> ApiError {
-    match e.raw_os_error() {
-        Some(libc::ENOSPC) | Some(libc::EDQUOT) => ApiError::StorageFull(e.to_string()),
-        _ => ApiError::Internal(e.to_string()),
+    if crate::space::is_no_space(&e) {
+        ApiError::StorageFull(
+            "no space left in the registry's data folder; deletes and garbage collection still work"
+                .into(),
+        )
+    } else {
+        ApiError::Internal(e.to_string())
     }
 }

@@ -49,13 +49,20 @@ fn add_next_link(r: &mut Response<Body>, path: &str, n: usize, page: &Page) {
     }
 }
 
-pub(super) fn tags(st: &AppState, name: &RepoName, query: &Query) -> HttpResult {
-    let meta = st.meta.read();
-    if !meta.repo_exists(name)? {
-        return Err(ApiError::NameUnknown);
-    }
+pub(super) async fn tags(st: &AppState, name: RepoName, query: &Query) -> HttpResult {
     let n = page_size(query)?;
-    let page = meta.tags(name, query.get("last"), n)?;
+    let last = query.get("last").map(str::to_owned);
+    let repo = name.clone();
+    let page = st
+        .meta
+        .query(move |meta| {
+            if !meta.repo_exists(&repo)? {
+                return Ok(None);
+            }
+            meta.tags(&repo, last.as_deref(), n).map(Some)
+        })
+        .await?
+        .ok_or(ApiError::NameUnknown)?;
     let mut r = json_reply(
         json!({ "name": name.as_str(), "tags": page.items }),
         "application/json",
@@ -64,43 +71,56 @@ pub(super) fn tags(st: &AppState, name: &RepoName, query: &Query) -> HttpResult 
     Ok(r)
 }
 
-pub(super) fn catalog(st: &AppState, query: &Query) -> HttpResult {
+pub(super) async fn catalog(st: &AppState, query: &Query) -> HttpResult {
     let n = page_size(query)?;
-    let page = st.meta.read().repos(query.get("last"), n)?;
+    let last = query.get("last").map(str::to_owned);
+    let page = st
+        .meta
+        .query(move |meta| meta.repos(last.as_deref(), n))
+        .await?;
     let mut r = json_reply(json!({ "repositories": page.items }), "application/json");
     add_next_link(&mut r, "/v2/_catalog", n, &page);
     Ok(r)
 }
 
-pub(super) fn referrers(
+pub(super) async fn referrers(
     st: &AppState,
-    name: &RepoName,
-    subject: &Digest,
+    name: RepoName,
+    subject: Digest,
     query: &Query,
 ) -> HttpResult {
-    let meta = st.meta.read();
-    let filter = query.get("artifactType").filter(|t| !t.is_empty());
-    let mut manifests = Vec::new();
-    for d in meta.referrers(name, subject)? {
-        let Some(rec) = meta.manifest(name, &d)? else {
-            continue;
-        };
-        if filter.is_some() && rec.artifact_type.as_deref() != filter {
-            continue;
-        }
-        let mut desc = json!({
-            "mediaType": rec.media_type,
-            "digest": d.to_string(),
-            "size": rec.size,
-        });
-        if let Some(t) = &rec.artifact_type {
-            desc["artifactType"] = json!(t);
-        }
-        if let Some(a) = &rec.annotations {
-            desc["annotations"] = json!(a);
-        }
-        manifests.push(desc);
-    }
+    let filter = query
+        .get("artifactType")
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned);
+    let wanted = filter.clone();
+    let manifests = st
+        .meta
+        .query(move |meta| {
+            let mut manifests = Vec::new();
+            for d in meta.referrers(&name, &subject)? {
+                let Some(rec) = meta.manifest(&name, &d)? else {
+                    continue;
+                };
+                if wanted.is_some() && rec.artifact_type != wanted {
+                    continue;
+                }
+                let mut desc = json!({
+                    "mediaType": rec.media_type,
+                    "digest": d.to_string(),
+                    "size": rec.size,
+                });
+                if let Some(t) = &rec.artifact_type {
+                    desc["artifactType"] = json!(t);
+                }
+                if let Some(a) = &rec.annotations {
+                    desc["annotations"] = json!(a);
+                }
+                manifests.push(desc);
+            }
+            Ok(manifests)
+        })
+        .await?;
     let mut r = json_reply(
         json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests }),
         OCI_INDEX,

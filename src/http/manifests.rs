@@ -3,10 +3,11 @@
 
 use super::body::Body;
 use super::error::ApiError;
-use super::{empty_response, AppState, HttpResult};
-use crate::meta::{ManifestRecord, MetaError, MetaWrite};
+use super::{empty_response, off_worker, AppState, HttpResult};
+use crate::meta::{ManifestRecord, MetaError, MetaRead, MetaWrite};
 use crate::oci::manifest;
 use crate::oci::{Algorithm, Digest, Reference, RepoName};
+use crate::store::BlobBytes;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -54,42 +55,47 @@ async fn read_manifest_body(
 }
 
 /// The digest a reference names in `repo`, or MANIFEST_UNKNOWN.
-fn resolve(st: &AppState, name: &RepoName, reference: &Reference) -> Result<Digest, ApiError> {
+fn resolve(meta: &dyn MetaRead, name: &RepoName, reference: &Reference) -> Result<Digest, ApiError> {
     match reference {
         Reference::Digest(d) => Ok(d.clone()),
-        Reference::Tag(t) => st
-            .meta
-            .read()
-            .tag(name, t)?
-            .ok_or(ApiError::ManifestUnknown),
+        Reference::Tag(t) => meta.tag(name, t)?.ok_or(ApiError::ManifestUnknown),
     }
 }
 
-pub(super) fn get(
+pub(super) async fn get(
     st: &AppState,
     name: &RepoName,
     reference: &Reference,
     head_only: bool,
 ) -> HttpResult {
-    let meta = st.meta.read();
-    let digest = resolve(st, name, reference)?;
-    let Some(record) = meta.manifest(name, &digest)? else {
-        return Err(if meta.repo_exists(name)? {
-            ApiError::ManifestUnknown
-        } else {
-            ApiError::NameUnknown
-        });
-    };
-    let body = if head_only {
-        Body::Empty
-    } else {
-        let blob = st.store.open(&digest)?.ok_or_else(|| {
-            ApiError::Internal(format!(
-                "manifest {digest} is indexed but its bytes are missing"
-            ))
-        })?;
-        Body::Bytes(blob.bytes)
-    };
+    let (meta, blobs) = (st.meta.reader(), st.store.blobs_root());
+    let (name, reference) = (name.clone(), reference.clone());
+    // Resolve, read the record and open the bytes in one trip to the pool.
+    let (digest, record, bytes) = off_worker(move || {
+        let digest = resolve(meta.as_ref(), &name, &reference)?;
+        let Some(record) = meta.manifest(&name, &digest)? else {
+            return Err(if meta.repo_exists(&name)? {
+                ApiError::ManifestUnknown
+            } else {
+                ApiError::NameUnknown
+            });
+        };
+        let bytes = match head_only {
+            true => None,
+            false => Some(
+                BlobBytes::open(&crate::store::blob_path(&blobs, &digest))?
+                    .ok_or_else(|| {
+                        ApiError::Internal(format!(
+                            "manifest {digest} is indexed but its bytes are missing"
+                        ))
+                    })?
+                    .bytes,
+            ),
+        };
+        Ok((digest, record, bytes))
+    })
+    .await?;
+    let body = bytes.map_or(Body::Empty, Body::Bytes);
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(record.size));
@@ -145,21 +151,28 @@ pub(super) async fn put(
     let parsed = manifest::parse(&body, content_type.as_deref())
         .map_err(|e| ApiError::ManifestInvalid(e.0))?;
 
-    let meta = st.meta.read();
-    for b in &parsed.blobs {
-        if meta.blob_link(name, b)?.is_none() {
-            return Err(ApiError::ManifestBlobUnknown(format!(
-                "blob {b} is not in repository {name}"
-            )));
+    // Full mode: the room left is for deletes and garbage collection.
+    st.space.check_writable().map_err(crate::store::StoreError::Io)?;
+    let (meta, repo) = (st.meta.reader(), name.clone());
+    let (blobs, children) = (parsed.blobs.clone(), parsed.children.clone());
+    off_worker(move || {
+        for b in &blobs {
+            if meta.blob_link(&repo, b)?.is_none() {
+                return Err(ApiError::ManifestBlobUnknown(format!(
+                    "blob {b} is not in repository {repo}"
+                )));
+            }
         }
-    }
-    for c in &parsed.children {
-        if meta.manifest(name, c)?.is_none() {
-            return Err(ApiError::ManifestChildUnknown(format!(
-                "manifest {c} is not in repository {name}"
-            )));
+        for c in &children {
+            if meta.manifest(&repo, c)?.is_none() {
+                return Err(ApiError::ManifestChildUnknown(format!(
+                    "manifest {c} is not in repository {repo}"
+                )));
+            }
         }
-    }
+        Ok(())
+    })
+    .await?;
 
     if st.store.put_bytes(&digest, body.clone()).await? == crate::store::Commit::Stored {
         st.metrics.store_bytes.add(body.len() as i64);
@@ -213,27 +226,19 @@ pub(super) async fn delete(st: &AppState, name: &RepoName, reference: &Reference
             "deletes are disabled on this registry".into(),
         ));
     }
-    let meta = st.meta.read();
-    let op = match reference {
-        Reference::Tag(t) => {
-            if meta.tag(name, t)?.is_none() {
-                return Err(ApiError::ManifestUnknown);
-            }
-            MetaWrite::DeleteTag {
-                repo: name.clone(),
-                tag: t.clone(),
-            }
-        }
-        Reference::Digest(d) => {
-            if meta.manifest(name, d)?.is_none() {
-                return Err(ApiError::ManifestUnknown);
-            }
-            MetaWrite::DeleteManifest {
-                repo: name.clone(),
-                digest: d.clone(),
-            }
-        }
-    };
+    let (repo, reference) = (name.clone(), reference.clone());
+    let op = st
+        .meta
+        .query(move |meta| {
+            Ok(match reference {
+                Reference::Tag(tag) => meta.tag(&repo, &tag)?.map(|_| MetaWrite::DeleteTag { repo, tag }),
+                Reference::Digest(digest) => meta
+                    .manifest(&repo, &digest)?
+                    .map(|_| MetaWrite::DeleteManifest { repo, digest }),
+            })
+        })
+        .await?
+        .ok_or(ApiError::ManifestUnknown)?;
     st.meta.write(vec![op]).await?;
     Ok(empty_response(StatusCode::ACCEPTED, &[]))
 }

@@ -43,8 +43,11 @@ pub struct AppState {
     pub store: ContentStore,
     pub meta: Meta,
     /// Request-body bytes (in KiB) held in memory across all uploads: a
-    /// handler takes a batch's worth before it reads the batch, so a crowd of
-    /// fast clients waits on this instead of filling memory.
+    /// handler takes the size of each body frame as it arrives and gives it
+    /// back once the batch is written, so a crowd of fast clients waits on
+    /// this instead of filling memory, and a slow client holds only what
+    /// it has sent (and, with batches flushed after a short linger, only
+    /// briefly).
     pub body_budget: Arc<Semaphore>,
     /// Held by the garbage collection that is running, so runs never overlap.
     pub gc_running: tokio::sync::Mutex<()>,
@@ -54,6 +57,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Set when shutdown begins: `/readyz` turns 503 so balancers drain us.
     pub draining: AtomicBool,
+    /// Free space and the full-disk mode: write endpoints ask it first.
+    pub space: Arc<crate::space::DiskSpace>,
 }
 
 impl AppState {
@@ -62,16 +67,28 @@ impl AppState {
     }
 
     /// Whether the registry can serve: not draining, metadata readable.
-    pub fn ready(&self) -> Result<(), String> {
+    pub async fn ready(&self) -> Result<(), String> {
         if self.draining.load(Ordering::Relaxed) {
             return Err("shutting down".into());
         }
         self.meta
-            .read()
-            .repos(None, 1)
+            .query(|m| m.repos(None, 1))
+            .await
             .map(|_| ())
             .map_err(|e| format!("metadata store: {e}"))
     }
+}
+
+/// Runs blocking work of a request (metadata reads, opening a blob) on the
+/// blocking pool: on a slow or stalling disk it must not hold up every
+/// other connection of an async worker. One closure per request does all
+/// of it, so a read costs one trip to the pool.
+async fn off_worker<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("blocking task failed: {e}")))?
 }
 
 pub type HttpResult = Result<Response<Body>, ApiError>;
@@ -269,7 +286,7 @@ async fn dispatch(
         }
         "/readyz" => {
             facts.route = "readyz";
-            return match st.ready() {
+            return match st.ready().await {
                 Ok(()) => Ok(json_response(StatusCode::OK, b"{}")),
                 Err(why) => Err(ApiError::Unavailable(why)),
             };
@@ -297,7 +314,12 @@ async fn dispatch(
     }
     let endpoint = match route::parse(req.uri().path()) {
         Ok(e) => e,
-        Err(RouteError::NotFound) => return Err(ApiError::NotFound),
+        Err(RouteError::NotFound) => return Err(not_found(req.uri().path())),
+        // A reference that is neither a tag nor a digest names nothing that
+        // can exist: reading or deleting it is "unknown"; storing under it
+        // stays invalid.
+        Err(RouteError::BadReference(e)) if req.method() == Method::PUT => return Err(e.into()),
+        Err(RouteError::BadReference(_)) => return Err(ApiError::ManifestUnknown),
         Err(RouteError::Invalid(e)) => return Err(e.into()),
     };
     facts.route = endpoint.label();
@@ -318,10 +340,10 @@ async fn dispatch(
     match (method, endpoint) {
         (Method::GET | Method::HEAD, Endpoint::Base) => Ok(json_response(StatusCode::OK, b"{}")),
         (Method::GET, Endpoint::Blob { name, digest }) => {
-            blobs::get(st, &name, &digest, req.headers(), false)
+            blobs::get(st, &name, &digest, req.headers(), false).await
         }
         (Method::HEAD, Endpoint::Blob { name, digest }) => {
-            blobs::get(st, &name, &digest, req.headers(), true)
+            blobs::get(st, &name, &digest, req.headers(), true).await
         }
         (Method::DELETE, Endpoint::Blob { name, digest }) => {
             blobs::delete(st, &name, &digest).await
@@ -336,10 +358,10 @@ async fn dispatch(
         (Method::GET, Endpoint::Upload { name, id }) => uploads::status(st, &name, &id).await,
         (Method::DELETE, Endpoint::Upload { name, id }) => uploads::cancel(st, &name, &id).await,
         (Method::GET, Endpoint::Manifest { name, reference }) => {
-            manifests::get(st, &name, &reference, false)
+            manifests::get(st, &name, &reference, false).await
         }
         (Method::HEAD, Endpoint::Manifest { name, reference }) => {
-            manifests::get(st, &name, &reference, true)
+            manifests::get(st, &name, &reference, true).await
         }
         (Method::PUT, Endpoint::Manifest { name, reference }) => {
             manifests::put(st, &name, &reference, req).await
@@ -347,12 +369,26 @@ async fn dispatch(
         (Method::DELETE, Endpoint::Manifest { name, reference }) => {
             manifests::delete(st, &name, &reference).await
         }
-        (Method::GET, Endpoint::Tags { name }) => listing::tags(st, &name, &query),
-        (Method::GET, Endpoint::Catalog) => listing::catalog(st, &query),
+        (Method::GET, Endpoint::Tags { name }) => listing::tags(st, name, &query).await,
+        (Method::GET, Endpoint::Catalog) => listing::catalog(st, &query).await,
         (Method::GET, Endpoint::Referrers { name, digest }) => {
-            listing::referrers(st, &name, &digest, &query)
+            listing::referrers(st, name, digest, &query).await
         }
         _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+/// The 404 for a path that is no endpoint, in the terms of the resource it
+/// looks like (an upload URL with a mangled id is an unknown upload).
+fn not_found(path: &str) -> ApiError {
+    if path.contains("/blobs/uploads/") {
+        ApiError::BlobUploadUnknown
+    } else if path.contains("/manifests/") {
+        ApiError::ManifestUnknown
+    } else if path.contains("/blobs/") {
+        ApiError::BlobUnknown
+    } else {
+        ApiError::NotFound
     }
 }
 

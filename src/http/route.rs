@@ -68,8 +68,11 @@ impl Endpoint {
 pub enum RouteError {
     /// Not a registry path at all.
     NotFound,
-    /// A registry path with a bad name, digest or reference.
+    /// A registry path with a bad name or digest.
     Invalid(ParseError),
+    /// A manifest path, valid up to its reference, which is neither a tag
+    /// nor a digest: nothing can exist under it.
+    BadReference(ParseError),
 }
 
 impl From<ParseError> for RouteError {
@@ -114,10 +117,13 @@ pub fn parse(path: &str) -> Result<Endpoint, RouteError> {
             name: name(n)?,
             digest: Digest::parse(last)?,
         }),
-        "manifests" => Ok(Endpoint::Manifest {
-            name: name(n)?,
-            reference: Reference::parse(last)?,
-        }),
+        "manifests" => {
+            let name = name(n)?;
+            Ok(Endpoint::Manifest {
+                name,
+                reference: Reference::parse(last).map_err(RouteError::BadReference)?,
+            })
+        }
         "referrers" => Ok(Endpoint::Referrers {
             name: name(n)?,
             digest: Digest::parse(last)?,

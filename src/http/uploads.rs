@@ -6,7 +6,7 @@
 
 use super::error::ApiError;
 use super::query::Query;
-use super::{empty_response, AppState, HttpResult};
+use super::{empty_response, off_worker, AppState, HttpResult};
 use crate::meta::{MetaError, MetaWrite};
 use crate::oci::{ContentRange, Digest, RepoName};
 use crate::upload::{SessionHandle, UploadError};
@@ -26,23 +26,33 @@ pub(super) async fn start(
     req: Request<Incoming>,
     may_mount: bool,
 ) -> HttpResult {
+    // Full mode: the room left is for deletes and garbage collection.
+    if let Err(e) = st.space.check_writable() {
+        drain(req.into_body()).await;
+        return Err(UploadError::Io(e).into());
+    }
     if let (Some(mount), true) = (query.get("mount"), may_mount) {
         let digest = Digest::parse(mount)?;
         if let Some(from) = query.get("from").and_then(|f| RepoName::parse(f).ok()) {
-            if let Some(size) = st.meta.read().blob_link(&from, &digest)? {
-                if st.store.exists(&digest) {
-                    let mount = MetaWrite::MountBlob {
-                        from,
-                        repo: name.clone(),
-                        digest: digest.clone(),
-                        size,
-                    };
-                    match st.meta.write(vec![mount]).await {
-                        Ok(()) => return Ok(created(name, &digest)),
-                        // The source lost the blob meanwhile: upload instead.
-                        Err(MetaError::Conflict(_)) => {}
-                        Err(e) => return Err(e.into()),
-                    }
+            let (meta, path) = (st.meta.reader(), st.store.blob_path(&digest));
+            let (source, d) = (from.clone(), digest.clone());
+            let mountable = off_worker(move || {
+                let size = meta.blob_link(&source, &d)?;
+                Ok(size.filter(|_| path.is_file()))
+            })
+            .await?;
+            if let Some(size) = mountable {
+                let mount = MetaWrite::MountBlob {
+                    from,
+                    repo: name.clone(),
+                    digest: digest.clone(),
+                    size,
+                };
+                match st.meta.write(vec![mount]).await {
+                    Ok(()) => return Ok(created(name, &digest)),
+                    // The source lost the blob meanwhile: upload instead.
+                    Err(MetaError::Conflict(_)) => {}
+                    Err(e) => return Err(e.into()),
                 }
             }
         }
@@ -222,7 +232,7 @@ fn too_large(max: u64) -> ApiError {
 
 /// How a batch of body frames ended.
 enum BatchEnd {
-    /// The batch is full; more body follows.
+    /// The batch is full, or has waited long enough; more body follows.
     Full,
     Eof,
     /// The client hung up or stalled; what was read before still counts.
@@ -232,7 +242,8 @@ enum BatchEnd {
 struct Batch {
     chunks: Vec<Bytes>,
     bytes: usize,
-    permit: OwnedSemaphorePermit,
+    /// The budget these bytes hold until they are written (`None`: empty).
+    permit: Option<OwnedSemaphorePermit>,
     end: BatchEnd,
 }
 
@@ -248,6 +259,8 @@ async fn stream_body(
     mut body: Incoming,
 ) -> Result<u64, ApiError> {
     let mut inflight: Option<Append<'_>> = None;
+    // A frame read but not yet admitted to a batch (the budget was short).
+    let mut carry: Option<Bytes> = None;
     let max = st.config.limits.max_blob_bytes;
     let mut read_end = at;
     if max > 0 && at + body.size_hint().lower() > max {
@@ -255,7 +268,7 @@ async fn stream_body(
         return Err(too_large(max));
     }
     loop {
-        let next = collect_batch(st, &mut body);
+        let next = collect_batch(st, &mut body, &mut carry);
         let (batch, previous) = match inflight.take() {
             Some(write) => {
                 let (b, w) = tokio::join!(next, write);
@@ -330,42 +343,105 @@ async fn drain(mut body: Incoming) {
     .await;
 }
 
-/// Reads frames until a batch's worth of bytes, the end of the body, or an
-/// error. Takes the batch's share of the memory budget first.
-async fn collect_batch(st: &AppState, body: &mut Incoming) -> Result<Batch, ApiError> {
+/// Longest a batch holds body bytes waiting for more before it is written:
+/// a client trickling its upload must not sit on the shared memory budget
+/// (or on a half-filled batch) for longer than this.
+const BATCH_LINGER: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Reads frames until a batch's worth of bytes, the end of the body, an
+/// error, or `BATCH_LINGER` after the batch's first bytes.
+///
+/// The memory budget is taken for the bytes actually held, as each frame
+/// arrives, so a slow client holds only what it sent. When the budget is
+/// short, a batch that already holds bytes ends there and the frame waits
+/// in `carry` for the next batch; only a batch holding nothing waits for
+/// budget. So no upload ever waits while holding budget (which could
+/// deadlock a crowd of them), and while one waits, hyper is not polled for
+/// more of its body: that is the backpressure on fast clients.
+async fn collect_batch(
+    st: &AppState,
+    body: &mut Incoming,
+    carry: &mut Option<Bytes>,
+) -> Result<Batch, ApiError> {
     let max = st.batch_bytes();
-    let permit = st
-        .body_budget
-        .clone()
-        .acquire_many_owned((max / 1024) as u32)
-        .await
-        .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
     let idle = std::time::Duration::from_secs(st.config.limits.body_idle_timeout_secs);
-    let mut chunks = Vec::new();
-    let mut bytes = 0usize;
-    let end = loop {
-        if bytes >= max {
+    let mut batch = Batch {
+        chunks: Vec::new(),
+        bytes: 0,
+        permit: None,
+        end: BatchEnd::Full,
+    };
+    let mut started: Option<tokio::time::Instant> = None;
+    if let Some(data) = carry.take() {
+        let permit = wait_for_budget(st, data.len()).await?;
+        batch.admit(data, permit);
+        started = Some(tokio::time::Instant::now());
+    }
+    batch.end = loop {
+        if batch.bytes >= max {
             break BatchEnd::Full;
         }
-        match tokio::time::timeout(idle, body.frame()).await {
+        let wait = match started {
+            None => idle,
+            Some(t) => BATCH_LINGER.saturating_sub(t.elapsed()),
+        };
+        match tokio::time::timeout(wait, body.frame()).await {
+            // Bytes are held: write them now, read on afterwards.
+            Err(_) if started.is_some() => break BatchEnd::Full,
             Err(_) => break BatchEnd::Broken("no data for too long".into()),
             Ok(None) => break BatchEnd::Eof,
             Ok(Some(Err(e))) => break BatchEnd::Broken(e.to_string()),
             Ok(Some(Ok(frame))) => {
-                if let Ok(data) = frame.into_data() {
-                    if !data.is_empty() {
-                        st.metrics.received_bytes.inc_by(data.len() as u64);
-                        bytes += data.len();
-                        chunks.push(data);
-                    }
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if data.is_empty() {
+                    continue;
                 }
+                st.metrics.received_bytes.inc_by(data.len() as u64);
+                let kib = budget_kib(st, data.len());
+                let permit = match st.body_budget.clone().try_acquire_many_owned(kib) {
+                    Ok(p) => p,
+                    Err(_) if batch.bytes > 0 => {
+                        *carry = Some(data);
+                        break BatchEnd::Full;
+                    }
+                    Err(_) => wait_for_budget(st, data.len()).await?,
+                };
+                batch.admit(data, permit);
+                started.get_or_insert_with(tokio::time::Instant::now);
             }
         }
     };
-    Ok(Batch {
-        chunks,
-        bytes,
-        permit,
-        end,
-    })
+    Ok(batch)
+}
+
+impl Batch {
+    fn admit(&mut self, data: Bytes, permit: OwnedSemaphorePermit) {
+        match self.permit.as_mut() {
+            Some(p) => p.merge(permit),
+            None => self.permit = Some(permit),
+        }
+        self.bytes += data.len();
+        self.chunks.push(data);
+    }
+}
+
+/// Budget units (KiB) for `len` bytes; never more than the whole budget.
+fn budget_kib(st: &AppState, len: usize) -> u32 {
+    let whole = (st.config.upload_memory_budget_mib * 1024) as usize;
+    len.div_ceil(1024).min(whole) as u32
+}
+
+/// Waits (bounded) for budget to hold `len` bytes.
+async fn wait_for_budget(st: &AppState, len: usize) -> Result<OwnedSemaphorePermit, ApiError> {
+    tokio::time::timeout(
+        st.config.actor_call_timeout(),
+        st.body_budget
+            .clone()
+            .acquire_many_owned(budget_kib(st, len)),
+    )
+    .await
+    .map_err(|_| ApiError::Unavailable("upload memory budget exhausted for too long".into()))?
+    .map_err(|_| ApiError::Unavailable("shutting down".into()))
 }

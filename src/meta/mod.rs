@@ -13,11 +13,13 @@
 //! previous commit is syncing (group commit).
 
 mod redb_backend;
+mod redb_file;
 mod writer;
 
 use crate::oci::{Digest, RepoName};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use crate::space::DiskSpace;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -42,6 +44,33 @@ pub enum MetaError {
     /// that write was applied.
     #[error("{0}")]
     Conflict(String),
+    /// The disk (or quota) is full; nothing of the write was applied.
+    #[error("no space left for metadata: {0}")]
+    NoSpace(String),
+    /// The database is closed after an I/O error and not reopened yet.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl MetaError {
+    /// Whether this error leaves the database refusing further work until
+    /// it is reopened (redb's rule after any failed write).
+    pub fn closes_database(&self) -> bool {
+        match self {
+            MetaError::NoSpace(_) | MetaError::Unavailable(_) => true,
+            MetaError::Db(e) => matches!(**e, redb::Error::Io(_) | redb::Error::PreviousIo),
+            _ => false,
+        }
+    }
+
+    /// The same failure, for another waiter of a batch that failed whole.
+    fn for_each_job(&self) -> MetaError {
+        match self {
+            MetaError::NoSpace(m) => MetaError::NoSpace(m.clone()),
+            MetaError::Unavailable(m) => MetaError::Unavailable(m.clone()),
+            e => MetaError::CommitFailed(e.to_string()),
+        }
+    }
 }
 
 /// What is kept about a stored manifest (its bytes are a blob).
@@ -137,10 +166,10 @@ pub struct Page {
     pub more: bool,
 }
 
-/// A database that can hold Wharf's metadata. Reads are short and may run
-/// on any thread; `commit` applies a batch atomically and durably (when
-/// `durable`), and is only ever called from the writer thread.
-pub trait MetaBackend: Send + Sync + 'static {
+/// The read side of a database that can hold Wharf's metadata. Reads are
+/// short but do disk I/O: call them from the blocking pool
+/// ([`Meta::query`]), not from an async worker.
+pub trait MetaRead: Send + Sync + 'static {
     fn blob_link(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, MetaError>;
     fn manifest(
         &self,
@@ -161,6 +190,11 @@ pub trait MetaBackend: Send + Sync + 'static {
     fn all_manifests(&self) -> Result<Vec<(String, String, ManifestRecord)>, MetaError>;
     /// Every tag as (repository, tag, digest).
     fn all_tags(&self) -> Result<Vec<(String, String, String)>, MetaError>;
+}
+
+/// A whole database: the reads, and `commit`, which only the writer thread
+/// calls (handlers get a [`MetaRead`] and the write queue, never this).
+pub trait MetaBackend: MetaRead {
     /// Applies each job in order in one transaction. A job whose
     /// precondition fails is skipped whole and answered `Conflict`; the
     /// outer error fails every job (database trouble).
@@ -174,7 +208,7 @@ pub trait MetaBackend: Send + Sync + 'static {
 /// Handle to the metadata store; cheap to clone.
 #[derive(Clone)]
 pub struct Meta {
-    backend: Arc<dyn MetaBackend>,
+    reader: Arc<dyn MetaRead>,
     writes: mpsc::Sender<writer::WriteJob>,
 }
 
@@ -185,31 +219,52 @@ pub struct MetaWriter {
 
 impl Meta {
     /// Opens the embedded default, `<root>/meta.redb`.
-    pub fn open(root: &Path, durable: bool) -> Result<(Meta, MetaWriter), MetaError> {
-        let backend = Arc::new(RedbBackend::open(&root.join("meta.redb"))?);
+    pub fn open(
+        root: &Path,
+        durable: bool,
+        space: Arc<DiskSpace>,
+    ) -> Result<(Meta, MetaWriter), MetaError> {
+        let backend = Arc::new(RedbBackend::open(&root.join("meta.redb"), space)?);
         Self::with_backend(backend, durable)
     }
 
-    pub fn with_backend(
-        backend: Arc<dyn MetaBackend>,
+    pub fn with_backend<B: MetaBackend>(
+        backend: Arc<B>,
         durable: bool,
     ) -> Result<(Meta, MetaWriter), MetaError> {
         let (tx, rx) = mpsc::channel(1024);
-        let thread = writer::spawn(backend.clone(), rx, durable)?;
+        let reader: Arc<dyn MetaRead> = backend.clone();
+        let thread = writer::spawn(backend, rx, durable)?;
         Ok((
-            Meta {
-                backend,
-                writes: tx,
-            },
+            Meta { reader, writes: tx },
             MetaWriter {
                 thread: Some(thread),
             },
         ))
     }
 
-    /// Reads go straight to the backend.
-    pub fn read(&self) -> &dyn MetaBackend {
-        self.backend.as_ref()
+    /// The read side, for code already on a blocking thread (offline tools,
+    /// garbage collection's walks).
+    pub fn read(&self) -> &dyn MetaRead {
+        self.reader.as_ref()
+    }
+
+    /// A shared handle on the read side, to move into blocking closures
+    /// that read metadata and files in one trip.
+    pub fn reader(&self) -> Arc<dyn MetaRead> {
+        self.reader.clone()
+    }
+
+    /// Runs a read on the blocking pool: redb reads are disk I/O, and a
+    /// stalling disk must not stall every connection of an async worker.
+    pub async fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn MetaRead) -> Result<T, MetaError> + Send + 'static,
+    ) -> Result<T, MetaError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || f(reader.as_ref()))
+            .await
+            .map_err(|e| MetaError::Unavailable(format!("metadata read task failed: {e}")))?
     }
 
     /// Applies `ops` in one transaction; returns once it is durable.

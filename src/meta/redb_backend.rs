@@ -12,11 +12,14 @@
 //! Keys sort bytewise, so tag and repository listings are range scans in
 //! order, with no directory walk and no sort per request.
 
-use super::{BlobLink, ManifestRecord, MetaBackend, MetaError, MetaWrite, Page};
+use super::redb_file::SpaceAwareFile;
+use super::{BlobLink, ManifestRecord, MetaBackend, MetaError, MetaRead, MetaWrite, Page};
 use crate::oci::{Digest, RepoName};
-use redb::{Database, Durability, ReadableTable, TableDefinition};
-use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use crate::space::DiskSpace;
+use redb::{Database, Durability, ReadTransaction, ReadableTable, TableDefinition};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const REPOS: TableDefinition<&str, u64> = TableDefinition::new("repos");
 const BLOB_LINKS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("blob_links");
@@ -28,7 +31,7 @@ const REFS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("refs
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for MetaError {
-            fn from(e: $t) -> Self { MetaError::Db(Box::new(e.into())) }
+            fn from(e: $t) -> Self { MetaError::from_redb(e.into()) }
         }
     )*};
 }
@@ -40,13 +43,38 @@ from_redb!(
     redb::CommitError
 );
 
+impl MetaError {
+    fn from_redb(e: redb::Error) -> Self {
+        match e {
+            redb::Error::Io(io) if crate::space::is_no_space(&io) => {
+                MetaError::NoSpace(io.to_string())
+            }
+            redb::Error::PreviousIo => {
+                MetaError::Unavailable("metadata database is being reopened after an I/O error".into())
+            }
+            e => MetaError::Db(Box::new(e)),
+        }
+    }
+}
+
+/// Shortest time between two attempts to reopen a failed database, so a
+/// crowd of readers does not queue behind one attempt after another.
+const REOPEN_EVERY: Duration = Duration::from_millis(500);
+
 pub struct RedbBackend {
-    db: Database,
+    path: PathBuf,
+    space: Arc<DiskSpace>,
+    /// `None` after an I/O error closed the database and reopening it has
+    /// not worked yet. Readers hold the read side for the whole of a read
+    /// transaction, so reopening (the write side) knows every transaction
+    /// of the old database, and with it the file lock, is gone.
+    db: RwLock<Option<Database>>,
+    last_reopen: Mutex<Option<Instant>>,
 }
 
 impl RedbBackend {
-    pub fn open(path: &Path) -> Result<Self, MetaError> {
-        let db = Database::create(path)?;
+    pub fn open(path: &Path, space: Arc<DiskSpace>) -> Result<Self, MetaError> {
+        let db = open_database(path, &space)?;
         // Create every table up front so reads never meet a missing one.
         let txn = db.begin_write()?;
         txn.open_table(REPOS)?;
@@ -56,8 +84,74 @@ impl RedbBackend {
         txn.open_table(REFERRERS)?;
         txn.open_table(REFS)?;
         txn.commit()?;
-        Ok(RedbBackend { db })
+        Ok(RedbBackend {
+            path: path.to_path_buf(),
+            space,
+            db: RwLock::new(Some(db)),
+            last_reopen: Mutex::new(None),
+        })
     }
+
+    /// Runs `f` with the open database, reopening it first if an I/O error
+    /// closed it.
+    fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T, MetaError>) -> Result<T, MetaError> {
+        for _ in 0..2 {
+            {
+                let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+                if let Some(db) = guard.as_ref() {
+                    return f(db);
+                }
+            }
+            self.reopen()?;
+        }
+        Err(MetaError::Unavailable("metadata database is closed".into()))
+    }
+
+    /// Runs `f` in a read transaction.
+    fn read<T>(&self, f: impl FnOnce(&ReadTransaction) -> Result<T, MetaError>) -> Result<T, MetaError> {
+        self.with_db(|db| f(&db.begin_read()?))
+    }
+
+    /// Closes the database and opens it again: what redb asks for after a
+    /// failed write. Opening runs redb's crash recovery, which keeps every
+    /// committed transaction and drops the one that failed.
+    fn reopen(&self) -> Result<(), MetaError> {
+        {
+            let mut last = self.last_reopen.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
+                return Err(MetaError::Unavailable(
+                    "metadata database is being reopened after an I/O error".into(),
+                ));
+            }
+            *last = Some(Instant::now());
+        }
+        let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
+        // Dropped first: the new handle needs the file lock the old one holds.
+        *guard = None;
+        match open_database(&self.path, &self.space) {
+            Ok(db) => {
+                tracing::warn!("metadata database reopened after an I/O error");
+                *guard = Some(db);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "metadata database could not be reopened yet");
+                Err(e)
+            }
+        }
+    }
+}
+
+fn open_database(path: &Path, space: &Arc<DiskSpace>) -> Result<Database, MetaError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| MetaError::from_redb(e.into()))?;
+    let backend = SpaceAwareFile::new(file, space.clone())?;
+    Ok(Database::builder().create_with_backend(backend)?)
 }
 
 /// The largest string that sorts after every tag, digest or name (all ASCII).
@@ -73,12 +167,13 @@ fn page(mut items: Vec<String>, n: usize) -> Page {
     Page { items, more }
 }
 
-impl MetaBackend for RedbBackend {
+impl MetaRead for RedbBackend {
     fn blob_link(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, MetaError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(BLOB_LINKS)?;
-        let d = digest.to_string();
-        Ok(t.get((repo.as_str(), d.as_str()))?.map(|v| v.value().0))
+        self.read(|txn| {
+            let t = txn.open_table(BLOB_LINKS)?;
+            let d = digest.to_string();
+            Ok(t.get((repo.as_str(), d.as_str()))?.map(|v| v.value().0))
+        })
     }
 
     fn manifest(
@@ -86,176 +181,205 @@ impl MetaBackend for RedbBackend {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<Option<ManifestRecord>, MetaError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(MANIFESTS)?;
-        let d = digest.to_string();
-        match t.get((repo.as_str(), d.as_str()))? {
-            Some(v) => Ok(Some(decode_record(v.value())?)),
-            None => Ok(None),
-        }
+        self.read(|txn| {
+            let t = txn.open_table(MANIFESTS)?;
+            let d = digest.to_string();
+            match t.get((repo.as_str(), d.as_str()))? {
+                Some(v) => Ok(Some(decode_record(v.value())?)),
+                None => Ok(None),
+            }
+        })
     }
 
     fn tag(&self, repo: &RepoName, tag: &str) -> Result<Option<Digest>, MetaError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(TAGS)?;
-        match t.get((repo.as_str(), tag))? {
-            Some(v) => Digest::parse(v.value())
-                .map(Some)
-                .map_err(|e| MetaError::Record(e.to_string())),
-            None => Ok(None),
-        }
+        self.read(|txn| {
+            let t = txn.open_table(TAGS)?;
+            match t.get((repo.as_str(), tag))? {
+                Some(v) => Digest::parse(v.value())
+                    .map(Some)
+                    .map_err(|e| MetaError::Record(e.to_string())),
+                None => Ok(None),
+            }
+        })
     }
 
     fn repo_exists(&self, repo: &RepoName) -> Result<bool, MetaError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(REPOS)?;
-        Ok(t.get(repo.as_str())?.is_some())
+        self.read(|txn| {
+            let t = txn.open_table(REPOS)?;
+            Ok(t.get(repo.as_str())?.is_some())
+        })
     }
 
     fn tags(&self, repo: &RepoName, after: Option<&str>, n: usize) -> Result<Page, MetaError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(TAGS)?;
-        let r = repo.as_str();
-        let mut items = Vec::new();
-        let start = after.unwrap_or("");
-        for entry in t.range((r, start)..(r, AFTER_ALL))? {
-            let (k, _) = entry?;
-            let tag = k.value().1;
-            if after == Some(tag) {
-                continue;
+        self.read(|txn| {
+            let t = txn.open_table(TAGS)?;
+            let r = repo.as_str();
+            let mut items = Vec::new();
+            let start = after.unwrap_or("");
+            for entry in t.range((r, start)..(r, AFTER_ALL))? {
+                let (k, _) = entry?;
+                let tag = k.value().1;
+                if after == Some(tag) {
+                    continue;
+                }
+                items.push(tag.to_owned());
+                if items.len() > n {
+                    break;
+                }
             }
-            items.push(tag.to_owned());
-            if items.len() > n {
-                break;
-            }
-        }
-        Ok(page(items, n))
+            Ok(page(items, n))
+        })
     }
 
     fn repos(&self, after: Option<&str>, n: usize) -> Result<Page, MetaError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(REPOS)?;
-        let mut items = Vec::new();
-        let iter = match after {
-            Some(a) => t.range(a..)?,
-            None => t.range::<&str>(..)?,
-        };
-        for entry in iter {
-            let (k, _) = entry?;
-            let name = k.value();
-            if after == Some(name) {
-                continue;
+        self.read(|txn| {
+            let t = txn.open_table(REPOS)?;
+            let mut items = Vec::new();
+            let iter = match after {
+                Some(a) => t.range(a..)?,
+                None => t.range::<&str>(..)?,
+            };
+            for entry in iter {
+                let (k, _) = entry?;
+                let name = k.value();
+                if after == Some(name) {
+                    continue;
+                }
+                items.push(name.to_owned());
+                if items.len() > n {
+                    break;
+                }
             }
-            items.push(name.to_owned());
-            if items.len() > n {
-                break;
-            }
-        }
-        Ok(page(items, n))
+            Ok(page(items, n))
+        })
     }
 
     fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Digest>, MetaError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(REFERRERS)?;
-        let (r, s) = (repo.as_str(), subject.to_string());
-        let mut out = Vec::new();
-        for entry in t.range((r, s.as_str(), "")..(r, s.as_str(), AFTER_ALL))? {
-            let (k, _) = entry?;
-            if let Ok(d) = Digest::parse(k.value().2) {
-                out.push(d);
+        self.read(|txn| {
+            let t = txn.open_table(REFERRERS)?;
+            let (r, s) = (repo.as_str(), subject.to_string());
+            let mut out = Vec::new();
+            for entry in t.range((r, s.as_str(), "")..(r, s.as_str(), AFTER_ALL))? {
+                let (k, _) = entry?;
+                if let Ok(d) = Digest::parse(k.value().2) {
+                    out.push(d);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     fn all_blob_links(&self) -> Result<Vec<BlobLink>, MetaError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(BLOB_LINKS)?;
-        let mut out = Vec::new();
-        for entry in t.iter()? {
-            let (k, v) = entry?;
-            let ((repo, digest), (size, linked_at)) = (k.value(), v.value());
-            out.push(BlobLink {
-                repo: repo.to_owned(),
-                digest: digest.to_owned(),
-                size,
-                linked_at,
-            });
-        }
-        Ok(out)
+        self.read(|txn| {
+            let t = txn.open_table(BLOB_LINKS)?;
+            let mut out = Vec::new();
+            for entry in t.iter()? {
+                let (k, v) = entry?;
+                let ((repo, digest), (size, linked_at)) = (k.value(), v.value());
+                out.push(BlobLink {
+                    repo: repo.to_owned(),
+                    digest: digest.to_owned(),
+                    size,
+                    linked_at,
+                });
+            }
+            Ok(out)
+        })
     }
 
     fn all_manifests(&self) -> Result<Vec<(String, String, ManifestRecord)>, MetaError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(MANIFESTS)?;
-        let mut out = Vec::new();
-        for entry in t.iter()? {
-            let (k, v) = entry?;
-            let (repo, digest) = k.value();
-            out.push((
-                repo.to_owned(),
-                digest.to_owned(),
-                decode_record(v.value())?,
-            ));
-        }
-        Ok(out)
+        self.read(|txn| {
+            let t = txn.open_table(MANIFESTS)?;
+            let mut out = Vec::new();
+            for entry in t.iter()? {
+                let (k, v) = entry?;
+                let (repo, digest) = k.value();
+                out.push((
+                    repo.to_owned(),
+                    digest.to_owned(),
+                    decode_record(v.value())?,
+                ));
+            }
+            Ok(out)
+        })
     }
 
     fn all_tags(&self) -> Result<Vec<(String, String, String)>, MetaError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(TAGS)?;
-        let mut out = Vec::new();
-        for entry in t.iter()? {
-            let (k, v) = entry?;
-            let (repo, tag) = k.value();
-            out.push((repo.to_owned(), tag.to_owned(), v.value().to_owned()));
-        }
-        Ok(out)
+        self.read(|txn| {
+            let t = txn.open_table(TAGS)?;
+            let mut out = Vec::new();
+            for entry in t.iter()? {
+                let (k, v) = entry?;
+                let (repo, tag) = k.value();
+                out.push((repo.to_owned(), tag.to_owned(), v.value().to_owned()));
+            }
+            Ok(out)
+        })
     }
 
+}
+
+impl MetaBackend for RedbBackend {
     fn commit(
         &self,
         jobs: &[Vec<MetaWrite>],
         durable: bool,
     ) -> Result<Vec<Result<(), MetaError>>, MetaError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        });
-        let mut results = Vec::with_capacity(jobs.len());
-        {
-            let mut t = Tables {
-                repos: txn.open_table(REPOS)?,
-                links: txn.open_table(BLOB_LINKS)?,
-                manifests: txn.open_table(MANIFESTS)?,
-                tags: txn.open_table(TAGS)?,
-                referrers: txn.open_table(REFERRERS)?,
-                refs: txn.open_table(REFS)?,
-                now: unix_now(),
-            };
-            for job in jobs {
-                let mut refused = None;
-                for op in job {
-                    if let Some(why) = t.precondition(op)? {
-                        refused = Some(why);
-                        break;
-                    }
-                }
-                if let Some(why) = refused {
-                    results.push(Err(MetaError::Conflict(why)));
-                    continue;
-                }
-                for op in job {
-                    t.apply(op)?;
-                }
-                results.push(Ok(()));
+        let result = self.with_db(|db| commit_jobs(db, jobs, durable));
+        if let Err(e) = &result {
+            if e.closes_database() {
+                // redb refuses every later transaction after a failed
+                // write; reopen now so the next batch (a delete that frees
+                // space, say) finds it working.
+                let _ = self.reopen();
             }
         }
-        txn.commit()?;
-        Ok(results)
+        result
     }
+}
+
+fn commit_jobs(
+    db: &Database,
+    jobs: &[Vec<MetaWrite>],
+    durable: bool,
+) -> Result<Vec<Result<(), MetaError>>, MetaError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(if durable {
+        Durability::Immediate
+    } else {
+        Durability::None
+    });
+    let mut results = Vec::with_capacity(jobs.len());
+    {
+        let mut t = Tables {
+            repos: txn.open_table(REPOS)?,
+            links: txn.open_table(BLOB_LINKS)?,
+            manifests: txn.open_table(MANIFESTS)?,
+            tags: txn.open_table(TAGS)?,
+            referrers: txn.open_table(REFERRERS)?,
+            refs: txn.open_table(REFS)?,
+            now: unix_now(),
+        };
+        for job in jobs {
+            let mut refused = None;
+            for op in job {
+                if let Some(why) = t.precondition(op)? {
+                    refused = Some(why);
+                    break;
+                }
+            }
+            if let Some(why) = refused {
+                results.push(Err(MetaError::Conflict(why)));
+                continue;
+            }
+            for op in job {
+                t.apply(op)?;
+            }
+            results.push(Ok(()));
+        }
+    }
+    txn.commit()?;
+    Ok(results)
 }
 
 fn unix_now() -> u64 {

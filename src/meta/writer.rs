@@ -15,8 +15,8 @@ pub(super) struct WriteJob {
     pub done: oneshot::Sender<Result<(), MetaError>>,
 }
 
-pub(super) fn spawn(
-    backend: Arc<dyn MetaBackend>,
+pub(super) fn spawn<B: MetaBackend>(
+    backend: Arc<B>,
     mut rx: mpsc::Receiver<WriteJob>,
     durable: bool,
 ) -> Result<std::thread::JoinHandle<()>, MetaError> {
@@ -40,8 +40,9 @@ pub(super) fn spawn(
                         }
                     }
                     Err(e) => {
+                        tracing::error!(error = %e, jobs = replies.len(), "metadata commit failed");
                         for done in replies {
-                            let _ = done.send(Err(MetaError::CommitFailed(e.to_string())));
+                            let _ = done.send(Err(e.for_each_job()));
                         }
                     }
                 }

@@ -22,10 +22,12 @@ mod shard;
 pub use blob::BlobBytes;
 
 use crate::oci::Digest;
+use crate::space::DiskSpace;
 use ractor::{Actor, ActorRef};
 use shard::{Shard, ShardMsg};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +41,7 @@ pub enum StoreError {
 impl StoreError {
     /// True when the disk is full, which the HTTP layer reports differently.
     pub fn is_no_space(&self) -> bool {
-        matches!(self, StoreError::Io(e) if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT))
+        matches!(self, StoreError::Io(e) if crate::space::is_no_space(e))
     }
 }
 
@@ -59,6 +61,7 @@ pub struct ContentStore {
     joins: Vec<tokio::task::JoinHandle<()>>,
     call_timeout: Duration,
     fsync: bool,
+    space: Arc<DiskSpace>,
 }
 
 impl ContentStore {
@@ -67,6 +70,7 @@ impl ContentStore {
         shards: usize,
         fsync: bool,
         call_timeout: Duration,
+        space: Arc<DiskSpace>,
     ) -> Result<Self, StoreError> {
         let blobs = root.join("blobs");
         for alg in ["sha256", "sha512"] {
@@ -93,6 +97,7 @@ impl ContentStore {
             joins,
             call_timeout,
             fsync,
+            space,
         })
     }
 
@@ -102,20 +107,27 @@ impl ContentStore {
         blob_path(&self.root, digest)
     }
 
-    pub fn exists(&self, digest: &Digest) -> bool {
-        self.blob_path(digest).is_file()
+    /// `<root>/blobs`, for blocking closures that resolve a digest first
+    /// and then open its blob ([`blob_path`]).
+    pub fn blobs_root(&self) -> PathBuf {
+        self.root.clone()
     }
 
     /// Moves a staged file (bytes already synced and verified to hash to
     /// `digest`) into place, or drops it if the blob already exists.
     pub async fn commit(&self, digest: &Digest, staged: PathBuf) -> Result<Commit, StoreError> {
         let target = self.blob_path(digest);
-        self.call_shard(digest, |reply| ShardMsg::Commit {
-            staged,
-            target,
-            reply,
-        })
-        .await
+        let r = self
+            .call_shard(digest, |reply| ShardMsg::Commit {
+                staged,
+                target,
+                reply,
+            })
+            .await;
+        if let Err(StoreError::Io(e)) = &r {
+            self.space.note(e);
+        }
+        r
     }
 
     /// Removes a blob last committed before `cutoff`, serialised with
@@ -168,22 +180,35 @@ impl ContentStore {
         digest: &Digest,
         bytes: bytes::Bytes,
     ) -> Result<Commit, StoreError> {
-        if self.exists(digest) {
+        // Through the shard, not a plain existence check: a manifest pushed
+        // again while garbage collection runs must refresh the blob's mtime
+        // (or find it gone and write it anew), as an upload's commit does.
+        let target = self.blob_path(digest);
+        if self
+            .call_shard(digest, |reply| ShardMsg::Touch { target, reply })
+            .await?
+        {
             return Ok(Commit::Deduplicated);
         }
+        self.space.check_writable()?;
         let staged = self
             .root
             .join("staging")
             .join(uuid::Uuid::new_v4().to_string());
         let fsync = self.fsync;
         let path = staged.clone();
+        let space = self.space.clone();
         tokio::task::spawn_blocking(move || -> io::Result<()> {
             use std::io::Write;
-            let mut f = std::fs::File::create(&path)?;
-            let written = f
-                .write_all(&bytes)
-                .and_then(|_| if fsync { f.sync_data() } else { Ok(()) });
-            if written.is_err() {
+            let written = std::fs::File::create(&path).and_then(|mut f| {
+                f.write_all(&bytes)?;
+                if fsync {
+                    f.sync_data()?;
+                }
+                Ok(())
+            });
+            if let Err(e) = &written {
+                space.note(e);
                 let _ = std::fs::remove_file(&path);
             }
             written
@@ -192,14 +217,18 @@ impl ContentStore {
         .map_err(|e| StoreError::Unavailable(e.to_string()))??;
         let r = self.commit(digest, staged.clone()).await;
         if r.is_err() {
-            let _ = std::fs::remove_file(&staged);
+            let _ = tokio::fs::remove_file(&staged).await;
         }
         r
     }
 
-    /// Opens a blob for reading; `None` when it does not exist.
-    pub fn open(&self, digest: &Digest) -> Result<Option<BlobBytes>, StoreError> {
-        BlobBytes::open(&self.blob_path(digest))
+    /// Opens a blob for reading on the blocking pool (open, stat, mmap or
+    /// read all touch the disk); `None` when it does not exist.
+    pub async fn open(&self, digest: &Digest) -> Result<Option<BlobBytes>, StoreError> {
+        let path = self.blob_path(digest);
+        tokio::task::spawn_blocking(move || BlobBytes::open(&path))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
 
     /// Stops the shard actors after they finish the message at hand.
@@ -242,7 +271,7 @@ pub fn list_blobs(blobs_root: &Path) -> io::Result<Vec<(Digest, u64, std::time::
     Ok(out)
 }
 
-pub(crate) fn blob_path(blobs_root: &Path, digest: &Digest) -> PathBuf {
+pub fn blob_path(blobs_root: &Path, digest: &Digest) -> PathBuf {
     let hex = digest.hex();
     blobs_root
         .join(digest.algorithm().as_str())

@@ -19,6 +19,16 @@ pub enum ShardMsg {
         target: PathBuf,
         reply: RpcReplyPort<io::Result<Commit>>,
     },
+    /// A write of bytes that may already be stored (a manifest): if the
+    /// blob exists, refresh its mtime, exactly as a deduplicated commit
+    /// does, and answer true. Running on the shard orders it with garbage
+    /// collection's deletes of that digest: either the delete came first
+    /// and this answers false (the caller writes the bytes anew), or this
+    /// came first and the fresh mtime keeps the blob through the grace.
+    Touch {
+        target: PathBuf,
+        reply: RpcReplyPort<io::Result<bool>>,
+    },
     /// Garbage collection: unlink the blob if it was last committed before
     /// `cutoff`; answers the bytes freed (`None` when kept).
     DeleteIfOlder {
@@ -62,6 +72,12 @@ impl Actor for Shard {
                     .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
                 let _ = reply.send(result);
             }
+            ShardMsg::Touch { target, reply } => {
+                let result = tokio::task::spawn_blocking(move || touch(&target))
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+                let _ = reply.send(result);
+            }
             ShardMsg::DeleteIfOlder {
                 target,
                 cutoff,
@@ -77,13 +93,21 @@ impl Actor for Shard {
     }
 }
 
+/// Refreshes the mtime of an existing blob; false when there is none.
+/// The mtime is the blob's last commit: garbage collection spares a blob
+/// committed within its grace period, so a push that found its content
+/// already here cannot lose it before its link or manifest row is written.
+fn touch(target: &Path) -> io::Result<bool> {
+    match std::fs::File::open(target) {
+        Ok(f) => f.set_modified(SystemTime::now()).map(|()| true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 fn commit(staged: &Path, target: &Path, fsync: bool) -> io::Result<Commit> {
-    if target.is_file() {
+    if touch(target)? {
         std::fs::remove_file(staged)?;
-        // The mtime is the blob's last commit: garbage collection spares a
-        // blob committed within its grace period, so a push that found its
-        // layer already here cannot lose it before its link is written.
-        std::fs::File::open(target)?.set_modified(SystemTime::now())?;
         return Ok(Commit::Deduplicated);
     }
     let dir = target

@@ -13,6 +13,7 @@ mod session;
 pub use session::{Sealed, SessionMsg};
 
 use crate::oci::{Digest, RepoName};
+use crate::space::DiskSpace;
 use bytes::Bytes;
 use dashmap::DashMap;
 use ractor::rpc::CallResult;
@@ -117,13 +118,19 @@ pub struct UploadRegistry {
     fsync: bool,
     call_timeout: Duration,
     epoch: Instant,
+    space: Arc<DiskSpace>,
 }
 
 impl UploadRegistry {
     /// Opens `<root>/uploads`, restarting an actor for every session found
     /// there (its offset is the length of its data file) and removing
     /// leftovers that are not sessions.
-    pub async fn start(root: &Path, fsync: bool, call_timeout: Duration) -> io::Result<Self> {
+    pub async fn start(
+        root: &Path,
+        fsync: bool,
+        call_timeout: Duration,
+        space: Arc<DiskSpace>,
+    ) -> io::Result<Self> {
         let dir = root.join("uploads");
         std::fs::create_dir_all(&dir)?;
         let reg = UploadRegistry {
@@ -135,6 +142,7 @@ impl UploadRegistry {
             fsync,
             call_timeout,
             epoch: Instant::now(),
+            space,
         };
         for entry in std::fs::read_dir(&reg.dir)? {
             let entry = entry?;
@@ -144,9 +152,9 @@ impl UploadRegistry {
                 .to_str()
                 .and_then(|n| Uuid::parse_str(n).ok())
             {
-                Some(id) => match read_info(&path) {
-                    Some(repo) => reg.spawn(id, repo, false).await.is_ok(),
-                    None => false,
+                Some(id) => match (read_info(&path), data_len(&path)) {
+                    (Some(repo), Some(len)) => reg.spawn(id, repo, len, false).await.is_ok(),
+                    _ => false,
                 },
                 None => false,
             };
@@ -160,23 +168,27 @@ impl UploadRegistry {
         Ok(reg)
     }
 
+    /// Starts the actor of a session whose files exist. The actor's start
+    /// does no I/O, so this fails only if ractor itself cannot start it.
     async fn spawn(
         &self,
         id: Uuid,
         repo: RepoName,
+        len: u64,
         fresh: bool,
     ) -> Result<SessionHandle, UploadError> {
-        let dir = self.dir.join(id.to_string());
         let args = SessionArgs {
-            dir,
+            dir: self.dir.join(id.to_string()),
             pool: self.pool.clone(),
+            len,
             fresh,
-            repo: repo.clone(),
             fsync: self.fsync,
+            space: self.space.clone(),
         };
-        let (actor, join) = Actor::spawn(None, Session, args)
-            .await
-            .map_err(|e| UploadError::Io(io::Error::other(e.to_string())))?;
+        let (actor, join) = Actor::spawn(None, Session, args).await.map_err(|e| {
+            tracing::error!(error = %e, "upload session actor did not start");
+            UploadError::Unavailable("upload session actor did not start")
+        })?;
         let handle = SessionHandle {
             id,
             repo,
@@ -196,9 +208,37 @@ impl UploadRegistry {
         Ok(handle)
     }
 
-    /// Starts a new, empty session for `repo`.
+    /// Starts a new, empty session for `repo`: its folder, `info` and empty
+    /// `data` file are written on the blocking pool first (a full disk is an
+    /// `Io` error here, and nothing is left behind).
     pub async fn create(&self, repo: &RepoName) -> Result<SessionHandle, UploadError> {
-        self.spawn(Uuid::new_v4(), repo.clone(), true).await
+        self.space.check_writable()?;
+        let id = Uuid::new_v4();
+        let dir = self.dir.join(id.to_string());
+        let info = serde_json::to_vec(&SessionInfo {
+            repo: repo.to_string(),
+        })
+        .map_err(io::Error::other)?;
+        let space = self.space.clone();
+        tokio::task::spawn_blocking(move || {
+            let made = (|| {
+                std::fs::create_dir(&dir)?;
+                std::fs::write(dir.join("info"), info)?;
+                std::fs::File::create(dir.join("data")).map(drop)
+            })();
+            if let Err(e) = &made {
+                space.note(e);
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            made
+        })
+        .await
+        .map_err(|_| UploadError::Unavailable("session setup task failed"))??;
+        let handle = self.spawn(id, repo.clone(), 0, true).await;
+        if handle.is_err() {
+            let _ = tokio::fs::remove_dir_all(self.dir.join(id.to_string())).await;
+        }
+        handle
     }
 
     /// Finds the session `id` of `repo`. An id that is not a uuid, or a
@@ -270,6 +310,18 @@ impl UploadRegistry {
                 let _ = e.join.await;
             }
         }
+    }
+}
+
+/// Length of a recovered session's data file (created empty if missing).
+fn data_len(dir: &Path) -> Option<u64> {
+    let data = dir.join("data");
+    match std::fs::metadata(&data) {
+        Ok(m) => Some(m.len()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::File::create(&data).ok().map(|_| 0)
+        }
+        Err(_) => None,
     }
 }
 

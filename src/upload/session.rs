@@ -5,8 +5,9 @@
 //! session.
 
 use super::data_file::{self, BufferPool};
-use super::{SessionInfo, UploadError};
-use crate::oci::{Algorithm, Digest, RepoName};
+use super::UploadError;
+use crate::oci::{Algorithm, Digest};
+use crate::space::DiskSpace;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sha2::{Digest as _, Sha256, Sha512};
@@ -17,13 +18,20 @@ use std::sync::Arc;
 
 pub struct Session;
 
+/// A session's starting state. Its files already exist: the registry
+/// creates them (or finds them after a restart) on the blocking pool
+/// before spawning the actor, so starting an actor never does I/O and
+/// never fails.
 pub struct SessionArgs {
     pub dir: PathBuf,
     pub pool: Arc<BufferPool>,
-    /// New session (create its files) or recovered one (read its length).
+    /// Length of the data file.
+    pub len: u64,
+    /// A new session hashes from an empty state; a recovered one rehashes
+    /// its file on first use.
     pub fresh: bool,
-    pub repo: RepoName,
     pub fsync: bool,
+    pub space: Arc<DiskSpace>,
 }
 
 pub enum SessionMsg {
@@ -63,6 +71,7 @@ pub struct SessionState {
     sealed: bool,
     fsync: bool,
     pool: Arc<BufferPool>,
+    space: Arc<DiskSpace>,
 }
 
 impl SessionState {
@@ -81,36 +90,14 @@ impl Actor for Session {
         _myself: ActorRef<Self::Msg>,
         args: SessionArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let dir = args.dir;
-        let len = if args.fresh {
-            std::fs::create_dir(&dir)?;
-            let info = serde_json::to_vec(&SessionInfo {
-                repo: args.repo.to_string(),
-            })?;
-            std::fs::write(dir.join("info"), info)?;
-            File::create(dir.join("data"))?;
-            0
-        } else {
-            match std::fs::metadata(dir.join("data")) {
-                Ok(m) => m.len(),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    File::create(dir.join("data"))?;
-                    0
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
         Ok(SessionState {
-            dir,
-            len,
-            hasher: if args.fresh {
-                Some(Sha256::new())
-            } else {
-                None
-            },
+            dir: args.dir,
+            len: args.len,
+            hasher: args.fresh.then(Sha256::new),
             sealed: false,
             fsync: args.fsync,
             pool: args.pool,
+            space: args.space,
         })
     }
 
@@ -160,10 +147,15 @@ async fn append(
             return Err(UploadError::OutOfOrder { offset: state.len });
         }
     }
+    if chunks.iter().any(|c| !c.is_empty()) {
+        // Full mode: the room left is for deletes and garbage collection.
+        state.space.check_writable()?;
+    }
     let data = state.data();
     let len = state.len;
     let hasher = state.hasher.take();
     let pool = state.pool.clone();
+    let space = state.space.clone();
     // Writing and hashing are CPU and disk work: run them on the blocking
     // pool with the file opened for this batch only, so thousands of idle
     // sessions hold no file descriptors.
@@ -176,6 +168,9 @@ async fn append(
             },
         };
         let r = data_file::append(&data, len, &chunks, &pool);
+        if let Err(e) = &r {
+            space.note(e);
+        }
         if r.is_ok() {
             for c in &chunks {
                 hasher.update(c);
