@@ -390,7 +390,8 @@ async fn count_store(state: Arc<AppState>) {
 
 /// While the data folder is full, checks every second whether space came
 /// back (deleted through the API, or freed outside the registry) and, if
-/// so, takes the reserve back and accepts writes again.
+/// so, takes the reserve back and accepts writes again. (`/metrics` reads
+/// the flag itself, so the gauge never lags a scrape.)
 async fn watch_disk_space(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
