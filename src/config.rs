@@ -190,6 +190,14 @@ pub struct LimitsConfig {
     pub max_connections_per_client: usize,
 }
 
+impl LimitsConfig {
+    /// The most an HTTP/1 connection reads from its socket at once: a body
+    /// frame is never larger than this.
+    pub fn read_buffer_bytes(&self) -> usize {
+        (256 * 1024).max(self.max_header_bytes)
+    }
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {

@@ -191,7 +191,7 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     // beyond it); the configured header limit is checked per request.
     builder
         .http1()
-        .max_buf_size((256 * 1024).max(limits.max_header_bytes))
+        .max_buf_size(limits.read_buffer_bytes())
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(limits.header_timeout_secs));
     // No HTTP/2 keep-alive pings: their answers would count as activity and

@@ -94,7 +94,12 @@ pub(super) async fn delete(st: &AppState, name: &RepoName, digest: &Digest) -> H
         ));
     }
     let (repo, d) = (name.clone(), digest.clone());
-    if st.meta.query(move |m| m.blob_link(&repo, &d)).await?.is_none() {
+    if st
+        .meta
+        .query(move |m| m.blob_link(&repo, &d))
+        .await?
+        .is_none()
+    {
         return Err(ApiError::BlobUnknown);
     }
     st.meta

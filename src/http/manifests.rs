@@ -55,7 +55,11 @@ async fn read_manifest_body(
 }
 
 /// The digest a reference names in `repo`, or MANIFEST_UNKNOWN.
-fn resolve(meta: &dyn MetaRead, name: &RepoName, reference: &Reference) -> Result<Digest, ApiError> {
+fn resolve(
+    meta: &dyn MetaRead,
+    name: &RepoName,
+    reference: &Reference,
+) -> Result<Digest, ApiError> {
     match reference {
         Reference::Digest(d) => Ok(d.clone()),
         Reference::Tag(t) => meta.tag(name, t)?.ok_or(ApiError::ManifestUnknown),
@@ -152,7 +156,9 @@ pub(super) async fn put(
         .map_err(|e| ApiError::ManifestInvalid(e.0))?;
 
     // Full mode: the room left is for deletes and garbage collection.
-    st.space.check_writable().map_err(crate::store::StoreError::Io)?;
+    st.space
+        .check_writable()
+        .map_err(crate::store::StoreError::Io)?;
     let (meta, repo) = (st.meta.reader(), name.clone());
     let (blobs, children) = (parsed.blobs.clone(), parsed.children.clone());
     off_worker(move || {
@@ -231,7 +237,9 @@ pub(super) async fn delete(st: &AppState, name: &RepoName, reference: &Reference
         .meta
         .query(move |meta| {
             Ok(match reference {
-                Reference::Tag(tag) => meta.tag(&repo, &tag)?.map(|_| MetaWrite::DeleteTag { repo, tag }),
+                Reference::Tag(tag) => meta
+                    .tag(&repo, &tag)?
+                    .map(|_| MetaWrite::DeleteTag { repo, tag }),
                 Reference::Digest(digest) => meta
                     .manifest(&repo, &digest)?
                     .map(|_| MetaWrite::DeleteManifest { repo, digest }),

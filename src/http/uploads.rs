@@ -259,8 +259,8 @@ async fn stream_body(
     mut body: Incoming,
 ) -> Result<u64, ApiError> {
     let mut inflight: Option<Append<'_>> = None;
-    // A frame read but not yet admitted to a batch (the budget was short).
-    let mut carry: Option<Bytes> = None;
+    // What the next batch reserves (see `collect_batch`).
+    let mut want = FIRST_BATCH_BYTES;
     let max = st.config.limits.max_blob_bytes;
     let mut read_end = at;
     if max > 0 && at + body.size_hint().lower() > max {
@@ -268,7 +268,7 @@ async fn stream_body(
         return Err(too_large(max));
     }
     loop {
-        let next = collect_batch(st, &mut body, &mut carry);
+        let next = collect_batch(st, &mut body, &mut want);
         let (batch, previous) = match inflight.take() {
             Some(write) => {
                 let (b, w) = tokio::join!(next, write);
@@ -345,26 +345,40 @@ async fn drain(mut body: Incoming) {
 
 /// Longest a batch holds body bytes waiting for more before it is written:
 /// a client trickling its upload must not sit on the shared memory budget
-/// (or on a half-filled batch) for longer than this.
+/// (or on a half-filled batch) for longer than this. It is also how long
+/// an idle body keeps its reservation before it shrinks to the least.
 const BATCH_LINGER: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Reads frames until a batch's worth of bytes, the end of the body, an
-/// error, or `BATCH_LINGER` after the batch's first bytes.
+/// What a body reserves for its first batch, and the least it keeps.
+const FIRST_BATCH_BYTES: usize = 64 * 1024;
+const LEAST_BATCH_BYTES: usize = 4 * 1024;
+
+/// Reads frames until the batch holds what it reserved, the end of the
+/// body, an error, or `BATCH_LINGER` after the batch's first bytes.
 ///
-/// The memory budget is taken for the bytes actually held, as each frame
-/// arrives, so a slow client holds only what it sent. When the budget is
-/// short, a batch that already holds bytes ends there and the frame waits
-/// in `carry` for the next batch; only a batch holding nothing waits for
-/// budget. So no upload ever waits while holding budget (which could
-/// deadlock a crowd of them), and while one waits, hyper is not polled for
-/// more of its body: that is the backpressure on fast clients.
+/// The memory budget for a batch is taken before hyper is asked for its
+/// bytes, so a socket is read only when memory is there for what it sends:
+/// that is the backpressure on fast clients (they wait here, not in
+/// memory), and it keeps a crowd of uploads to the budget's worth of large
+/// batches at a time, which is also what keeps the writes large. How much
+/// a body reserves follows what it sends (`want`): it doubles, up to a
+/// full batch, while batches fill, and falls to what arrived within the
+/// linger when they do not. A body that sends nothing for `BATCH_LINGER`
+/// keeps only the least, and what a batch did not use is given back when
+/// it ends, so slow clients hold about what they sent and never starve the
+/// fast ones.
 async fn collect_batch(
     st: &AppState,
     body: &mut Incoming,
-    carry: &mut Option<Bytes>,
+    want: &mut usize,
 ) -> Result<Batch, ApiError> {
-    let max = st.batch_bytes();
     let idle = std::time::Duration::from_secs(st.config.limits.body_idle_timeout_secs);
+    let mut reserved = (*want).clamp(LEAST_BATCH_BYTES, st.batch_bytes());
+    let kib = budget_kib(st, reserved);
+    let mut ticket = match st.body_budget.clone().try_acquire_many_owned(kib) {
+        Ok(p) => p,
+        Err(_) => wait_for_budget(st, kib).await?,
+    };
     let mut batch = Batch {
         chunks: Vec::new(),
         bytes: 0,
@@ -372,58 +386,77 @@ async fn collect_batch(
         end: BatchEnd::Full,
     };
     let mut started: Option<tokio::time::Instant> = None;
-    if let Some(data) = carry.take() {
-        let permit = wait_for_budget(st, data.len()).await?;
-        batch.admit(data, permit);
-        started = Some(tokio::time::Instant::now());
-    }
+    let mut lingered = false;
     batch.end = loop {
-        if batch.bytes >= max {
+        if batch.bytes >= reserved {
             break BatchEnd::Full;
         }
-        let wait = match started {
-            None => idle,
-            Some(t) => BATCH_LINGER.saturating_sub(t.elapsed()),
-        };
-        match tokio::time::timeout(wait, body.frame()).await {
-            // Bytes are held: write them now, read on afterwards.
-            Err(_) if started.is_some() => break BatchEnd::Full,
-            Err(_) => break BatchEnd::Broken("no data for too long".into()),
-            Ok(None) => break BatchEnd::Eof,
-            Ok(Some(Err(e))) => break BatchEnd::Broken(e.to_string()),
-            Ok(Some(Ok(frame))) => {
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
-                if data.is_empty() {
-                    continue;
-                }
-                st.metrics.received_bytes.inc_by(data.len() as u64);
-                let kib = budget_kib(st, data.len());
-                let permit = match st.body_budget.clone().try_acquire_many_owned(kib) {
-                    Ok(p) => p,
-                    Err(_) if batch.bytes > 0 => {
-                        *carry = Some(data);
+        let frame = match started {
+            // Bytes are held: write them soon, read on afterwards.
+            Some(t) => {
+                let left = BATCH_LINGER.saturating_sub(t.elapsed());
+                match tokio::time::timeout(left, body.frame()).await {
+                    Ok(f) => f,
+                    Err(_) => {
+                        lingered = true;
                         break BatchEnd::Full;
                     }
-                    Err(_) => wait_for_budget(st, data.len()).await?,
-                };
-                batch.admit(data, permit);
-                started.get_or_insert_with(tokio::time::Instant::now);
+                }
             }
+            None => match tokio::time::timeout(BATCH_LINGER, body.frame()).await {
+                Ok(f) => f,
+                Err(_) => {
+                    reserved = LEAST_BATCH_BYTES.min(reserved);
+                    shrink(&mut ticket, budget_kib(st, reserved));
+                    let rest = idle.saturating_sub(BATCH_LINGER);
+                    match tokio::time::timeout(rest, body.frame()).await {
+                        Ok(f) => f,
+                        Err(_) => break BatchEnd::Broken("no data for too long".into()),
+                    }
+                }
+            },
+        };
+        let data = match frame {
+            None => break BatchEnd::Eof,
+            Some(Err(e)) => break BatchEnd::Broken(e.to_string()),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => data,
+                _ => continue,
+            },
+        };
+        st.metrics.received_bytes.inc_by(data.len() as u64);
+        batch.bytes += data.len();
+        batch.chunks.push(data);
+        started.get_or_insert_with(tokio::time::Instant::now);
+    };
+    // Hold what the batch holds. A last frame past the reservation takes
+    // the rest if it is free; if not, it is over the budget by less than
+    // one read buffer, until it is written.
+    let need = budget_kib(st, batch.bytes);
+    let held = ticket.num_permits() as u32;
+    if need > held {
+        if let Ok(more) = st.body_budget.clone().try_acquire_many_owned(need - held) {
+            ticket.merge(more);
         }
+    } else {
+        shrink(&mut ticket, need);
+    }
+    if batch.bytes > 0 {
+        batch.permit = Some(ticket);
+    }
+    *want = if lingered || batch.bytes < reserved {
+        batch.bytes
+    } else {
+        reserved * 2
     };
     Ok(batch)
 }
 
-impl Batch {
-    fn admit(&mut self, data: Bytes, permit: OwnedSemaphorePermit) {
-        match self.permit.as_mut() {
-            Some(p) => p.merge(permit),
-            None => self.permit = Some(permit),
-        }
-        self.bytes += data.len();
-        self.chunks.push(data);
+/// Gives back all of `ticket` beyond `keep` units.
+fn shrink(ticket: &mut OwnedSemaphorePermit, keep: u32) {
+    let held = ticket.num_permits() as u32;
+    if held > keep {
+        drop(ticket.split((held - keep) as usize));
     }
 }
 
@@ -433,13 +466,11 @@ fn budget_kib(st: &AppState, len: usize) -> u32 {
     len.div_ceil(1024).min(whole) as u32
 }
 
-/// Waits (bounded) for budget to hold `len` bytes.
-async fn wait_for_budget(st: &AppState, len: usize) -> Result<OwnedSemaphorePermit, ApiError> {
+/// Waits (bounded) for `kib` units of budget.
+async fn wait_for_budget(st: &AppState, kib: u32) -> Result<OwnedSemaphorePermit, ApiError> {
     tokio::time::timeout(
         st.config.actor_call_timeout(),
-        st.body_budget
-            .clone()
-            .acquire_many_owned(budget_kib(st, len)),
+        st.body_budget.clone().acquire_many_owned(kib),
     )
     .await
     .map_err(|_| ApiError::Unavailable("upload memory budget exhausted for too long".into()))?

@@ -17,9 +17,9 @@ mod redb_file;
 mod writer;
 
 use crate::oci::{Digest, RepoName};
+use crate::space::DiskSpace;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use crate::space::DiskSpace;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};

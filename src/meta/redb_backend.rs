@@ -49,9 +49,9 @@ impl MetaError {
             redb::Error::Io(io) if crate::space::is_no_space(&io) => {
                 MetaError::NoSpace(io.to_string())
             }
-            redb::Error::PreviousIo => {
-                MetaError::Unavailable("metadata database is being reopened after an I/O error".into())
-            }
+            redb::Error::PreviousIo => MetaError::Unavailable(
+                "metadata database is being reopened after an I/O error".into(),
+            ),
             e => MetaError::Db(Box::new(e)),
         }
     }
@@ -94,7 +94,10 @@ impl RedbBackend {
 
     /// Runs `f` with the open database, reopening it first if an I/O error
     /// closed it.
-    fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T, MetaError>) -> Result<T, MetaError> {
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, MetaError>,
+    ) -> Result<T, MetaError> {
         for _ in 0..2 {
             {
                 let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
@@ -108,7 +111,10 @@ impl RedbBackend {
     }
 
     /// Runs `f` in a read transaction.
-    fn read<T>(&self, f: impl FnOnce(&ReadTransaction) -> Result<T, MetaError>) -> Result<T, MetaError> {
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&ReadTransaction) -> Result<T, MetaError>,
+    ) -> Result<T, MetaError> {
         self.with_db(|db| f(&db.begin_read()?))
     }
 
@@ -316,7 +322,6 @@ impl MetaRead for RedbBackend {
             Ok(out)
         })
     }
-
 }
 
 impl MetaBackend for RedbBackend {

@@ -164,7 +164,10 @@ async fn full_disk_answers_507_frees_space_through_the_api_and_recovers() {
     for w in workers {
         pushed.extend(w.await.unwrap());
     }
-    eprintln!("{} images acknowledged before the disk filled", pushed.len());
+    eprintln!(
+        "{} images acknowledged before the disk filled",
+        pushed.len()
+    );
     assert!(pushed.len() >= 20, "the disk filled too early");
     assert_eq!(disk_full_gauge(&reg).await, "wharf_disk_full 1");
 
@@ -265,17 +268,36 @@ async fn full_disk_answers_507_frees_space_through_the_api_and_recovers() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(statuses.last(), Some(&201), "pushes after freeing space: {statuses:?}");
-    assert!(statuses.iter().all(|s| *s == 201 || *s == 507), "{statuses:?}");
+    assert_eq!(
+        statuses.last(),
+        Some(&201),
+        "pushes after freeing space: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 507),
+        "{statuses:?}"
+    );
     let m = manifest(&config, &again, 2);
-    assert_eq!(reg.put_manifest("full", "again", OCI_MANIFEST, &m).await.status(), 201);
+    assert_eq!(
+        reg.put_manifest("full", "again", OCI_MANIFEST, &m)
+            .await
+            .status(),
+        201
+    );
     assert_eq!(disk_full_gauge(&reg).await, "wharf_disk_full 0");
-    let got = reg.get_blob("full", &digest(&again)).await.bytes().await.unwrap();
+    let got = reg
+        .get_blob("full", &digest(&again))
+        .await
+        .bytes()
+        .await
+        .unwrap();
     assert!(got == again);
 
     assert_reads_back(&reg, kept).await;
     for p in gone {
-        let r = reg.get(&format!("/v2/full/manifests/{}", digest(&p.manifest))).await;
+        let r = reg
+            .get(&format!("/v2/full/manifests/{}", digest(&p.manifest)))
+            .await;
         assert_eq!(r.status(), 404);
     }
 }
@@ -307,7 +329,12 @@ async fn metadata_store_recovers_from_enospc_without_restart() {
     reg.push_mono("full", &config).await;
     reg.push_mono("full", &layer).await;
     let m = manifest(&config, &layer, 0);
-    assert_eq!(reg.put_manifest("full", "first", OCI_MANIFEST, &m).await.status(), 201);
+    assert_eq!(
+        reg.put_manifest("full", "first", OCI_MANIFEST, &m)
+            .await
+            .status(),
+        201
+    );
 
     let filler = fill(&mnt.path);
     // Tags of a stored manifest write only metadata, until the database has
@@ -335,10 +362,7 @@ async fn metadata_store_recovers_from_enospc_without_restart() {
     assert_full("monolithic POST", {
         let data = payload(64 << 10, 8);
         reg.client
-            .post(reg.url(&format!(
-                "/v2/full/blobs/uploads/?digest={}",
-                digest(&data)
-            )))
+            .post(reg.url(&format!("/v2/full/blobs/uploads/?digest={}", digest(&data))))
             .body(data)
             .send()
             .await
@@ -353,16 +377,30 @@ async fn metadata_store_recovers_from_enospc_without_restart() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut statuses = Vec::new();
     loop {
-        let s = reg.put_manifest("full", "after", OCI_MANIFEST, &m).await.status().as_u16();
+        let s = reg
+            .put_manifest("full", "after", OCI_MANIFEST, &m)
+            .await
+            .status()
+            .as_u16();
         statuses.push(s);
         if s == 201 || tokio::time::Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(statuses.last(), Some(&201), "tag PUTs after space returned: {statuses:?}");
-    assert!(statuses.iter().all(|s| *s == 201 || *s == 507), "{statuses:?}");
-    assert_eq!(reg.push_mono_status("full", &payload(64 << 10, 9)).await, 201);
+    assert_eq!(
+        statuses.last(),
+        Some(&201),
+        "tag PUTs after space returned: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 507),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        reg.push_mono_status("full", &payload(64 << 10, 9)).await,
+        201
+    );
 
     // Nothing acknowledged was lost, in this process or the next.
     for round in 0..2 {
@@ -373,10 +411,15 @@ async fn metadata_store_recovers_from_enospc_without_restart() {
             .iter()
             .filter_map(|t| t.as_str())
             .collect();
-        for t in tags.iter().chain([&"first".to_string(), &"after".to_string()]) {
+        for t in tags
+            .iter()
+            .chain([&"first".to_string(), &"after".to_string()])
+        {
             assert!(listed.contains(t.as_str()), "tag {t} lost (round {round})");
         }
-        let r = reg.get(&format!("/v2/full/manifests/{}", tags[tags.len() - 1])).await;
+        let r = reg
+            .get(&format!("/v2/full/manifests/{}", tags[tags.len() - 1]))
+            .await;
         assert_eq!(r.bytes().await.unwrap(), m);
         reg.restart().await;
     }

@@ -199,14 +199,21 @@ async fn gc_running_in_a_loop_never_breaks_pushes_in_flight() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(collector.await.unwrap() > 0);
-    eprintln!("manifest PUTs racing GC: {} won, {lost} lost cleanly", won.len());
+    eprintln!(
+        "manifest PUTs racing GC: {} won, {lost} lost cleanly",
+        won.len()
+    );
     // Every image that was acknowledged pulls whole.
     for (repo, i) in &won {
         let m: Value = reg.get_json(&format!("/v2/{repo}/manifests/t{i}")).await;
         for l in m["layers"].as_array().unwrap().iter().chain([&m["config"]]) {
             let d = l["digest"].as_str().unwrap();
             let r = reg.get_blob(repo, d).await;
-            assert_eq!(r.status(), 200, "{repo} t{i}: {d} is gone (dangling reference)");
+            assert_eq!(
+                r.status(),
+                200,
+                "{repo} t{i}: {d} is gone (dangling reference)"
+            );
             assert_eq!(digest(&r.bytes().await.unwrap()), d);
         }
     }
@@ -221,7 +228,12 @@ async fn gc_racing_repushes_of_deleted_manifests_keeps_their_bytes() {
     let base = reg.image_manifest("re", 1, 1).await;
     // A tagged keeper holds the layers, so only manifest bytes are at stake.
     let keeper = serde_json::to_vec(&base).unwrap();
-    assert_eq!(reg.put_manifest("re", "keeper", OCI_MANIFEST, &keeper).await.status(), 201);
+    assert_eq!(
+        reg.put_manifest("re", "keeper", OCI_MANIFEST, &keeper)
+            .await
+            .status(),
+        201
+    );
     let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
         (0..400)
             .map(|i| {
@@ -237,7 +249,9 @@ async fn gc_racing_repushes_of_deleted_manifests_keeps_their_bytes() {
             let (reg, bodies) = (reg.clone(), bodies.clone());
             tasks.push(tokio::spawn(async move {
                 for (i, b) in bodies.iter().enumerate().skip(w).step_by(8) {
-                    let r = reg.put_manifest("re", &format!("m{i}"), OCI_MANIFEST, b).await;
+                    let r = reg
+                        .put_manifest("re", &format!("m{i}"), OCI_MANIFEST, b)
+                        .await;
                     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
                 }
             }));

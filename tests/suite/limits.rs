@@ -305,7 +305,21 @@ async fn path_traversal_is_refused_and_touches_nothing() {
                 !text.contains("root:x:0:0"),
                 "{method} {path} leaked: {text}"
             );
+            let codes = error_codes(&text);
+            assert!(!codes.is_empty(), "{method} {path}: no error body\n{text}");
+            for code in codes {
+                assert!(
+                    ERROR_CODES.contains(&code.as_str()),
+                    "{method} {path}: code {code} is neither the spec's nor documented"
+                );
+            }
         }
+    }
+    // An upload id that cannot exist is an unknown upload, whatever it holds.
+    for id in ["../../../../etc/passwd", "..%2f..%2fmeta", "not-a-uuid"] {
+        let (status, text) = raw_get(&reg.base, &format!("/v2/safe/x/blobs/uploads/{id}")).await;
+        assert_eq!(status, 404, "{id}: {text}");
+        assert_eq!(error_codes(&text), ["BLOB_UPLOAD_UNKNOWN"], "{id}: {text}");
     }
     let after: Vec<_> = std::fs::read_dir(parent.path()).unwrap().collect();
     assert_eq!(

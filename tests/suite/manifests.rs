@@ -372,7 +372,12 @@ async fn tag_moves_atomically_between_manifests() {
     let reg = std::sync::Arc::new(TestRegistry::start().await);
     let a = serde_json::to_vec(&reg.image_manifest("mv", 9, 1).await).unwrap();
     let b = serde_json::to_vec(&reg.image_manifest("mv", 10, 1).await).unwrap();
-    assert_eq!(reg.put_manifest("mv", "latest", OCI_MANIFEST, &a).await.status(), 201);
+    assert_eq!(
+        reg.put_manifest("mv", "latest", OCI_MANIFEST, &a)
+            .await
+            .status(),
+        201
+    );
     let (da, db) = (digest(&a), digest(&b));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = Vec::new();
@@ -397,7 +402,12 @@ async fn tag_moves_atomically_between_manifests() {
                 let d = header(&g, "docker-content-digest").unwrap().to_owned();
                 let body = g.bytes().await.unwrap();
                 assert_eq!(digest(&body), d, "tag answered bytes of another digest");
-                seen[if d == da { 0 } else { assert_eq!(d, db); 1 }] += 1;
+                seen[if d == da {
+                    0
+                } else {
+                    assert_eq!(d, db);
+                    1
+                }] += 1;
             }
             seen
         }));
@@ -412,8 +422,48 @@ async fn tag_moves_atomically_between_manifests() {
         seen[0] += s[0];
         seen[1] += s[1];
     }
-    assert!(seen[0] > 0 && seen[1] > 0, "readers saw only one side: {seen:?}");
+    assert!(
+        seen[0] > 0 && seen[1] > 0,
+        "readers saw only one side: {seen:?}"
+    );
     // The old manifest is still reachable by digest.
     let g = reg.get(&format!("/v2/mv/manifests/{da}")).await;
     assert_eq!(g.status(), 200);
+}
+
+/// What cannot be named cannot exist: reading or deleting it is "unknown"
+/// (as the conformance suite and other registries answer), while storing
+/// under it is a bad request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impossible_references_are_unknown_to_reads_and_invalid_to_writes() {
+    let reg = TestRegistry::start().await;
+    let m = reg.image_manifest("app/web", 1, 1).await;
+    let body = serde_json::to_vec(&m).unwrap();
+    assert_eq!(
+        reg.put_manifest("app/web", "v1", OCI_MANIFEST, &body)
+            .await
+            .status(),
+        201
+    );
+    for reference in [
+        ".INVALID_MANIFEST_NAME",
+        "-dash",
+        "sha256:short",
+        &"t".repeat(129),
+    ] {
+        let url = reg.url(&format!("/v2/app/web/manifests/{reference}"));
+        let r = reg.client.get(&url).send().await.unwrap();
+        assert_oci_error(r, 404, "MANIFEST_UNKNOWN").await;
+        let r = reg.client.head(&url).send().await.unwrap();
+        assert_eq!(r.status(), 404, "HEAD {reference}");
+        let r = reg.client.delete(&url).send().await.unwrap();
+        assert_oci_error(r, 404, "MANIFEST_UNKNOWN").await;
+        let r = reg
+            .put_manifest("app/web", reference, OCI_MANIFEST, &body)
+            .await;
+        assert_eq!(r.status(), 400, "PUT {reference}");
+    }
+    // A valid reference that names nothing is unknown too.
+    let r = reg.get("/v2/app/web/manifests/v2").await;
+    assert_oci_error(r, 404, "MANIFEST_UNKNOWN").await;
 }

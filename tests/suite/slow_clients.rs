@@ -52,7 +52,12 @@ async fn trickling_uploads_do_not_stall_a_normal_push() {
     let took = started.elapsed();
     assert_eq!(pushed, 201);
     eprintln!("4 MiB push beside 80 trickling uploads: {took:?}");
-    let got = reg.get_blob("fast", &digest(&data)).await.bytes().await.unwrap();
+    let got = reg
+        .get_blob("fast", &digest(&data))
+        .await
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(&got[..], &data[..]);
 
     // The tricklers are still sending, and what they sent is written while

@@ -99,7 +99,10 @@ impl TestRegistry {
     /// One-request push; returns the status.
     pub async fn push_mono_status(&self, repo: &str, data: &[u8]) -> u16 {
         self.client
-            .post(self.url(&format!("/v2/{repo}/blobs/uploads/?digest={}", digest(data))))
+            .post(self.url(&format!(
+                "/v2/{repo}/blobs/uploads/?digest={}",
+                digest(data)
+            )))
             .body(data.to_vec())
             .send()
             .await
@@ -200,6 +203,43 @@ pub async fn raw_request(base: &str, request: &str) -> (u16, String) {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     (status, text)
+}
+
+/// Error codes a Wharf error body may carry: the OCI distribution spec's
+/// set, then the extensions the README documents.
+pub const ERROR_CODES: &[&str] = &[
+    "BLOB_UNKNOWN",
+    "BLOB_UPLOAD_INVALID",
+    "BLOB_UPLOAD_UNKNOWN",
+    "DIGEST_INVALID",
+    "MANIFEST_BLOB_UNKNOWN",
+    "MANIFEST_INVALID",
+    "MANIFEST_UNKNOWN",
+    "NAME_INVALID",
+    "NAME_UNKNOWN",
+    "SIZE_INVALID",
+    "UNAUTHORIZED",
+    "DENIED",
+    "UNSUPPORTED",
+    "TOOMANYREQUESTS",
+    "PAGINATION_NUMBER_INVALID",
+    "STORAGE_FULL",
+    "UNAVAILABLE",
+    "UNKNOWN",
+];
+
+/// The error codes in a raw HTTP response's JSON body (empty if it has none).
+pub fn error_codes(raw: &str) -> Vec<String> {
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
+    v["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["code"].as_str().map(str::to_string))
+        .collect()
 }
 
 pub async fn raw_get(base: &str, path: &str) -> (u16, String) {
