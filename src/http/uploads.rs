@@ -259,8 +259,12 @@ async fn stream_body(
     mut body: Incoming,
 ) -> Result<u64, ApiError> {
     let mut inflight: Option<Append<'_>> = None;
-    // What the next batch reserves (see `collect_batch`).
-    let mut want = FIRST_BATCH_BYTES;
+    // What the next batch reserves (see `collect_batch`). The first asks
+    // for a whole batch: a crowd of new uploads then starts a budget's
+    // worth at a time, as large writes, instead of all at once with small
+    // ones (each started connection also grows hyper's read buffer, which
+    // no budget sees). A trickling body gives it back after one linger.
+    let mut want = st.batch_bytes();
     let max = st.config.limits.max_blob_bytes;
     let mut read_end = at;
     if max > 0 && at + body.size_hint().lower() > max {
@@ -349,8 +353,7 @@ async fn drain(mut body: Incoming) {
 /// an idle body keeps its reservation before it shrinks to the least.
 const BATCH_LINGER: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// What a body reserves for its first batch, and the least it keeps.
-const FIRST_BATCH_BYTES: usize = 64 * 1024;
+/// The least a body keeps reserved.
 const LEAST_BATCH_BYTES: usize = 4 * 1024;
 
 /// Reads frames until the batch holds what it reserved, the end of the
