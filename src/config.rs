@@ -77,6 +77,35 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub limits: LimitsConfig,
+    /// Where metadata lives: the embedded redb file (default) or PostgreSQL.
+    pub metadata: MetadataConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetadataConfig {
+    /// "redb" (`<root>/meta.redb`, one node) or "postgres" (any number of
+    /// nodes sharing one database).
+    pub backend: String,
+    /// libpq-style URL or key=value string, for "postgres"
+    /// (`postgres://user:pass@host:5432/db`).
+    pub url: Option<String>,
+    /// Connections each node keeps to PostgreSQL.
+    pub pool_size: u32,
+    /// Bound on connecting, waiting for a pooled connection, and on any one
+    /// statement: an unreachable database answers 503, never a hang.
+    pub timeout_secs: u64,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        MetadataConfig {
+            backend: "redb".into(),
+            url: None,
+            pool_size: 16,
+            timeout_secs: 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -238,6 +267,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
             limits: LimitsConfig::default(),
+            metadata: MetadataConfig::default(),
         }
     }
 }
@@ -319,6 +349,26 @@ impl Config {
                         "auth.rules: unknown action {a:?} (pull, push, delete)"
                     )));
                 }
+            }
+        }
+        match self.metadata.backend.as_str() {
+            "redb" => {}
+            "postgres" => {
+                if self.metadata.url.is_none() {
+                    return Err(ConfigError::Invalid(
+                        "metadata.url is required with metadata.backend = \"postgres\"".into(),
+                    ));
+                }
+                if self.metadata.pool_size == 0 || self.metadata.timeout_secs == 0 {
+                    return Err(ConfigError::Invalid(
+                        "metadata.pool_size and metadata.timeout_secs must be > 0".into(),
+                    ));
+                }
+            }
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "metadata.backend: unknown backend {other:?} (\"redb\", \"postgres\")"
+                )))
             }
         }
         if !self.auth.rules.is_empty() && !self.auth_enabled() {

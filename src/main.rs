@@ -57,6 +57,12 @@ enum Command {
         #[arg(long)]
         delete_untagged: bool,
     },
+    /// Apply the metadata schema migrations the PostgreSQL database lacks
+    /// (nodes also do this at start, under the same lock).
+    Migrate {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Check a stopped server's data folder: blob digests, metadata
     /// references, leftovers. Exits 1 when it finds damage.
     Fsck {
@@ -136,9 +142,45 @@ fn main() -> ExitCode {
                 None => gc_offline(cfg, dry_run),
             }
         }
+        Command::Migrate { config } => {
+            let cfg = match load_config(Some(config)) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging(&cfg.log);
+            migrate(&cfg)
+        }
         Command::Fsck { root, repair } => {
             init_logging(&Default::default());
             fsck(&root, repair)
+        }
+    }
+}
+
+fn migrate(cfg: &Config) -> ExitCode {
+    if let Err(e) = cfg.validate() {
+        eprintln!("wharf migrate: {e}");
+        return ExitCode::from(2);
+    }
+    let Some(url) = cfg
+        .metadata
+        .url
+        .as_deref()
+        .filter(|_| cfg.metadata.backend == "postgres")
+    else {
+        eprintln!("wharf migrate: metadata.backend is not \"postgres\" (redb needs no migration)");
+        return ExitCode::from(2);
+    };
+    let timeout = std::time::Duration::from_secs(cfg.metadata.timeout_secs);
+    // `connect` migrates; the version tells the operator where it stands.
+    match wharf::meta::PostgresBackend::connect(url, 1, timeout).and_then(|b| b.schema_version()) {
+        Ok(v) => {
+            println!("metadata schema at version {v}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wharf migrate: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -187,7 +229,7 @@ fn gc_offline(cfg: Config, dry_run: bool) -> ExitCode {
     rt.block_on(async move {
         // Offline: nothing else writes, so no reserve is taken or given.
         let space = std::sync::Arc::new(wharf::space::DiskSpace::unreserved(&cfg.root));
-        let (meta, writer) = match wharf::meta::Meta::open(&cfg.root, cfg.fsync, space.clone()) {
+        let (meta, writer) = match wharf::meta::Meta::open_configured(&cfg, space.clone()).await {
             Ok(m) => m,
             Err(e) => {
                 eprintln!(

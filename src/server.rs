@@ -76,7 +76,7 @@ impl Server {
             source,
         })?;
         let space = Arc::new(DiskSpace::open(&root, config.disk_reserve_mib << 20));
-        let (meta, writer) = Meta::open(&root, config.fsync, space.clone())?;
+        let (meta, writer) = Meta::open_configured(&config, space.clone()).await?;
         let store = ContentStore::start(
             &root,
             config.store_shards,

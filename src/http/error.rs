@@ -133,6 +133,10 @@ impl ApiError {
             ApiError::TooManyRequests { retry_after_secs } => {
                 Some((http::header::RETRY_AFTER, retry_after_secs.to_string()))
             }
+            // A backend that is away (database, object store, a stuck
+            // disk) usually returns within seconds; clients that honour
+            // Retry-After come back instead of failing the push.
+            ApiError::Unavailable(_) => Some((http::header::RETRY_AFTER, "1".to_owned())),
             _ => None,
         };
         if let Some((name, value)) = extra {

@@ -12,6 +12,7 @@
 //! which the writer shares between every write that arrives while the
 //! previous commit is syncing (group commit).
 
+mod postgres_backend;
 mod redb_backend;
 mod redb_file;
 mod writer;
@@ -24,6 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
+pub use postgres_backend::PostgresBackend;
 pub use redb_backend::RedbBackend;
 
 #[derive(Debug, thiserror::Error)]
@@ -226,6 +228,26 @@ impl Meta {
     ) -> Result<(Meta, MetaWriter), MetaError> {
         let backend = Arc::new(RedbBackend::open(&root.join("meta.redb"), space)?);
         Self::with_backend(backend, durable)
+    }
+
+    /// Opens the backend the configuration names. Connecting to PostgreSQL
+    /// and migrating it block, so this runs on the blocking pool.
+    pub async fn open_configured(
+        config: &crate::config::Config,
+        space: Arc<DiskSpace>,
+    ) -> Result<(Meta, MetaWriter), MetaError> {
+        let (root, durable, meta) = (config.root.clone(), config.fsync, config.metadata.clone());
+        tokio::task::spawn_blocking(move || match meta.backend.as_str() {
+            "postgres" => {
+                let url = meta.url.as_deref().unwrap_or_default();
+                let timeout = std::time::Duration::from_secs(meta.timeout_secs);
+                let backend = PostgresBackend::connect(url, meta.pool_size, timeout)?;
+                Self::with_backend(Arc::new(backend), durable)
+            }
+            _ => Self::open(&root, durable, space),
+        })
+        .await
+        .map_err(|e| MetaError::Unavailable(format!("metadata open task failed: {e}")))?
     }
 
     pub fn with_backend<B: MetaBackend>(

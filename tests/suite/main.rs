@@ -9,6 +9,8 @@
 
 mod common;
 
+mod backends;
+
 mod blobs;
 mod clients;
 mod crash;

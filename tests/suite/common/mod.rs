@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod pki;
+pub mod services;
 
 use sha2::{Digest as _, Sha256};
 use std::io::{BufRead, BufReader};
