@@ -8,6 +8,7 @@
 //! content store (the caller commits the sealed file it is handed).
 
 mod data_file;
+pub mod midstate;
 mod session;
 
 pub use session::{Sealed, SessionMsg};
