@@ -37,6 +37,7 @@ pub mod meta;
 pub mod metrics;
 pub mod oci;
 pub mod ops;
+pub mod s3;
 pub mod server;
 pub mod space;
 pub mod store;

@@ -23,6 +23,7 @@ mod manifests;
 mod metrics;
 mod oci_client;
 mod process;
+mod s3_client;
 mod secure_clients;
 mod security;
 mod slow_clients;

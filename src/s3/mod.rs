@@ -1,0 +1,9 @@
+//! Blobs in S3-compatible object storage.
+//!
+//! Owns: the S3 client (`client`). Must not: know HTTP routes or hold
+//! metadata (PostgreSQL is the index; the bucket is never listed to find
+//! repositories or tags).
+
+pub mod client;
+
+pub use client::{ObjectStream, PartBody, S3Client, S3Error, S3Settings};
