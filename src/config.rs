@@ -79,6 +79,102 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Where metadata lives: the embedded redb file (default) or PostgreSQL.
     pub metadata: MetadataConfig,
+    /// Where blob bytes live: the data folder (default) or an S3 bucket.
+    pub storage: StorageConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// "filesystem" (`<root>/blobs`) or "s3" (needs metadata.backend =
+    /// "postgres": upload sessions and the digest index live there).
+    pub backend: String,
+    pub s3: Option<S3Config>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            backend: "filesystem".into(),
+            s3: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub endpoint: String,
+    pub bucket: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Falls back to AWS_ACCESS_KEY_ID.
+    pub access_key_id: Option<String>,
+    /// Falls back to AWS_SECRET_ACCESS_KEY.
+    pub secret_access_key: Option<String>,
+    #[serde(default = "default_true")]
+    pub path_style: bool,
+    /// Answer blob GETs with a 307 to a presigned URL instead of streaming
+    /// the bytes through the registry.
+    #[serde(default)]
+    pub redirect_reads: bool,
+    /// Bound on one S3 request's answer (plus 1 s per MiB it carries).
+    #[serde(default = "default_s3_timeout")]
+    pub timeout_secs: u64,
+    /// Objects garbage collection frees are deleted this much later, so
+    /// reads that found them just before still finish.
+    #[serde(default = "default_delete_delay")]
+    pub delete_delay_secs: u64,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_s3_timeout() -> u64 {
+    30
+}
+
+fn default_delete_delay() -> u64 {
+    600
+}
+
+impl S3Config {
+    /// The client settings, credentials from the file or the environment.
+    pub fn settings(&self) -> Result<crate::s3::S3Settings, ConfigError> {
+        let from_env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+        let access = self
+            .access_key_id
+            .clone()
+            .or_else(|| from_env("AWS_ACCESS_KEY_ID"))
+            .ok_or_else(|| {
+                ConfigError::Invalid(
+                    "storage.s3.access_key_id (or AWS_ACCESS_KEY_ID) is required".into(),
+                )
+            })?;
+        let secret = self
+            .secret_access_key
+            .clone()
+            .or_else(|| from_env("AWS_SECRET_ACCESS_KEY"))
+            .ok_or_else(|| {
+                ConfigError::Invalid(
+                    "storage.s3.secret_access_key (or AWS_SECRET_ACCESS_KEY) is required".into(),
+                )
+            })?;
+        Ok(crate::s3::S3Settings {
+            endpoint: self.endpoint.clone(),
+            bucket: self.bucket.clone(),
+            region: self.region.clone(),
+            access_key_id: access,
+            secret_access_key: secret,
+            path_style: self.path_style,
+            timeout: Duration::from_secs(self.timeout_secs.max(1)),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -268,6 +364,7 @@ impl Default for Config {
             log: LogConfig::default(),
             limits: LimitsConfig::default(),
             metadata: MetadataConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -368,6 +465,29 @@ impl Config {
             other => {
                 return Err(ConfigError::Invalid(format!(
                     "metadata.backend: unknown backend {other:?} (\"redb\", \"postgres\")"
+                )))
+            }
+        }
+        match self.storage.backend.as_str() {
+            "filesystem" => {}
+            "s3" => {
+                let Some(s3) = &self.storage.s3 else {
+                    return Err(ConfigError::Invalid(
+                        "storage.backend = \"s3\" needs a [storage.s3] section".into(),
+                    ));
+                };
+                if self.metadata.backend != "postgres" {
+                    return Err(ConfigError::Invalid(
+                        "storage.backend = \"s3\" needs metadata.backend = \"postgres\" \
+                         (upload sessions and the digest index live there)"
+                            .into(),
+                    ));
+                }
+                s3.settings()?;
+            }
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "storage.backend: unknown backend {other:?} (\"filesystem\", \"s3\")"
                 )))
             }
         }

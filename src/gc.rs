@@ -34,6 +34,8 @@ pub enum GcError {
     Store(#[from] StoreError),
     #[error("garbage collection task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Objects(#[from] crate::s3::uploads::RemoteUploadError),
 }
 
 #[derive(Debug, Clone)]
@@ -103,9 +105,12 @@ async fn apply_each(meta: &Meta, writes: Vec<MetaWrite>) -> Result<usize, GcErro
     Ok(applied)
 }
 
+/// `objects`: in object-store mode, step 3 sweeps the `blobs` table (and
+/// queues the objects) instead of the data folder's files.
 pub async fn collect(
     meta: &Meta,
     store: &ContentStore,
+    objects: Option<&crate::s3::objects::ObjectBlobs>,
     opts: &GcOptions,
 ) -> Result<GcReport, GcError> {
     let now = SystemTime::now();
@@ -210,6 +215,12 @@ pub async fn collect(
     };
 
     // 3. Files nothing links or names as a manifest.
+    if let Some(o) = objects {
+        let (n, bytes) = o.sweep(cutoff, opts.dry_run).await?;
+        report.blobs_removed = n;
+        report.bytes_freed = bytes;
+        return Ok(report);
+    }
     let m = meta.clone();
     let (links, manifests) = if opts.dry_run {
         (links, manifests)

@@ -223,6 +223,12 @@ fn fsck(root: &std::path::Path, repair: bool) -> ExitCode {
 
 /// Runs garbage collection on a stopped server's folder.
 fn gc_offline(cfg: Config, dry_run: bool) -> ExitCode {
+    if cfg.storage.backend == "s3" {
+        eprintln!(
+            "wharf gc: with storage.backend = \"s3\", collect through a running node (--url)"
+        );
+        return ExitCode::from(2);
+    }
     let Some(rt) = runtime() else {
         return ExitCode::FAILURE;
     };
@@ -230,7 +236,7 @@ fn gc_offline(cfg: Config, dry_run: bool) -> ExitCode {
         // Offline: nothing else writes, so no reserve is taken or given.
         let space = std::sync::Arc::new(wharf::space::DiskSpace::unreserved(&cfg.root));
         let (meta, writer) = match wharf::meta::Meta::open_configured(&cfg, space.clone()).await {
-            Ok(m) => m,
+            Ok((m, w, _)) => (m, w),
             Err(e) => {
                 eprintln!(
                     "wharf gc: {e}\n(if a server is running on this folder, use --url HOST:PORT)"
@@ -253,7 +259,7 @@ fn gc_offline(cfg: Config, dry_run: bool) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let result = wharf::gc::collect(&meta, &store, &cfg.gc_options(dry_run)).await;
+        let result = wharf::gc::collect(&meta, &store, None, &cfg.gc_options(dry_run)).await;
         store.stop().await;
         drop(meta);
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;

@@ -49,6 +49,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("upload sessions: {0}")]
     Uploads(std::io::Error),
+    #[error("object storage: {0}")]
+    Storage(String),
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error(transparent)]
@@ -76,7 +78,23 @@ impl Server {
             source,
         })?;
         let space = Arc::new(DiskSpace::open(&root, config.disk_reserve_mib << 20));
-        let (meta, writer) = Meta::open_configured(&config, space.clone()).await?;
+        let (meta, writer, pg_pool) = Meta::open_configured(&config, space.clone()).await?;
+        let objects = match (&config.storage.s3, pg_pool) {
+            (Some(s3), Some(pool)) if config.storage.backend == "s3" => {
+                let client = crate::s3::S3Client::new(&s3.settings()?)
+                    .map_err(|e| ServerError::Storage(e.to_string()))?;
+                Some(crate::s3::ObjectStorage {
+                    blobs: crate::s3::objects::ObjectBlobs::new(
+                        client.clone(),
+                        pool.clone(),
+                        s3.delete_delay_secs,
+                        s3.redirect_reads,
+                    ),
+                    uploads: crate::s3::uploads::RemoteUploads::new(client, pool),
+                })
+            }
+            _ => None,
+        };
         let store = ContentStore::start(
             &root,
             config.store_shards,
@@ -121,6 +139,7 @@ impl Server {
             metrics,
             draining: AtomicBool::new(false),
             space,
+            objects,
         });
         let (stop, stopped) = oneshot::channel();
         let metrics_addr = ops_listener.as_ref().map(|(_, a)| *a);
@@ -416,7 +435,18 @@ async fn purge_idle_uploads(state: Arc<AppState>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let n = state.uploads.purge_idle(idle).await;
+        let mut n = state.uploads.purge_idle(idle).await;
+        if let Some(o) = &state.objects {
+            match o.uploads.purge(idle.as_secs()).await {
+                Ok((sessions, objects)) => {
+                    n += sessions;
+                    if objects > 0 {
+                        tracing::info!(objects, "deleted objects freed earlier");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "object-store purge failed; retrying later"),
+            }
+        }
         state
             .metrics
             .upload_sessions_open
@@ -440,8 +470,13 @@ async fn scheduled_gc(state: Arc<AppState>) {
     loop {
         tick.tick().await;
         let _running = state.gc_running.lock().await;
-        let result =
-            crate::gc::collect(&state.meta, &state.store, &state.config.gc_options(false)).await;
+        let result = crate::gc::collect(
+            &state.meta,
+            &state.store,
+            state.objects.as_ref().map(|o| &o.blobs),
+            &state.config.gc_options(false),
+        )
+        .await;
         state.metrics.record_gc(&result);
         match result {
             Ok(report) => tracing::info!(%report, "garbage collection (scheduled)"),

@@ -1,9 +1,9 @@
-//! Response bodies: nothing, a small buffer, or a blob handed to hyper in
-//! slices of its mapping (each slice is a refcount, not a copy).
+//! Response bodies: nothing, a small buffer, a blob handed to hyper in
+//! slices of its mapping (each slice is a refcount, not a copy), or an
+//! object store's answer passed through frame by frame.
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -16,6 +16,13 @@ pub enum Body {
     Empty,
     /// A buffer sent as one frame, or a blob sent in `BLOB_FRAME` slices.
     Bytes(Bytes),
+    /// An object store's body: `left` bytes are expected; an error or an
+    /// early end cuts the response (the client sees a short body, never
+    /// wrong bytes).
+    Stream {
+        body: hyper::body::Incoming,
+        left: u64,
+    },
 }
 
 impl Body {
@@ -26,12 +33,12 @@ impl Body {
 
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = hyper::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         match this {
             Body::Empty => Poll::Ready(None),
@@ -40,6 +47,20 @@ impl http_body::Body for Body {
                 let n = b.len().min(BLOB_FRAME);
                 Poll::Ready(Some(Ok(Frame::data(b.split_to(n)))))
             }
+            Body::Stream { body, left } => {
+                match std::task::ready!(Pin::new(body).poll_frame(cx)) {
+                    Some(Ok(frame)) => {
+                        let Ok(data) = frame.into_data() else {
+                            // Trailers: nothing a blob carries; skip.
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        };
+                        *left = left.saturating_sub(data.len() as u64);
+                        Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
+                    other => Poll::Ready(other),
+                }
+            }
         }
     }
 
@@ -47,6 +68,7 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => true,
             Body::Bytes(b) => b.is_empty(),
+            Body::Stream { left, .. } => *left == 0,
         }
     }
 
@@ -54,6 +76,7 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => SizeHint::with_exact(0),
             Body::Bytes(b) => SizeHint::with_exact(b.len() as u64),
+            Body::Stream { left, .. } => SizeHint::with_exact(*left),
         }
     }
 }

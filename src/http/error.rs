@@ -175,6 +175,23 @@ impl From<UploadError> for ApiError {
     }
 }
 
+impl From<crate::s3::uploads::RemoteUploadError> for ApiError {
+    fn from(e: crate::s3::uploads::RemoteUploadError) -> Self {
+        use crate::s3::uploads::RemoteUploadError as E;
+        use crate::s3::S3Error;
+        match e {
+            E::Unknown => ApiError::BlobUploadUnknown,
+            e @ E::OutOfOrder { .. } => ApiError::UploadRange(e.to_string()),
+            e @ E::DigestMismatch { .. } => ApiError::DigestInvalid(e.to_string()),
+            e @ E::TooManyParts => ApiError::TooLarge(e.to_string()),
+            e @ (E::Unavailable(_) | E::S3(S3Error::Unavailable(_))) => {
+                ApiError::Unavailable(e.to_string())
+            }
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -199,6 +216,7 @@ impl From<crate::gc::GcError> for ApiError {
         match e {
             crate::gc::GcError::Meta(m) => m.into(),
             crate::gc::GcError::Store(s) => s.into(),
+            crate::gc::GcError::Objects(o) => o.into(),
             e @ crate::gc::GcError::Task(_) => ApiError::Internal(e.to_string()),
         }
     }

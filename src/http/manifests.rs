@@ -74,6 +74,8 @@ pub(super) async fn get(
 ) -> HttpResult {
     let (meta, blobs) = (st.meta.reader(), st.store.blobs_root());
     let (name, reference) = (name.clone(), reference.clone());
+    // Object-store mode reads the bytes from the bucket, after the metadata.
+    let local_bytes = !head_only && st.objects.is_none();
     // Resolve, read the record and open the bytes in one trip to the pool.
     let (digest, record, bytes) = off_worker(move || {
         let digest = resolve(meta.as_ref(), &name, &reference)?;
@@ -84,7 +86,7 @@ pub(super) async fn get(
                 ApiError::NameUnknown
             });
         };
-        let bytes = match head_only {
+        let bytes = match !local_bytes {
             true => None,
             false => Some(
                 BlobBytes::open(&crate::store::blob_path(&blobs, &digest))?
@@ -99,6 +101,18 @@ pub(super) async fn get(
         Ok((digest, record, bytes))
     })
     .await?;
+    let bytes = match (&st.objects, head_only) {
+        (Some(o), false) => {
+            let missing = || {
+                ApiError::Internal(format!(
+                    "manifest {digest} is indexed but its bytes are missing"
+                ))
+            };
+            let found = o.blobs.key_of(&digest).await?.ok_or_else(missing)?;
+            Some(o.blobs.read_small(&found.key).await?.ok_or_else(missing)?)
+        }
+        _ => bytes,
+    };
     let body = bytes.map_or(Body::Empty, Body::Bytes);
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
@@ -156,9 +170,11 @@ pub(super) async fn put(
         .map_err(|e| ApiError::ManifestInvalid(e.0))?;
 
     // Full mode: the room left is for deletes and garbage collection.
-    st.space
-        .check_writable()
-        .map_err(crate::store::StoreError::Io)?;
+    if st.objects.is_none() {
+        st.space
+            .check_writable()
+            .map_err(crate::store::StoreError::Io)?;
+    }
     let (meta, repo) = (st.meta.reader(), name.clone());
     let (blobs, children) = (parsed.blobs.clone(), parsed.children.clone());
     off_worker(move || {
@@ -180,7 +196,9 @@ pub(super) async fn put(
     })
     .await?;
 
-    if st.store.put_bytes(&digest, body.clone()).await? == crate::store::Commit::Stored {
+    if let Some(o) = &st.objects {
+        o.blobs.put_small(&digest, body.clone()).await?;
+    } else if st.store.put_bytes(&digest, body.clone()).await? == crate::store::Commit::Stored {
         st.metrics.store_bytes.add(body.len() as i64);
         st.metrics.store_blobs.inc();
     }

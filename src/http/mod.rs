@@ -13,6 +13,7 @@ pub mod error;
 mod listing;
 mod manifests;
 pub mod query;
+mod remote_uploads;
 pub mod route;
 mod uploads;
 
@@ -59,6 +60,10 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// Free space and the full-disk mode: write endpoints ask it first.
     pub space: Arc<crate::space::DiskSpace>,
+    /// `Some` when blobs live in an object store (`storage.backend = "s3"`):
+    /// blob, manifest and upload handlers take its path instead of the
+    /// data folder's.
+    pub objects: Option<crate::s3::ObjectStorage>,
 }
 
 impl AppState {
@@ -74,8 +79,16 @@ impl AppState {
         self.meta
             .query(|m| m.repos(None, 1))
             .await
-            .map(|_| ())
-            .map_err(|e| format!("metadata store: {e}"))
+            .map_err(|e| format!("metadata store: {e}"))?;
+        if let Some(o) = &self.objects {
+            // Any answer but "unreachable" will do: the key need not exist.
+            if let Err(e @ crate::s3::S3Error::Unavailable(_)) =
+                o.uploads.s3().head_object("_wharf/ready").await
+            {
+                return Err(format!("object store: {e}"));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -26,6 +26,9 @@ pub(super) async fn start(
     req: Request<Incoming>,
     may_mount: bool,
 ) -> HttpResult {
+    if let Some(o) = &st.objects {
+        return super::remote_uploads::start(st, o, name, query, req, may_mount).await;
+    }
     // Full mode: the room left is for deletes and garbage collection.
     if let Err(e) = st.space.check_writable() {
         drain(req.into_body()).await;
@@ -93,6 +96,9 @@ pub(super) async fn patch(
     id: &str,
     req: Request<Incoming>,
 ) -> HttpResult {
+    if let Some(o) = &st.objects {
+        return super::remote_uploads::patch(st, o, name, id, req).await;
+    }
     let session = st.uploads.get(name, id)?;
     let offset = session.received().await?;
     let new_len = stream_chunk(st, &session, offset, req).await?;
@@ -106,6 +112,9 @@ pub(super) async fn put(
     query: &Query,
     req: Request<Incoming>,
 ) -> HttpResult {
+    if let Some(o) = &st.objects {
+        return super::remote_uploads::put(st, o, name, id, query, req).await;
+    }
     let session = st.uploads.get(name, id)?;
     let digest = Digest::parse(query.get("digest").ok_or_else(|| {
         ApiError::DigestInvalid("the digest query parameter is required".into())
@@ -116,12 +125,19 @@ pub(super) async fn put(
 }
 
 pub(super) async fn status(st: &AppState, name: &RepoName, id: &str) -> HttpResult {
+    if let Some(o) = &st.objects {
+        return super::remote_uploads::status(o, name, id).await;
+    }
     let session = st.uploads.get(name, id)?;
     let len = session.received().await?;
     Ok(upload_progress(StatusCode::NO_CONTENT, &session, len))
 }
 
 pub(super) async fn cancel(st: &AppState, name: &RepoName, id: &str) -> HttpResult {
+    if let Some(o) = &st.objects {
+        o.uploads.discard(name, id).await?;
+        return Ok(empty_response(StatusCode::NO_CONTENT, &[]));
+    }
     let session = st.uploads.get(name, id)?;
     st.uploads.discard(session.id).await?;
     Ok(empty_response(StatusCode::NO_CONTENT, &[]))
@@ -146,7 +162,7 @@ async fn stream_chunk(
 
 /// Where a chunk must start: its `Content-Range` start, which has to equal
 /// the session's current length (else 416), or that length when absent.
-fn chunk_start(req: &Request<Incoming>, offset: u64) -> Result<u64, ApiError> {
+pub(super) fn chunk_start(req: &Request<Incoming>, offset: u64) -> Result<u64, ApiError> {
     let Some(v) = req.headers().get(http::header::CONTENT_RANGE) else {
         return Ok(offset);
     };
@@ -196,7 +212,7 @@ async fn complete(st: &AppState, session: &SessionHandle, digest: &Digest) -> Ht
     Ok(created(&session.repo, digest))
 }
 
-fn created(name: &RepoName, digest: &Digest) -> http::Response<super::body::Body> {
+pub(super) fn created(name: &RepoName, digest: &Digest) -> http::Response<super::body::Body> {
     empty_response(
         StatusCode::CREATED,
         &[
@@ -224,14 +240,14 @@ fn upload_progress(
     )
 }
 
-fn too_large(max: u64) -> ApiError {
+pub(super) fn too_large(max: u64) -> ApiError {
     ApiError::TooLarge(format!(
         "blob larger than this registry accepts ({max} bytes)"
     ))
 }
 
 /// How a batch of body frames ended.
-enum BatchEnd {
+pub(super) enum BatchEnd {
     /// The batch is full, or has waited long enough; more body follows.
     Full,
     Eof,
@@ -239,12 +255,12 @@ enum BatchEnd {
     Broken(String),
 }
 
-struct Batch {
-    chunks: Vec<Bytes>,
-    bytes: usize,
+pub(super) struct Batch {
+    pub chunks: Vec<Bytes>,
+    pub bytes: usize,
     /// The budget these bytes hold until they are written (`None`: empty).
-    permit: Option<OwnedSemaphorePermit>,
-    end: BatchEnd,
+    pub permit: Option<OwnedSemaphorePermit>,
+    pub end: BatchEnd,
 }
 
 type Append<'a> = Pin<Box<dyn Future<Output = Result<u64, UploadError>> + Send + 'a>>;
@@ -333,7 +349,7 @@ async fn stream_body(
 /// Reads and drops what is left of a refused request's body (at most
 /// `DRAIN_MAX`, for at most a few seconds), so the client reads our error
 /// reply instead of a connection reset in the middle of its upload.
-async fn drain(mut body: Incoming) {
+pub(super) async fn drain(mut body: Incoming) {
     const DRAIN_MAX: usize = 64 << 20;
     let mut seen = 0;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
@@ -370,7 +386,7 @@ const LEAST_BATCH_BYTES: usize = 4 * 1024;
 /// keeps only the least, and what a batch did not use is given back when
 /// it ends, so slow clients hold about what they sent and never starve the
 /// fast ones.
-async fn collect_batch(
+pub(super) async fn collect_batch(
     st: &AppState,
     body: &mut Incoming,
     want: &mut usize,

@@ -25,7 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-pub use postgres_backend::PostgresBackend;
+pub use postgres_backend::{Pool as PgPool, PostgresBackend};
 pub use redb_backend::RedbBackend;
 
 #[derive(Debug, thiserror::Error)]
@@ -230,21 +230,25 @@ impl Meta {
         Self::with_backend(backend, durable)
     }
 
-    /// Opens the backend the configuration names. Connecting to PostgreSQL
-    /// and migrating it block, so this runs on the blocking pool.
+    /// Opens the backend the configuration names; with PostgreSQL, also
+    /// hands back its pool (the object-store modules keep their tables in
+    /// the same database). Connecting and migrating block, so this runs on
+    /// the blocking pool.
     pub async fn open_configured(
         config: &crate::config::Config,
         space: Arc<DiskSpace>,
-    ) -> Result<(Meta, MetaWriter), MetaError> {
+    ) -> Result<(Meta, MetaWriter, Option<postgres_backend::Pool>), MetaError> {
         let (root, durable, meta) = (config.root.clone(), config.fsync, config.metadata.clone());
         tokio::task::spawn_blocking(move || match meta.backend.as_str() {
             "postgres" => {
                 let url = meta.url.as_deref().unwrap_or_default();
                 let timeout = std::time::Duration::from_secs(meta.timeout_secs);
                 let backend = PostgresBackend::connect(url, meta.pool_size, timeout)?;
-                Self::with_backend(Arc::new(backend), durable)
+                let pool = backend.pool();
+                let (m, w) = Self::with_backend(Arc::new(backend), durable)?;
+                Ok((m, w, Some(pool)))
             }
-            _ => Self::open(&root, durable, space),
+            _ => Self::open(&root, durable, space).map(|(m, w)| (m, w, None)),
         })
         .await
         .map_err(|e| MetaError::Unavailable(format!("metadata open task failed: {e}")))?

@@ -25,9 +25,40 @@ use crate::oci::{Digest, RepoName};
 use postgres::error::SqlState;
 use postgres::{NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+type R2d2Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+pub type PooledConnection = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+
+/// The connection pool, shared by the metadata backend and the
+/// object-store modules. The last handle to go drops the pool on a thread
+/// of its own: closing a blocking client runs a small runtime, which must
+/// not happen on an async worker (where a server's state is dropped).
+#[derive(Clone)]
+pub struct Pool(Arc<PoolOwner>);
+
+struct PoolOwner(Option<R2d2Pool>);
+
+impl Drop for PoolOwner {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.take() {
+            let _ = std::thread::Builder::new()
+                .name("wharf-pg-close".into())
+                .spawn(move || drop(pool));
+        }
+    }
+}
+
+impl Pool {
+    /// A connection, waiting at most the configured timeout for one.
+    pub fn get(&self) -> Result<PooledConnection, String> {
+        match &self.0 .0 {
+            Some(p) => p.get().map_err(|e| e.to_string()),
+            None => Err("connection pool is closed".into()),
+        }
+    }
+}
 
 /// The schema, one step per entry, applied in order and recorded in
 /// `wharf_schema`. Never edit a step that has shipped: add one.
@@ -71,6 +102,48 @@ const MIGRATIONS: &[&str] = &[
         manifest text COLLATE "C" NOT NULL,
         PRIMARY KEY (digest, repo, manifest)
     );
+    "#,
+    // 2: blobs in an object store. `blobs` maps a digest to the one
+    // object kept for it (keys are chosen at upload start, never derived
+    // from the digest, so completing an upload is the commit). `uploads`
+    // and `upload_tail` are sessions any node continues; objects to remove
+    // wait in `object_deletions` until their time.
+    r#"
+    CREATE TABLE blobs (
+        digest     text COLLATE "C" PRIMARY KEY,
+        size       bigint NOT NULL,
+        object_key text NOT NULL,
+        created    bigint NOT NULL
+    );
+    CREATE TABLE uploads (
+        id           text PRIMARY KEY,
+        repo         text COLLATE "C" NOT NULL,
+        object_key   text NOT NULL,
+        multipart_id text,
+        size         bigint NOT NULL DEFAULT 0,
+        midstate     bytea NOT NULL,
+        part_numbers integer[] NOT NULL DEFAULT '{}',
+        part_etags   text[] NOT NULL DEFAULT '{}',
+        part_bytes   bigint NOT NULL DEFAULT 0,
+        next_part    integer NOT NULL DEFAULT 0,
+        version      bigint NOT NULL DEFAULT 0,
+        updated_at   bigint NOT NULL
+    );
+    CREATE INDEX uploads_by_age ON uploads (updated_at);
+    CREATE TABLE upload_tail (
+        id   text NOT NULL,
+        at   bigint NOT NULL,
+        data bytea NOT NULL,
+        PRIMARY KEY (id, at)
+    );
+    CREATE TABLE object_deletions (
+        object_key   text PRIMARY KEY,
+        multipart_id text,
+        not_before   bigint NOT NULL
+    );
+    CREATE INDEX object_deletions_due ON object_deletions (not_before);
+    CREATE INDEX blob_links_by_digest ON blob_links (digest);
+    CREATE INDEX manifests_by_digest ON manifests (digest);
     "#,
 ];
 
@@ -117,7 +190,13 @@ impl PostgresBackend {
         Ok(row.get(0))
     }
 
-    fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, MetaError> {
+    /// The pool, for the object-store modules that keep their own tables
+    /// in this database (upload sessions, blob objects).
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
+    }
+
+    fn conn(&self) -> Result<PooledConnection, MetaError> {
         self.pool
             .get()
             .map_err(|e| MetaError::Unavailable(format!("PostgreSQL: {e}")))
@@ -146,14 +225,15 @@ fn pool(url: &str, pool_size: u32, timeout: Duration) -> Result<Pool, MetaError>
     let manager = PostgresConnectionManager::new(config, NoTls);
     // Built without connecting: a node whose database is down starts and
     // answers 503 until it returns (migrations, run next, still need it).
-    Ok(r2d2::Pool::builder()
+    let pool = r2d2::Pool::builder()
         .max_size(pool_size)
         .min_idle(Some(0))
         .connection_timeout(timeout)
         // A broken connection shows on its next use and is dropped then;
         // a health query per checkout would double every read's round trips.
         .test_on_check_out(false)
-        .build_unchecked(manager))
+        .build_unchecked(manager);
+    Ok(Pool(Arc::new(PoolOwner(Some(pool)))))
 }
 
 fn apply_migrations(conn: &mut postgres::Client) -> Result<usize, MetaError> {

@@ -1,9 +1,19 @@
 //! Blobs in S3-compatible object storage.
 //!
-//! Owns: the S3 client (`client`). Must not: know HTTP routes or hold
+//! Owns: the S3 client (`client`) and upload sessions any node continues
+//! (`uploads`). Must not: know HTTP routes or hold
 //! metadata (PostgreSQL is the index; the bucket is never listed to find
 //! repositories or tags).
 
 pub mod client;
+pub mod objects;
+pub mod uploads;
 
 pub use client::{ObjectStream, PartBody, S3Client, S3Error, S3Settings};
+
+/// Both halves of the object-store mode, as handlers use them.
+#[derive(Clone)]
+pub struct ObjectStorage {
+    pub blobs: objects::ObjectBlobs,
+    pub uploads: uploads::RemoteUploads,
+}

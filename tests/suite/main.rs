@@ -13,6 +13,7 @@ mod backends;
 
 mod blobs;
 mod clients;
+mod cluster;
 mod crash;
 mod engine;
 mod enospc;

@@ -1,0 +1,258 @@
+//! Blob bytes in the bucket, found through PostgreSQL: which object holds a
+//! digest, small blobs (manifests) written whole, and the sweep that frees
+//! objects no repository or manifest uses any more.
+//!
+//! Owns: the `blobs` table (digest -> object key) and the delayed deletion
+//! of objects (`object_deletions`, shared with `uploads`).
+//! Must not: list the bucket to learn anything (PostgreSQL is the index),
+//! or call S3 inside a database transaction.
+
+use super::client::{ObjectStream, PartBody, S3Client};
+use super::uploads::{queue_deletion, Pool, RemoteUploadError};
+use crate::oci::{Digest, RepoName};
+use bytes::Bytes;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn db(e: postgres::Error) -> RemoteUploadError {
+    if e.is_closed() || e.as_db_error().is_none() {
+        RemoteUploadError::Unavailable(e.to_string())
+    } else {
+        RemoteUploadError::Db(e.to_string())
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Clone)]
+pub struct ObjectBlobs {
+    s3: S3Client,
+    pool: Pool,
+    /// Objects freed by garbage collection stay this long before they are
+    /// deleted, so a read that looked the key up just before still works.
+    delete_delay_secs: i64,
+    redirect_reads: bool,
+}
+
+/// Where a repository's blob is: its size and object key.
+pub struct Located {
+    pub size: u64,
+    pub key: String,
+}
+
+impl ObjectBlobs {
+    pub fn new(s3: S3Client, pool: Pool, delete_delay_secs: u64, redirect_reads: bool) -> Self {
+        ObjectBlobs {
+            s3,
+            pool,
+            delete_delay_secs: delete_delay_secs as i64,
+            redirect_reads,
+        }
+    }
+
+    pub fn redirect_reads(&self) -> bool {
+        self.redirect_reads
+    }
+
+    async fn sql<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut postgres::Client) -> Result<T, RemoteUploadError> + Send + 'static,
+    ) -> Result<T, RemoteUploadError> {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool
+                .get()
+                .map_err(|e| RemoteUploadError::Unavailable(format!("PostgreSQL: {e}")))?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| RemoteUploadError::Unavailable(format!("task: {e}")))?
+    }
+
+    /// The blob as `repo` may read it (linked there, and stored).
+    pub async fn locate(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<Located>, RemoteUploadError> {
+        let (r, d) = (repo.to_string(), digest.to_string());
+        self.sql(move |c| {
+            let row = c
+                .query_opt(
+                    "SELECT b.size, b.object_key FROM blob_links l JOIN blobs b ON b.digest = l.digest \
+                     WHERE l.repo = $1 AND l.digest = $2",
+                    &[&r, &d],
+                )
+                .map_err(db)?;
+            Ok(row.map(|row| Located {
+                size: row.get::<_, i64>(0) as u64,
+                key: row.get(1),
+            }))
+        })
+        .await
+    }
+
+    /// The object holding `digest`, whoever links it (manifest bytes).
+    pub async fn key_of(&self, digest: &Digest) -> Result<Option<Located>, RemoteUploadError> {
+        let d = digest.to_string();
+        self.sql(move |c| {
+            let row = c
+                .query_opt(
+                    "SELECT size, object_key FROM blobs WHERE digest = $1",
+                    &[&d],
+                )
+                .map_err(db)?;
+            Ok(row.map(|row| Located {
+                size: row.get::<_, i64>(0) as u64,
+                key: row.get(1),
+            }))
+        })
+        .await
+    }
+
+    pub async fn open(
+        &self,
+        key: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<Option<ObjectStream>, RemoteUploadError> {
+        Ok(self.s3.get_object(key, range).await?)
+    }
+
+    pub fn presign(&self, key: &str) -> String {
+        self.s3
+            .presign_get(key, std::time::Duration::from_secs(600))
+    }
+
+    /// Reads a small object whole (a manifest).
+    pub async fn read_small(&self, key: &str) -> Result<Option<Bytes>, RemoteUploadError> {
+        use http_body_util::BodyExt;
+        let Some(o) = self.s3.get_object(key, None).await? else {
+            return Ok(None);
+        };
+        let body = o
+            .body
+            .collect()
+            .await
+            .map_err(|e| RemoteUploadError::Unavailable(format!("object read: {e}")))?;
+        Ok(Some(body.to_bytes()))
+    }
+
+    /// Stores a small blob (a manifest) under its digest. If the digest is
+    /// stored already its row's time is refreshed instead (under the row
+    /// lock GC takes too, so GC either sees the refresh and spares it, or
+    /// deleted it first and this writes it anew).
+    pub async fn put_small(&self, digest: &Digest, bytes: Bytes) -> Result<(), RemoteUploadError> {
+        let d = digest.to_string();
+        let touched = self
+            .sql(move |c| {
+                Ok(c.execute(
+                    "UPDATE blobs SET created = $2 WHERE digest = $1",
+                    &[&d, &now()],
+                )
+                .map_err(db)?
+                    > 0)
+            })
+            .await?;
+        if touched {
+            return Ok(());
+        }
+        let key = format!("blobs/{}", uuid::Uuid::new_v4());
+        let size = bytes.len() as i64;
+        self.s3.put_object(&key, PartBody::new([bytes])).await?;
+        let (d, k) = (digest.to_string(), key.clone());
+        self.sql(move |c| {
+            let mut t = c.transaction().map_err(db)?;
+            let kept: String = t
+                .query_one(
+                    "INSERT INTO blobs (digest, size, object_key, created) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (digest) DO UPDATE SET created = EXCLUDED.created RETURNING object_key",
+                    &[&d, &size, &k, &now()],
+                )
+                .map_err(db)?
+                .get(0);
+            if kept != k {
+                queue_deletion(&mut t, &k, None, 0)?;
+            }
+            t.commit().map_err(db)
+        })
+        .await
+    }
+
+    /// Whether any object holds `digest` (mount checks).
+    pub async fn stored(&self, digest: &Digest) -> Result<bool, RemoteUploadError> {
+        Ok(self.key_of(digest).await?.is_some())
+    }
+
+    /// Garbage collection's last step in this mode: every blob row no link
+    /// and no manifest uses, older than `cutoff`, is deleted and its object
+    /// queued for deletion after the delay. Each row is locked and checked
+    /// again in its own transaction, so a commit or manifest PUT that
+    /// refreshes or links it meanwhile wins. Returns (blobs, bytes).
+    pub async fn sweep(
+        &self,
+        cutoff: u64,
+        dry_run: bool,
+    ) -> Result<(usize, u64), RemoteUploadError> {
+        let cutoff = cutoff as i64;
+        let candidates: Vec<(String, i64)> = self
+            .sql(move |c| {
+                let rows = c
+                    .query(
+                        "SELECT b.digest, b.size FROM blobs b WHERE b.created < $1 \
+                         AND NOT EXISTS (SELECT 1 FROM blob_links l WHERE l.digest = b.digest) \
+                         AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.digest = b.digest)",
+                        &[&cutoff],
+                    )
+                    .map_err(db)?;
+                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            })
+            .await?;
+        if dry_run {
+            let bytes = candidates.iter().map(|c| c.1 as u64).sum();
+            return Ok((candidates.len(), bytes));
+        }
+        let delay = self.delete_delay_secs;
+        self.sql(move |c| {
+            let (mut n, mut bytes) = (0, 0u64);
+            for (digest, _) in candidates {
+                let mut t = c.transaction().map_err(db)?;
+                let row = t
+                    .query_opt(
+                        "SELECT object_key, size, created FROM blobs WHERE digest = $1 FOR UPDATE",
+                        &[&digest],
+                    )
+                    .map_err(db)?;
+                let Some(row) = row else { continue };
+                let (key, size, created): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
+                let used = created >= cutoff
+                    || t.query_opt(
+                        "SELECT 1 FROM blob_links WHERE digest = $1 LIMIT 1",
+                        &[&digest],
+                    )
+                    .map_err(db)?
+                    .is_some()
+                    || t.query_opt(
+                        "SELECT 1 FROM manifests WHERE digest = $1 LIMIT 1",
+                        &[&digest],
+                    )
+                    .map_err(db)?
+                    .is_some();
+                if used {
+                    continue;
+                }
+                t.execute("DELETE FROM blobs WHERE digest = $1", &[&digest])
+                    .map_err(db)?;
+                queue_deletion(&mut t, &key, None, delay)?;
+                t.commit().map_err(db)?;
+                n += 1;
+                bytes += size as u64;
+            }
+            Ok((n, bytes))
+        })
+        .await
+    }
+}

@@ -1,0 +1,332 @@
+//! Three stateless Wharf nodes on one PostgreSQL and one SeaweedFS, both
+//! real and started by the harness; requests of one push land on different
+//! nodes, as behind a load balancer that keeps no sessions.
+
+use crate::common::services::{skip_without, Postgres, Seaweed, S3_KEY, S3_SECRET};
+use crate::common::*;
+use serde_json::Value;
+use std::time::Duration;
+
+pub struct Cluster {
+    pub nodes: Vec<TestRegistry>,
+    pub db: String,
+}
+
+impl Cluster {
+    /// `None` (test skipped) when PostgreSQL or SeaweedFS is missing.
+    pub async fn start(n: usize, tweak: impl Fn(&mut wharf::Config)) -> Option<Cluster> {
+        let pg = Postgres::shared();
+        let weed = Seaweed::shared();
+        if skip_without("PostgreSQL", pg.is_some()) || skip_without("SeaweedFS", weed.is_some()) {
+            return None;
+        }
+        let (pg, weed) = (pg?, weed?);
+        let url = pg.fresh_database();
+        let bucket = weed.fresh_bucket().await;
+        let mut nodes = Vec::new();
+        for _ in 0..n {
+            let (url, bucket, endpoint) = (url.clone(), bucket.clone(), weed.endpoint());
+            nodes.push(
+                TestRegistry::start_with(|c| {
+                    c.metadata.backend = "postgres".into();
+                    c.metadata.url = Some(url);
+                    c.storage.backend = "s3".into();
+                    c.storage.s3 = Some(
+                        toml::from_str(&format!(
+                            "endpoint = \"{endpoint}\"\nbucket = \"{bucket}\"\n\
+                             access_key_id = \"{S3_KEY}\"\nsecret_access_key = \"{S3_SECRET}\"\n\
+                             delete_delay_secs = 0\n"
+                        ))
+                        .unwrap(),
+                    );
+                    tweak(c);
+                })
+                .await,
+            );
+        }
+        let db = url.rsplit('/').next().unwrap().to_owned();
+        Some(Cluster { nodes, db })
+    }
+
+    pub fn node(&self, i: usize) -> &TestRegistry {
+        &self.nodes[i % self.nodes.len()]
+    }
+
+    pub fn sql(&self, q: &str) -> String {
+        Postgres::shared().unwrap().psql(&self.db, q).unwrap()
+    }
+}
+
+/// Sends `data` as PATCH chunks of `chunk` bytes, each to the next node.
+async fn patch_round_robin(c: &Cluster, location: &str, data: &[u8], chunk: usize) {
+    let mut offset = 0;
+    for (i, piece) in data.chunks(chunk).enumerate() {
+        let node = c.node(i + 1);
+        let r = node
+            .client
+            .patch(node.url(location))
+            .header("content-type", "application/octet-stream")
+            .header(
+                "content-range",
+                format!("{}-{}", offset, offset + piece.len() - 1),
+            )
+            .body(piece.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "chunk {i}: {}", r.text().await.unwrap());
+        offset += piece.len();
+        assert_eq!(
+            header(&r, "range"),
+            Some(format!("0-{}", offset - 1).as_str())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_push_spread_over_three_nodes_reads_back_from_each() {
+    let Some(c) = Cluster::start(3, |_| {}).await else {
+        return;
+    };
+    // 21 MiB in 3 MiB chunks: parts are cut across requests and nodes, and
+    // the tail moves through the database between them.
+    let data = payload(21 << 20, 11);
+    let d = digest(&data);
+    let location = c.node(0).start_upload("spread").await;
+    let location = location.trim_start_matches(&c.node(0).base).to_owned();
+    patch_round_robin(&c, &location, &data, 3 << 20).await;
+    // Status from another node reports the same offset.
+    let r = c.node(2).get(&location).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        header(&r, "range"),
+        Some(format!("0-{}", data.len() - 1).as_str())
+    );
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let r = c
+        .node(0)
+        .client
+        .put(c.node(0).url(&format!("{location}{sep}digest={d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    for i in 0..3 {
+        let r = c.node(i).get_blob("spread", &d).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().await.unwrap(), data, "node {i}");
+    }
+    let r = c
+        .node(1)
+        .client
+        .get(c.node(1).url(&format!("/v2/spread/blobs/{d}")))
+        .header("range", "bytes=9000000-9000999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap(), data[9_000_000..9_001_000]);
+    // Nothing of the session is left; one object holds the blob.
+    assert_eq!(c.sql("SELECT count(*) FROM uploads"), "0");
+    assert_eq!(c.sql("SELECT count(*) FROM upload_tail"), "0");
+    assert_eq!(
+        c.sql(&format!("SELECT count(*) FROM blobs WHERE digest = '{d}'")),
+        "1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn images_push_and_pull_across_nodes() {
+    let Some(c) = Cluster::start(3, |_| {}).await else {
+        return;
+    };
+    let m = c.node(0).image_manifest("app", 5, 3).await;
+    let body = serde_json::to_vec(&m).unwrap();
+    assert_eq!(
+        c.node(1)
+            .put_manifest("app", "v1", OCI_MANIFEST, &body)
+            .await
+            .status(),
+        201
+    );
+    let r = c.node(2).get("/v2/app/manifests/v1").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "docker-content-digest"),
+        Some(digest(&body).as_str())
+    );
+    assert_eq!(r.bytes().await.unwrap(), body);
+    for layer in m["layers"].as_array().unwrap() {
+        let d = layer["digest"].as_str().unwrap();
+        assert_eq!(c.node(2).get_blob("app", d).await.status(), 200);
+        let r = c
+            .node(1)
+            .client
+            .head(c.node(1).url(&format!("/v2/app/blobs/{d}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            header(&r, "content-length"),
+            layer["size"].to_string().as_str().into()
+        );
+    }
+    let v: Value = c.node(0).get_json("/v2/app/tags/list").await;
+    assert_eq!(v["tags"], serde_json::json!(["v1"]));
+    // Mount into another repository through a third node.
+    let layer = m["layers"][0]["digest"].as_str().unwrap();
+    let r = c
+        .node(2)
+        .client
+        .post(
+            c.node(2)
+                .url(&format!("/v2/copy/blobs/uploads/?mount={layer}&from=app")),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(c.node(0).get_blob("copy", layer).await.status(), 200);
+}
+
+/// Two PATCHes of one session on two nodes at once: exactly one wins; the
+/// other answers 416 and the session holds the winner's bytes only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_patches_on_two_nodes_never_both_win() {
+    let Some(c) = Cluster::start(2, |_| {}).await else {
+        return;
+    };
+    for round in 0..5u64 {
+        let location = c.node(0).start_upload("race").await;
+        let location = location.trim_start_matches(&c.node(0).base).to_owned();
+        let (a, b) = (payload(9 << 20, round * 2), payload(9 << 20, round * 2 + 1));
+        let send = |i: usize, data: Vec<u8>| {
+            let node = c.node(i);
+            node.client
+                .patch(node.url(&location))
+                .header("content-range", format!("0-{}", data.len() - 1))
+                .body(data)
+                .send()
+        };
+        let (ra, rb) = tokio::join!(send(0, a.clone()), send(1, b.clone()));
+        let (sa, sb) = (ra.unwrap().status().as_u16(), rb.unwrap().status().as_u16());
+        let winner = match (sa, sb) {
+            (202, 416) => a,
+            (416, 202) => b,
+            other => panic!("round {round}: answers {other:?}"),
+        };
+        let d = digest(&winner);
+        let r = c
+            .node(1)
+            .client
+            .put(c.node(1).url(&format!("{location}?digest={d}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            201,
+            "round {round}: {}",
+            r.text().await.unwrap()
+        );
+        assert_eq!(
+            c.node(0).get_blob("race", &d).await.bytes().await.unwrap(),
+            winner
+        );
+    }
+}
+
+/// Three nodes completing uploads of one digest at the same moment: all
+/// answer 201, one row and one object are kept, the others are queued for
+/// deletion and purged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_digest_committed_on_three_nodes_at_once_is_kept_once() {
+    let Some(c) = Cluster::start(3, |c| c.upload_purge_interval_secs = 1).await else {
+        return;
+    };
+    let data = payload(10 << 20, 77);
+    let d = digest(&data);
+    let pushes = (0..3).map(|i| {
+        let node = c.node(i);
+        let data = data.clone();
+        let d = d.clone();
+        async move {
+            node.client
+                .post(node.url(&format!("/v2/dedup{i}/blobs/uploads/?digest={d}")))
+                .body(data)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    let answers = futures_util::future::join_all(pushes).await;
+    assert!(answers.iter().all(|s| s.as_u16() == 201), "{answers:?}");
+    assert_eq!(
+        c.sql(&format!("SELECT count(*) FROM blobs WHERE digest = '{d}'")),
+        "1"
+    );
+    for i in 0..3 {
+        let r = c.node(i).get_blob(&format!("dedup{i}"), &d).await;
+        assert_eq!(r.bytes().await.unwrap(), data);
+    }
+    // Every duplicate object is deleted by the purge.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while c.sql("SELECT count(*) FROM object_deletions") != "0" {
+        assert!(std::time::Instant::now() < deadline, "duplicates purged");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Garbage collection through one node frees what another pushed, and
+/// the object is deleted from the bucket after the delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_frees_objects_across_nodes() {
+    let Some(c) = Cluster::start(2, |c| c.upload_purge_interval_secs = 1).await else {
+        return;
+    };
+    let m = c.node(0).image_manifest("gc", 9, 1).await;
+    let body = serde_json::to_vec(&m).unwrap();
+    assert_eq!(
+        c.node(0)
+            .put_manifest("gc", "t", OCI_MANIFEST, &body)
+            .await
+            .status(),
+        201
+    );
+    let layer = m["layers"][0]["digest"].as_str().unwrap().to_owned();
+    assert_eq!(
+        c.node(1)
+            .delete(&format!("/v2/gc/manifests/{}", digest(&body)))
+            .await
+            .status(),
+        202
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = c
+        .node(1)
+        .client
+        .post(c.node(1).url("/_wharf/gc?grace_secs=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let report: Value = r.json().await.unwrap();
+    assert!(report["blobs_removed"].as_u64().unwrap() >= 3, "{report}");
+    assert_eq!(c.node(0).get_blob("gc", &layer).await.status(), 404);
+    assert_eq!(
+        c.sql(&format!(
+            "SELECT count(*) FROM blobs WHERE digest = '{layer}'"
+        )),
+        "0"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while c.sql("SELECT count(*) FROM object_deletions") != "0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "freed objects deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
