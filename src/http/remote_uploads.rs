@@ -164,8 +164,14 @@ async fn stream_body(
         }
         if batch.bytes > 0 {
             let permit = batch.permit;
-            w.feed(batch.chunks).await?;
+            let fed = w.feed(batch.chunks).await;
             drop(permit);
+            if let Err(e) = fed {
+                // Read the rest so the client gets this answer, not a
+                // reset connection in the middle of its upload.
+                drain(body).await;
+                return Err(e.into());
+            }
         }
         match batch.end {
             BatchEnd::Full => continue,

@@ -10,19 +10,40 @@ use std::time::Duration;
 pub struct Cluster {
     pub nodes: Vec<TestRegistry>,
     pub db: String,
+    /// The nodes' configuration, for starting more as `wharf` processes.
+    pub toml: String,
 }
 
 impl Cluster {
     /// `None` (test skipped) when PostgreSQL or SeaweedFS is missing.
     pub async fn start(n: usize, tweak: impl Fn(&mut wharf::Config)) -> Option<Cluster> {
-        let pg = Postgres::shared();
         let weed = Seaweed::shared();
-        if skip_without("PostgreSQL", pg.is_some()) || skip_without("SeaweedFS", weed.is_some()) {
+        if skip_without("SeaweedFS", weed.is_some()) {
             return None;
         }
-        let (pg, weed) = (pg?, weed?);
+        Self::start_on(weed?, n, tweak).await
+    }
+
+    /// Nodes on the given SeaweedFS (a test's own, to stop and restart).
+    pub async fn start_on(
+        weed: &Seaweed,
+        n: usize,
+        tweak: impl Fn(&mut wharf::Config),
+    ) -> Option<Cluster> {
+        let pg = Postgres::shared();
+        if skip_without("PostgreSQL", pg.is_some()) {
+            return None;
+        }
+        let pg = pg?;
         let url = pg.fresh_database();
         let bucket = weed.fresh_bucket().await;
+        let toml = format!(
+            "[metadata]\nbackend = \"postgres\"\nurl = \"{url}\"\n\
+             [storage]\nbackend = \"s3\"\n[storage.s3]\nendpoint = \"{}\"\n\
+             bucket = \"{bucket}\"\naccess_key_id = \"{S3_KEY}\"\n\
+             secret_access_key = \"{S3_SECRET}\"\ndelete_delay_secs = 0\n",
+            weed.endpoint()
+        );
         let mut nodes = Vec::new();
         for _ in 0..n {
             let (url, bucket, endpoint) = (url.clone(), bucket.clone(), weed.endpoint());
@@ -45,7 +66,7 @@ impl Cluster {
             );
         }
         let db = url.rsplit('/').next().unwrap().to_owned();
-        Some(Cluster { nodes, db })
+        Some(Cluster { nodes, db, toml })
     }
 
     pub fn node(&self, i: usize) -> &TestRegistry {
@@ -329,4 +350,201 @@ async fn gc_frees_objects_across_nodes() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A node killed with SIGKILL in the middle of a PATCH: what it had
+/// acknowledged stays, another node reports the offset, the client resumes
+/// there and the blob completes byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_killed_mid_patch_loses_nothing_acknowledged() {
+    let Some(c) = Cluster::start(1, |_| {}).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let victim = WharfProcess::start_with_toml(dir.path(), &c.toml);
+    let client = reqwest::Client::new();
+    let data = payload(40 << 20, 31);
+    let d = digest(&data);
+    let r = client
+        .post(format!("{}/v2/kill/blobs/uploads/", victim.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let location = location(&r);
+    let path = location.trim_start_matches(&victim.base).to_owned();
+    // The first 10 MiB are acknowledged by the victim.
+    let first = 10 << 20;
+    let r = client
+        .patch(format!("{}{path}", victim.base))
+        .header("content-range", format!("0-{}", first - 1))
+        .body(data[..first].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // The next PATCH streams 12 MiB of its 30 and stalls; then kill -9.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
+    });
+    let patch = tokio::spawn(
+        client
+            .patch(format!("{}{path}", victim.base))
+            .header("content-range", format!("{first}-{}", data.len() - 1))
+            .body(reqwest::Body::wrap_stream(stream))
+            .send(),
+    );
+    for piece in data[first..first + (12 << 20)].chunks(1 << 20) {
+        tx.send(piece.to_vec()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    victim.signal(libc::SIGKILL);
+    drop(tx);
+    let _ = patch.await;
+    drop(victim);
+
+    // Another node: the offset is what was acknowledged; resume there.
+    let other = c.node(0);
+    let r = other.get(&path).await;
+    assert_eq!(r.status(), 204);
+    let range = header(&r, "range").unwrap().to_owned();
+    let offset: usize = range.trim_start_matches("0-").parse::<usize>().unwrap() + 1;
+    assert_eq!(offset, first, "the acknowledged bytes, no more, no less");
+    let r = other
+        .client
+        .patch(other.url(&path))
+        .header("content-range", format!("{offset}-{}", data.len() - 1))
+        .body(data[offset..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = other
+        .client
+        .put(other.url(&format!("{path}?digest={d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    assert_eq!(
+        other.get_blob("kill", &d).await.bytes().await.unwrap(),
+        data
+    );
+}
+
+/// The object store dies in the middle of a push and comes back: requests
+/// answer 503 with an OCI body and Retry-After within the S3 timeout (no
+/// hang, no 500), /readyz says not ready, and afterwards the same session
+/// continues from its acknowledged offset and every acknowledged blob
+/// reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_object_store_going_away_answers_503_and_loses_nothing() {
+    let dir = std::env::temp_dir().join(format!("wharf-weed-own-{}", std::process::id()));
+    let weed = Seaweed::start_in(dir.clone());
+    if skip_without("SeaweedFS", weed.is_some()) {
+        return;
+    }
+    let mut weed = weed.unwrap();
+    let metrics: std::net::SocketAddr =
+        format!("127.0.0.1:{}", crate::common::services::free_port())
+            .parse()
+            .unwrap();
+    let Some(c) = Cluster::start_on(&weed, 1, |c| {
+        if let Some(s3) = c.storage.s3.as_mut() {
+            s3.timeout_secs = 3;
+        }
+        c.metrics.addr = Some(metrics);
+    })
+    .await
+    else {
+        return;
+    };
+    let node = c.node(0);
+    let kept = payload(12 << 20, 41);
+    let kept_digest = node.push_mono("outage", &kept).await;
+    let data = payload(20 << 20, 42);
+    let d = digest(&data);
+    let location = node.start_upload("outage").await;
+    let path = location.trim_start_matches(&node.base).to_owned();
+    let half = 10 << 20;
+    let r = node
+        .client
+        .patch(node.url(&path))
+        .header("content-range", format!("0-{}", half - 1))
+        .body(data[..half].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+
+    weed.kill();
+    let started = std::time::Instant::now();
+    let r = node
+        .client
+        .patch(node.url(&path))
+        .header("content-range", format!("{half}-{}", data.len() - 1))
+        .body(data[half..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "{:?}", r.text().await);
+    let r = node.get_blob("outage", &kept_digest).await;
+    assert!(header(&r, "retry-after").is_some());
+    assert_oci_error(r, 503, "UNAVAILABLE").await;
+    assert_eq!(
+        node.push_mono_status("outage", &payload(1000, 43)).await,
+        503
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "no hang: {:?}",
+        started.elapsed()
+    );
+    let ready = reqwest::get(format!("http://{metrics}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+
+    weed.restart();
+    let r = node.get(&path).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        header(&r, "range"),
+        Some(format!("0-{}", half - 1).as_str())
+    );
+    let r = node
+        .client
+        .patch(node.url(&path))
+        .header("content-range", format!("{half}-{}", data.len() - 1))
+        .body(data[half..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{:?}", r.text().await);
+    let r = node
+        .client
+        .put(node.url(&format!("{path}?digest={d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    assert_eq!(
+        node.get_blob("outage", &d).await.bytes().await.unwrap(),
+        data
+    );
+    assert_eq!(
+        node.get_blob("outage", &kept_digest)
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+        kept
+    );
+    let ready = reqwest::get(format!("http://{metrics}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    weed.kill();
+    let _ = std::fs::remove_dir_all(dir);
 }

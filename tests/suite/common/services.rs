@@ -315,32 +315,55 @@ fn weed_bin() -> Option<PathBuf> {
 impl Seaweed {
     pub fn shared() -> Option<&'static Seaweed> {
         static WEED: OnceLock<Option<Seaweed>> = OnceLock::new();
-        // Started on a thread of its own: the readiness probe runs a
-        // runtime, and callers are inside one.
-        WEED.get_or_init(|| std::thread::spawn(Seaweed::start).join().unwrap())
-            .as_ref()
+        WEED.get_or_init(Seaweed::start).as_ref()
     }
 
     fn start() -> Option<Seaweed> {
-        let weed = weed_bin()?;
         let dir = std::env::temp_dir().join(format!("wharf-weed-{}", std::process::id()));
+        Seaweed::start_in(dir)
+    }
+
+    /// A server of the caller's own, in `dir` (a test that stops and
+    /// restarts it must not take the shared one down).
+    pub fn start_in(dir: PathBuf) -> Option<Seaweed> {
+        weed_bin()?;
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).unwrap();
         std::fs::create_dir_all(dir.join("logs")).unwrap();
-        let s3_json = dir.join("s3.json");
         std::fs::write(
-            &s3_json,
+            dir.join("s3.json"),
             format!(
                 r#"{{"identities":[{{"name":"wharf","credentials":[{{"accessKey":"{S3_KEY}","secretKey":"{S3_SECRET}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
             ),
         )
         .unwrap();
         let ports: Vec<u16> = (0..5).map(|_| free_port_pair()).collect();
-        let [admin, s3, master, volume, filer] = ports[..] else {
+        WEED_PORTS.lock().unwrap().extend(&ports);
+        let mut weed = Seaweed {
+            s3_port: ports[1],
+            dir,
+            ports,
+            pid: 0,
+            next_bucket: AtomicUsize::new(0),
+        };
+        weed.launch();
+        Some(weed)
+    }
+
+    /// Starts `weed mini` on this server's folder and ports and waits until
+    /// it can make a bucket.
+    fn launch(&mut self) {
+        remove_weed_sockets(&self.ports);
+        let [admin, s3, master, volume, filer] = self.ports[..] else {
             unreachable!()
         };
-        let log = std::fs::File::create(dir.join("weed.log")).unwrap();
-        let child = Command::new(weed)
+        let dir = &self.dir;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("weed.log"))
+            .unwrap();
+        let child = Command::new(weed_bin().unwrap())
             .arg(format!("-logdir={}", dir.join("logs").display()))
             .arg("mini")
             .arg(format!("-dir={}", dir.join("data").display()))
@@ -356,7 +379,7 @@ impl Seaweed {
                 "-s3.port.lance=0",
             ])
             .arg(format!("-admin.port={admin}"))
-            .arg(format!("-s3.config={}", s3_json.display()))
+            .arg(format!("-s3.config={}", dir.join("s3.json").display()))
             .arg(format!("-s3.port={s3}"))
             .arg(format!("-master.port={master}"))
             .arg(format!("-volume.port={volume}"))
@@ -365,35 +388,41 @@ impl Seaweed {
             .stderr(log)
             .spawn()
             .expect("weed starts");
-        let pid = child.id();
+        self.pid = child.id();
         adopt(child, libc::SIGKILL);
-        WEED_PORTS.lock().unwrap().extend(&ports);
-        let weed = Seaweed {
-            s3_port: s3,
-            dir,
-            ports,
-            pid,
-            next_bucket: AtomicUsize::new(0),
-        };
-        // Ready when the S3 port answers and a bucket can be made.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        loop {
-            let probe = wharf::s3::S3Client::new(&weed.settings("wharf-probe")).unwrap();
-            if rt.block_on(probe.create_bucket()).is_ok() {
-                break;
+        // Ready when a bucket can be made; probed from a thread of its own
+        // (callers are inside a runtime).
+        let settings = self.settings("wharf-probe");
+        let log_path = dir.join("weed.log");
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let probe = wharf::s3::S3Client::new(&settings).unwrap();
+            while rt.block_on(probe.create_bucket()).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "SeaweedFS did not start: {}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(200));
             }
-            assert!(
-                Instant::now() < deadline,
-                "SeaweedFS did not start: {}",
-                std::fs::read_to_string(weed.dir.join("weed.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Some(weed)
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// SIGKILL, as a crashed or cut-off store.
+    pub fn kill(&self) {
+        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    /// Starts it again on the same folder and ports.
+    pub fn restart(&mut self) {
+        self.launch();
     }
 
     pub fn endpoint(&self) -> String {
