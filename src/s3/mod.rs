@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod objects;
+mod sql;
 pub mod uploads;
 
 pub use client::{ObjectStream, PartBody, S3Client, S3Error, S3Settings};

@@ -8,25 +8,10 @@
 //! or call S3 inside a database transaction.
 
 use super::client::{ObjectStream, PartBody, S3Client};
+use super::sql::{db, now};
 use super::uploads::{queue_deletion, Pool, RemoteUploadError};
 use crate::oci::{Digest, RepoName};
 use bytes::Bytes;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-fn db(e: postgres::Error) -> RemoteUploadError {
-    if e.is_closed() || e.as_db_error().is_none() {
-        RemoteUploadError::Unavailable(e.to_string())
-    } else {
-        RemoteUploadError::Db(e.to_string())
-    }
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
 
 #[derive(Clone)]
 pub struct ObjectBlobs {
@@ -62,15 +47,7 @@ impl ObjectBlobs {
         &self,
         f: impl FnOnce(&mut postgres::Client) -> Result<T, RemoteUploadError> + Send + 'static,
     ) -> Result<T, RemoteUploadError> {
-        let pool = self.pool.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = pool
-                .get()
-                .map_err(|e| RemoteUploadError::Unavailable(format!("PostgreSQL: {e}")))?;
-            f(&mut conn)
-        })
-        .await
-        .map_err(|e| RemoteUploadError::Unavailable(format!("task: {e}")))?
+        super::sql::blocking(&self.pool, f).await
     }
 
     /// The blob as `repo` may read it (linked there, and stored).

@@ -20,10 +20,10 @@
 //! losing request can never overwrite a winner's part.
 
 use super::client::{PartBody, S3Client, S3Error};
+use super::sql::{db, now};
 use crate::oci::{Algorithm, Digest, RepoName};
 use crate::upload::midstate::Sha256Midstate;
 use bytes::Bytes;
-use std::time::{SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
 pub use crate::meta::PgPool as Pool;
@@ -60,21 +60,6 @@ pub enum RemoteUploadError {
     Unavailable(String),
     #[error("upload state: {0}")]
     Db(String),
-}
-
-fn db(e: postgres::Error) -> RemoteUploadError {
-    if e.is_closed() || e.as_db_error().is_none() {
-        RemoteUploadError::Unavailable(e.to_string())
-    } else {
-        RemoteUploadError::Db(e.to_string())
-    }
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// The uploads of every node, through the shared database and bucket.
@@ -133,20 +118,11 @@ impl RemoteUploads {
         &self.s3
     }
 
-    /// Runs blocking database work on the blocking pool.
     async fn sql<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut postgres::Client) -> Result<T, RemoteUploadError> + Send + 'static,
     ) -> Result<T, RemoteUploadError> {
-        let pool = self.pool.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = pool
-                .get()
-                .map_err(|e| RemoteUploadError::Unavailable(format!("PostgreSQL: {e}")))?;
-            f(&mut conn)
-        })
-        .await
-        .map_err(|e| RemoteUploadError::Unavailable(format!("task: {e}")))?
+        super::sql::blocking(&self.pool, f).await
     }
 
     /// Starts a session; its object key is fixed now.

@@ -1,0 +1,38 @@
+//! The one way the object-store modules reach PostgreSQL: a pooled
+//! connection on the blocking pool, and the error mapping they share.
+
+use super::uploads::RemoteUploadError;
+use crate::meta::PgPool;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Runs blocking database work on the blocking pool (the client blocks).
+pub(super) async fn blocking<T: Send + 'static>(
+    pool: &PgPool,
+    f: impl FnOnce(&mut postgres::Client) -> Result<T, RemoteUploadError> + Send + 'static,
+) -> Result<T, RemoteUploadError> {
+    let pool = pool.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = pool
+            .get()
+            .map_err(|e| RemoteUploadError::Unavailable(format!("PostgreSQL: {e}")))?;
+        f(&mut conn)
+    })
+    .await
+    .map_err(|e| RemoteUploadError::Unavailable(format!("task: {e}")))?
+}
+
+/// Not reaching the database is `Unavailable` (503); the rest is a fault.
+pub(super) fn db(e: postgres::Error) -> RemoteUploadError {
+    if e.is_closed() || e.as_db_error().is_none() {
+        RemoteUploadError::Unavailable(e.to_string())
+    } else {
+        RemoteUploadError::Db(e.to_string())
+    }
+}
+
+pub(super) fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
