@@ -142,5 +142,33 @@ for s in "${scenarios[@]}"; do
   printf '%-30s %-5s %10s %10s %7s | %8s %8s | %s/%s\n' "$label" MB/s "${wv:--}" "${dv:--}" "$ratio" \
     "$(field p99_ms <<<"$w")" "$(field p99_ms <<<"$d")" "$(field errors <<<"$w")" "$(field errors <<<"$d")"
 done
+
+# Commit latency: a 1 GiB blob PATCHed in 64 MiB chunks, then the closing
+# PUT timed alone (distribution copies the upload to its final key there;
+# Wharf completes the multipart upload, which is the commit).
+abs() { case $2 in http*) echo "$2" ;; *) echo "http://$1$2" ;; esac; }
+loc_of() { awk 'tolower($1)=="location:"{print $2}' | tr -d '\r'; }
+commit_latency() { # host -> "STATUS SECONDS"
+  local loc off=0 n sep
+  loc=$(abs "$1" "$(curl -s -D - -o /dev/null -X POST "http://$1/v2/commit/blobs/uploads/" | loc_of)")
+  for f in "$tmp"/chunk.*; do
+    n=$(stat -c %s "$f")
+    loc=$(abs "$1" "$(curl -s -D - -o /dev/null -X PATCH -H 'Content-Type: application/octet-stream' \
+      -H "Content-Range: $off-$((off + n - 1))" --data-binary @"$f" "$loc" | loc_of)")
+    off=$((off + n))
+  done
+  sep='?'; case $loc in *\?*) sep='&' ;; esac
+  curl -s -o /dev/null -w '%{http_code} %{time_total}' -X PUT "$loc${sep}digest=$big_digest"
+}
+if [ "${QUICK:-0}" != 1 ]; then
+  head -c $((1024 * MIB)) /dev/urandom >"$tmp/big"
+  big_digest="sha256:$(sha256sum "$tmp/big" | cut -d' ' -f1)"
+  split -b $((64 * MIB)) -a 3 "$tmp/big" "$tmp/chunk."
+  rm -f "$tmp/big"
+  wc=$(commit_latency "${hosts%%,*}"); dc=$(commit_latency "127.0.0.1:$DPORT")
+  printf '%-30s %-5s %10s %10s %7s | (closing PUT of a 1 GiB chunked upload; HTTP %s/%s)\n' \
+    "commit 1GiB (64MiB PATCHes)" s "${wc#* }" "${dc#* }" \
+    "$(awk -v a="${wc#* }" -v b="${dc#* }" 'BEGIN{ if (a>0) printf "%.0fx", b/a; else print "-" }')" "${wc%% *}" "${dc%% *}"
+fi
 echo
 echo "machine: $(nproc) cores, $(uname -r); SeaweedFS $("$WEED" version 2>/dev/null | head -1 | awk '{print $3}'), PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'), distribution: $(docker-registry --version 2>/dev/null | head -1)"
