@@ -96,6 +96,8 @@ pub struct SessionWriter {
     /// Whether `held` starts with the stored tail (loaded to cut a part),
     /// in which case saving rewrites the tail instead of appending to it.
     tail_loaded: bool,
+    /// The part being uploaded while the body is read on: (number, ETag).
+    inflight: Option<tokio::task::JoinHandle<Result<(i32, String), RemoteUploadError>>>,
     /// Length of the stored tail (`size - part_bytes` when loaded).
     stored_tail: u64,
     size: u64,
@@ -189,6 +191,7 @@ impl RemoteUploads {
             held: Vec::new(),
             held_len: 0,
             tail_loaded: false,
+            inflight: None,
         })
     }
 
@@ -196,7 +199,7 @@ impl RemoteUploads {
     /// aborted by the purge (no S3 call here, the caller may be answering).
     pub async fn discard(&self, repo: &RepoName, id: &str) -> Result<(), RemoteUploadError> {
         let w = self.open(repo, id).await?;
-        let row = w.row;
+        let row = w.row.clone();
         self.sql(move |c| {
             let mut t = c.transaction().map_err(db)?;
             t.execute("DELETE FROM uploads WHERE id = $1", &[&row.id])
@@ -459,20 +462,36 @@ impl SessionWriter {
             return Err(RemoteUploadError::TooManyParts);
         }
         let body = PartBody::new(self.take_held(want));
-        let etag = self
-            .uploads
-            .s3
-            .upload_part(&self.row.object_key, &upload_id, number as u16, body)
-            .await?;
-        self.row.part_numbers.push(number);
-        self.row.part_etags.push(etag);
+        // One part in flight while the body goes on being read: wait for
+        // the previous one first, so memory stays at two parts a session.
+        self.settle().await?;
+        let (s3, key) = (self.uploads.s3.clone(), self.row.object_key.clone());
+        self.inflight = Some(tokio::spawn(async move {
+            let etag = s3
+                .upload_part(&key, &upload_id, number as u16, body)
+                .await?;
+            Ok((number, etag))
+        }));
         self.row.part_bytes += want;
+        Ok(())
+    }
+
+    /// Waits for the part in flight, if any, and records it.
+    async fn settle(&mut self) -> Result<(), RemoteUploadError> {
+        if let Some(part) = self.inflight.take() {
+            let (number, etag) = part
+                .await
+                .map_err(|e| RemoteUploadError::Unavailable(format!("part upload task: {e}")))??;
+            self.row.part_numbers.push(number);
+            self.row.part_etags.push(etag);
+        }
         Ok(())
     }
 
     /// Saves the session at the end of a request; returns its size. Fails
     /// with `OutOfOrder` if another request changed the session first.
-    pub async fn save(self) -> Result<u64, RemoteUploadError> {
+    pub async fn save(mut self) -> Result<u64, RemoteUploadError> {
+        self.settle().await?;
         let size = self.size;
         let row = self.row.clone();
         let mid = self.hasher.to_bytes();
@@ -568,6 +587,9 @@ impl SessionWriter {
                 offset: self.row.size,
             });
         }
+        // A part still in flight must be recorded before deciding between
+        // one PutObject and completing the multipart upload.
+        self.settle().await?;
         let key = self.row.object_key.clone();
         if self.row.part_numbers.is_empty() {
             self.load_tail().await?;
@@ -577,6 +599,7 @@ impl SessionWriter {
             if self.stored_tail + self.held_len > 0 {
                 self.cut_part(true).await?;
             }
+            self.settle().await?;
             let upload_id = self.multipart_id().await?;
             let mut parts: Vec<(i32, String)> = self
                 .row
@@ -645,6 +668,16 @@ impl SessionWriter {
             size: self.size,
             duplicate,
         })
+    }
+}
+
+impl Drop for SessionWriter {
+    /// A request that ends early (client gone, error) stops its part
+    /// upload; the part was never recorded, so nothing refers to it.
+    fn drop(&mut self) {
+        if let Some(part) = self.inflight.take() {
+            part.abort();
+        }
     }
 }
 
