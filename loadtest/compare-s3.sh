@@ -40,7 +40,7 @@ PGPORT=$(port)
 "${as_pg[@]}" "$PGBIN/initdb" -D "$tmp/pg" -U wharf --auth=trust -E UTF8 --no-sync >/dev/null
 "${as_pg[@]}" "$PGBIN/postgres" -D "$tmp/pg" -p "$PGPORT" -h 127.0.0.1 -k "$tmp" \
   -c max_connections=300 -c shared_buffers=256MB >"$tmp/pg.log" 2>&1 &
-pids+=($!)
+pids+=($!); pgpid=$!
 for _ in $(seq 100); do "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U wharf -d postgres -c 'select 1' >/dev/null 2>&1 && break; sleep 0.1; done
 "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U wharf -d postgres -qc 'CREATE DATABASE wharf'
 
@@ -53,7 +53,7 @@ JSON
   -master.telemetry=false -webdav=false -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0 \
   -admin.port="${WP[0]}" -s3.config="$tmp/s3.json" -s3.port="${WP[1]}" -master.port="${WP[2]}" \
   -volume.port="${WP[3]}" -filer.port="${WP[4]}" >"$tmp/weed.log" 2>&1 &
-pids+=($!)
+pids+=($!); weedpid=$!
 for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:${WP[1]}/" && break; sleep 0.2; done
 for b in wharf dist; do
   for _ in $(seq 30); do
@@ -122,6 +122,14 @@ scenarios=(
   "pull 16MiB x32|pull|mb_s|--clients 32 --size $((16*MIB)) --ops $(q 512 128)"
 )
 field() { tr ' ' '\n' | sed -n "s/^$1=//p"; }
+# CPU seconds so far: the Wharf nodes, distribution, SeaweedFS, and
+# PostgreSQL (postmaster and its backends), to say where a run's time goes.
+cpu() { ps -o times= -p "$(IFS=,; echo "$*")" 2>/dev/null | awk '{s+=$1} END{print s+0}'; }
+pgcpu() { { ps -o times= -p "$pgpid"; ps -o times= --ppid "$pgpid"; } 2>/dev/null | awk '{s+=$1} END{print s+0}'; }
+where() { echo "$(cpu "${wpids[@]}") $(cpu "$dpid") $(cpu "$weedpid") $(pgcpu)"; }
+split_cpu() { # before after -> "wharf/dist/weed/pg" CPU seconds spent between
+  awk -v a="$1" -v b="$2" 'BEGIN{ split(a,x," "); split(b,y," "); printf "%d/%d/%d/%d", y[1]-x[1], y[2]-x[2], y[3]-x[3], y[4]-x[4] }'
+}
 run() { # hosts label scenario args -> RESULT line
   local out
   # shellcheck disable=SC2086
@@ -130,17 +138,19 @@ run() { # hosts label scenario args -> RESULT line
   fi
   echo "$out" | grep '^RESULT'
 }
-printf '\n%-30s %-5s %10s %10s %7s | %8s %8s | %s\n' scenario unit "wharf x3" distrib. ratio "w p99" "d p99" errs
+printf '\n%-30s %-5s %10s %10s %7s | %8s %8s | %-5s | %-16s %-16s\n' scenario unit "wharf x3" distrib. ratio "w p99" "d p99" errs \
+  "cpu s w-run" "cpu s d-run"
 n=0
 for s in "${scenarios[@]}"; do
   IFS='|' read -r label scen metric args <<<"$s"
   n=$((n+1))
-  w=$(run "$hosts" "w$n" "$scen" "$args")
-  d=$(run "127.0.0.1:$DPORT" "d$n" "$scen" "$args")
+  c0=$(where); w=$(run "$hosts" "w$n" "$scen" "$args")
+  c1=$(where); d=$(run "127.0.0.1:$DPORT" "d$n" "$scen" "$args"); c2=$(where)
   wv=$(field "$metric" <<<"$w"); dv=$(field "$metric" <<<"$d")
   ratio=$(awk -v a="${wv:-0}" -v b="${dv:-0}" 'BEGIN{ if (b>0) printf "%.2fx", a/b; else print "-" }')
-  printf '%-30s %-5s %10s %10s %7s | %8s %8s | %s/%s\n' "$label" MB/s "${wv:--}" "${dv:--}" "$ratio" \
-    "$(field p99_ms <<<"$w")" "$(field p99_ms <<<"$d")" "$(field errors <<<"$w")" "$(field errors <<<"$d")"
+  printf '%-30s %-5s %10s %10s %7s | %8s %8s | %-5s | %-16s %-16s\n' "$label" MB/s "${wv:--}" "${dv:--}" "$ratio" \
+    "$(field p99_ms <<<"$w")" "$(field p99_ms <<<"$d")" "$(field errors <<<"$w")/$(field errors <<<"$d")" \
+    "$(split_cpu "$c0" "$c1")" "$(split_cpu "$c1" "$c2")"
 done
 
 # Commit latency: a 1 GiB blob PATCHed in 64 MiB chunks, then the closing
@@ -171,4 +181,5 @@ if [ "${QUICK:-0}" != 1 ]; then
     "$(awk -v a="${wc#* }" -v b="${dc#* }" 'BEGIN{ if (a>0) printf "%.0fx", b/a; else print "-" }')" "${wc%% *}" "${dc%% *}"
 fi
 echo
+echo "cpu s: CPU seconds spent during the Wharf run and during the distribution run, as wharf/distribution/SeaweedFS/PostgreSQL"
 echo "machine: $(nproc) cores, $(uname -r); SeaweedFS $("$WEED" version 2>/dev/null | head -1 | awk '{print $3}'), PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'), distribution: $(docker-registry --version 2>/dev/null | head -1)"
