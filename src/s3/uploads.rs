@@ -250,10 +250,16 @@ impl RemoteUploads {
             .await?;
         let due: Vec<(String, Option<String>)> = self
             .sql(move |c| {
+                // Claimed for five minutes by moving `not_before` on, so
+                // the nodes' purges share the work without a transaction
+                // held across the S3 calls; a node that dies mid-way leaves
+                // its claims to come due again.
                 let rows = c
                     .query(
-                        "SELECT object_key, multipart_id FROM object_deletions \
-                         WHERE not_before <= $1 ORDER BY not_before LIMIT 1000",
+                        "UPDATE object_deletions SET not_before = $1 + 300 WHERE object_key IN \
+                         (SELECT object_key FROM object_deletions WHERE not_before <= $1 \
+                          ORDER BY not_before LIMIT 1000 FOR UPDATE SKIP LOCKED) \
+                         RETURNING object_key, multipart_id",
                         &[&now()],
                     )
                     .map_err(db)?;
