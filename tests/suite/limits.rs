@@ -171,8 +171,20 @@ async fn stalled_clients_are_cut_off() {
     );
 
     // A body that trickles slower than the header limit is still a body:
-    // a slow but live client keeps its upload.
-    let loc = reg.start_upload("stall/y").await;
+    // a slow but live client keeps its upload. (A fresh connection: the
+    // pooled one has been idle long enough for the server to cut it, and
+    // reusing it would race that cut.)
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let r = fresh
+        .post(reg.url("/v2/stall/y/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let loc = location(&r);
     let mut s = TcpStream::connect(&a).await.unwrap();
     s.write_all(format!("PATCH {loc} HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\n").as_bytes())
         .await
