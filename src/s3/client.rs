@@ -307,6 +307,11 @@ impl S3Client {
             .bucket
             .delete_object(Some(&self.credentials), key)
             .sign(SIGNATURE_TTL);
+        self.delete(url).await
+    }
+
+    /// Sends a signed DELETE; a 404 counts as done (already gone).
+    async fn delete(&self, url: url::Url) -> Result<(), S3Error> {
         let resp = self
             .send(Method::DELETE, url, PartBody::new([]), &[])
             .await?;
@@ -399,13 +404,7 @@ impl S3Client {
             .bucket
             .abort_multipart_upload(Some(&self.credentials), key, upload_id)
             .sign(SIGNATURE_TTL);
-        let resp = self
-            .send(Method::DELETE, url, PartBody::new([]), &[])
-            .await?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            return Ok(());
-        }
-        self.expect_ok(resp).await.map(|_| ())
+        self.delete(url).await
     }
 }
 
