@@ -351,7 +351,7 @@ impl Seaweed {
     }
 
     /// Starts `weed mini` on this server's folder and ports and waits until
-    /// it can make a bucket.
+    /// it can make a bucket and store an object in it.
     fn launch(&mut self) {
         remove_weed_sockets(&self.ports);
         let [admin, s3, master, volume, filer] = self.ports[..] else {
@@ -401,7 +401,22 @@ impl Seaweed {
                 .unwrap();
             let deadline = Instant::now() + Duration::from_secs(60);
             let probe = wharf::s3::S3Client::new(&settings).unwrap();
-            while rt.block_on(probe.create_bucket()).is_err() {
+            // A bucket only needs the filer; an object write also needs a
+            // volume server registered with the master, which after a
+            // restart can come seconds later.
+            let ready = || {
+                rt.block_on(async {
+                    probe.create_bucket().await?;
+                    probe
+                        .put_object(
+                            "probe",
+                            wharf::s3::PartBody::new([bytes::Bytes::from_static(b"ok")]),
+                        )
+                        .await
+                })
+                .is_ok()
+            };
+            while !ready() {
                 assert!(
                     Instant::now() < deadline,
                     "SeaweedFS did not start: {}",
