@@ -21,7 +21,7 @@
 
 use crate::meta::{Meta, MetaError, MetaWrite};
 use crate::oci::{Digest, RepoName};
-use crate::store::{ContentStore, StoreError};
+use crate::storage::{BlobStorage, StorageError, SweepPlan};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,11 +31,9 @@ pub enum GcError {
     #[error(transparent)]
     Meta(#[from] MetaError),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Storage(#[from] StorageError),
     #[error("garbage collection task failed: {0}")]
     Task(String),
-    #[error(transparent)]
-    Objects(#[from] crate::s3::uploads::RemoteUploadError),
 }
 
 #[derive(Debug, Clone)]
@@ -109,8 +107,7 @@ async fn apply_each(meta: &Meta, writes: Vec<MetaWrite>) -> Result<usize, GcErro
 /// queues the objects) instead of the data folder's files.
 pub async fn collect(
     meta: &Meta,
-    store: &ContentStore,
-    objects: Option<&crate::s3::objects::ObjectBlobs>,
+    storage: &dyn BlobStorage,
     opts: &GcOptions,
 ) -> Result<GcReport, GcError> {
     let now = SystemTime::now();
@@ -214,42 +211,13 @@ pub async fn collect(
         apply_each(meta, writes).await?
     };
 
-    // 3. Files nothing links or names as a manifest.
-    if let Some(o) = objects {
-        let (n, bytes) = o.sweep(cutoff, opts.dry_run).await?;
-        report.blobs_removed = n;
-        report.bytes_freed = bytes;
-        return Ok(report);
-    }
-    let m = meta.clone();
-    let (links, manifests) = if opts.dry_run {
-        (links, manifests)
-    } else {
-        blocking(move || Ok((m.read().all_blob_links()?, m.read().all_manifests()?))).await?
+    // 3. Bytes nothing links or names as a manifest.
+    let plan = SweepPlan {
+        cutoff: cutoff_time,
+        dry_run: opts.dry_run,
+        gone_links,
+        gone_manifests,
     };
-    let mut alive: HashSet<String> = HashSet::new();
-    for l in links {
-        if !(opts.dry_run && gone_links.contains(&(l.repo.clone(), l.digest.clone()))) {
-            alive.insert(l.digest);
-        }
-    }
-    for (repo, d, _) in manifests {
-        if !(opts.dry_run && gone_manifests.contains(&(repo, d.clone()))) {
-            alive.insert(d);
-        }
-    }
-    let files = store.list().await.map_err(StoreError::Io)?;
-    for (digest, size, mtime) in files {
-        if alive.contains(&digest.to_string()) || mtime >= cutoff_time {
-            continue;
-        }
-        if opts.dry_run {
-            report.blobs_removed += 1;
-            report.bytes_freed += size;
-        } else if let Some(freed) = store.delete_if_older(&digest, cutoff_time).await? {
-            report.blobs_removed += 1;
-            report.bytes_freed += freed;
-        }
-    }
+    (report.blobs_removed, report.bytes_freed) = storage.sweep(meta, plan).await?;
     Ok(report)
 }

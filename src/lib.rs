@@ -40,6 +40,7 @@ pub mod ops;
 pub mod s3;
 pub mod server;
 pub mod space;
+pub mod storage;
 pub mod store;
 pub mod tls;
 pub mod upload;

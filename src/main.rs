@@ -223,20 +223,15 @@ fn fsck(root: &std::path::Path, repair: bool) -> ExitCode {
 
 /// Runs garbage collection on a stopped server's folder.
 fn gc_offline(cfg: Config, dry_run: bool) -> ExitCode {
-    if cfg.storage.backend == "s3" {
-        eprintln!(
-            "wharf gc: with storage.backend = \"s3\", collect through a running node (--url)"
-        );
-        return ExitCode::from(2);
-    }
     let Some(rt) = runtime() else {
         return ExitCode::FAILURE;
     };
     rt.block_on(async move {
         // Offline: nothing else writes, so no reserve is taken or given.
         let space = std::sync::Arc::new(wharf::space::DiskSpace::unreserved(&cfg.root));
-        let (meta, writer) = match wharf::meta::Meta::open_configured(&cfg, space.clone()).await {
-            Ok((m, w, _)) => (m, w),
+        let (meta, writer, pg) = match wharf::meta::Meta::open_configured(&cfg, space.clone()).await
+        {
+            Ok(opened) => opened,
             Err(e) => {
                 eprintln!(
                     "wharf gc: {e}\n(if a server is running on this folder, use --url HOST:PORT)"
@@ -244,23 +239,16 @@ fn gc_offline(cfg: Config, dry_run: bool) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let store = match wharf::store::ContentStore::start(
-            &cfg.root,
-            cfg.store_shards,
-            cfg.fsync,
-            cfg.actor_call_timeout(),
-            space,
-        )
-        .await
-        {
+        let storage = match wharf::storage::open_configured(&cfg, &meta, pg, space).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("wharf gc: {e}");
                 return ExitCode::from(2);
             }
         };
-        let result = wharf::gc::collect(&meta, &store, None, &cfg.gc_options(dry_run)).await;
-        store.stop().await;
+        let result = wharf::gc::collect(&meta, storage.as_ref(), &cfg.gc_options(dry_run)).await;
+        storage.stop().await;
+        drop(storage);
         drop(meta);
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         match result {

@@ -49,7 +49,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) {
 async fn answer(st: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, content_type, body): (StatusCode, &str, Bytes) = match req.uri().path() {
         "/metrics" => {
-            st.metrics.upload_sessions_open.set(st.uploads.len() as i64);
+            st.note_sessions();
             st.metrics.disk_full.set(st.space.is_full() as i64);
             (
                 StatusCode::OK,

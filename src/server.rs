@@ -14,9 +14,7 @@ use crate::limits::{ConnectionLimiter, RateLimiter};
 use crate::meta::{Meta, MetaError, MetaWriter};
 use crate::metrics::{Metrics, MetricsError};
 use crate::space::DiskSpace;
-use crate::store::{ContentStore, StoreError};
 use crate::tls::{CertResolver, TlsError};
-use crate::upload::UploadRegistry;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
@@ -46,11 +44,7 @@ pub enum ServerError {
     #[error(transparent)]
     Meta(#[from] MetaError),
     #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("upload sessions: {0}")]
-    Uploads(std::io::Error),
-    #[error("object storage: {0}")]
-    Storage(String),
+    Storage(#[from] crate::storage::StorageError),
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error(transparent)]
@@ -79,38 +73,8 @@ impl Server {
         })?;
         let space = Arc::new(DiskSpace::open(&root, config.disk_reserve_mib << 20));
         let (meta, writer, pg_pool) = Meta::open_configured(&config, space.clone()).await?;
-        let objects = match (&config.storage.s3, pg_pool) {
-            (Some(s3), Some(pool)) if config.storage.backend == "s3" => {
-                let client = crate::s3::S3Client::new(&s3.settings()?)
-                    .map_err(|e| ServerError::Storage(e.to_string()))?;
-                Some(crate::s3::ObjectStorage {
-                    blobs: crate::s3::objects::ObjectBlobs::new(
-                        client.clone(),
-                        pool.clone(),
-                        s3.delete_delay_secs,
-                        s3.redirect_reads,
-                    ),
-                    uploads: crate::s3::uploads::RemoteUploads::new(client, pool),
-                })
-            }
-            _ => None,
-        };
-        let store = ContentStore::start(
-            &root,
-            config.store_shards,
-            config.fsync,
-            config.actor_call_timeout(),
-            space.clone(),
-        )
-        .await?;
-        let uploads = UploadRegistry::start(
-            &root,
-            config.fsync,
-            config.actor_call_timeout(),
-            space.clone(),
-        )
-        .await
-        .map_err(ServerError::Uploads)?;
+        let storage =
+            crate::storage::open_configured(&config, &meta, pg_pool, space.clone()).await?;
         let auth = Authenticator::new(&config.auth)?;
         let tls = match &config.tls {
             Some(t) => Some(Arc::new(CertResolver::load(&t.cert, &t.key)?)),
@@ -129,8 +93,7 @@ impl Server {
         );
         let state = Arc::new(AppState {
             config,
-            uploads,
-            store,
+            storage,
             meta,
             body_budget: Arc::new(Semaphore::new(budget_kib)),
             gc_running: tokio::sync::Mutex::new(()),
@@ -139,7 +102,6 @@ impl Server {
             metrics,
             draining: AtomicBool::new(false),
             space,
-            objects,
         });
         let (stop, stopped) = oneshot::channel();
         let metrics_addr = ops_listener.as_ref().map(|(_, a)| *a);
@@ -303,10 +265,10 @@ async fn run(
     drop(ctx);
     match Arc::try_unwrap(state) {
         Ok(state) => {
-            // Sessions keep their files: clients resume after the restart.
-            state.uploads.stop_all().await;
-            state.store.stop().await;
-            drop(state.meta);
+            state.storage.stop().await;
+            // All of it: the storage holds a handle on the metadata writer
+            // too, and the writer ends only when every handle is gone.
+            drop(state);
             let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         }
         Err(_) => tracing::warn!("state still shared at shutdown; skipping orderly stop"),
@@ -400,10 +362,12 @@ async fn watch_reloadable(
 /// Sets the store gauges from a scan of the blobs folder at start-up; from
 /// then on commits and garbage collection keep them current.
 async fn count_store(state: Arc<AppState>) {
-    if let Ok(blobs) = state.store.list().await {
-        let bytes: u64 = blobs.iter().map(|(_, size, _)| size).sum();
-        state.metrics.store_bytes.add(bytes as i64);
-        state.metrics.store_blobs.add(blobs.len() as i64);
+    match state.storage.totals().await {
+        Ok((blobs, bytes)) => {
+            state.metrics.store_bytes.add(bytes as i64);
+            state.metrics.store_blobs.add(blobs as i64);
+        }
+        Err(e) => tracing::warn!(error = %e, "could not count stored blobs"),
     }
 }
 
@@ -435,22 +399,8 @@ async fn purge_idle_uploads(state: Arc<AppState>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let mut n = state.uploads.purge_idle(idle).await;
-        if let Some(o) = &state.objects {
-            match o.uploads.purge(idle.as_secs()).await {
-                Ok((sessions, objects)) => {
-                    n += sessions;
-                    if objects > 0 {
-                        tracing::info!(objects, "deleted objects freed earlier");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "object-store purge failed; retrying later"),
-            }
-        }
-        state
-            .metrics
-            .upload_sessions_open
-            .set(state.uploads.len() as i64);
+        let n = state.storage.purge(idle).await;
+        state.note_sessions();
         if let Some(r) = &state.rate_limiter {
             r.sweep();
         }
@@ -472,8 +422,7 @@ async fn scheduled_gc(state: Arc<AppState>) {
         let _running = state.gc_running.lock().await;
         let result = crate::gc::collect(
             &state.meta,
-            &state.store,
-            state.objects.as_ref().map(|o| &o.blobs),
+            state.storage.as_ref(),
             &state.config.gc_options(false),
         )
         .await;

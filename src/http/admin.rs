@@ -28,13 +28,7 @@ pub(super) async fn gc(st: &AppState, method: &Method, query: &Query) -> HttpRes
             .map_err(|_| ApiError::Unsupported(format!("grace_secs={g} is not a number")))?;
         opts.grace = Duration::from_secs(secs);
     }
-    let result = gc::collect(
-        &st.meta,
-        &st.store,
-        st.objects.as_ref().map(|o| &o.blobs),
-        &opts,
-    )
-    .await;
+    let result = gc::collect(&st.meta, st.storage.as_ref(), &opts).await;
     st.metrics.record_gc(&result);
     let report = result?;
     tracing::info!(%report, "garbage collection (requested)");

@@ -2,11 +2,11 @@
 
 use super::body::Body;
 use super::error::ApiError;
-use super::{empty_response, off_worker, AppState, HttpResult};
+use super::{empty_response, AppState, HttpResult};
 use crate::meta::MetaWrite;
-use crate::oci::range::{ByteRange, RangeRequest};
+use crate::oci::range::ByteRange;
 use crate::oci::{Digest, RepoName};
-use crate::store::BlobBytes;
+use crate::storage::BlobContent;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 pub(super) async fn get(
@@ -16,102 +16,34 @@ pub(super) async fn get(
     req_headers: &HeaderMap,
     head_only: bool,
 ) -> HttpResult {
-    if let Some(o) = &st.objects {
-        return get_object(o, name, digest, req_headers, head_only).await;
-    }
-    let (meta, path) = (st.meta.reader(), st.store.blob_path(digest));
-    let (repo, d) = (name.clone(), digest.clone());
-    let (size, blob) = off_worker(move || {
-        let size = meta.blob_link(&repo, &d)?.ok_or(ApiError::BlobUnknown)?;
-        let blob = match head_only {
-            true => None,
-            false => Some(BlobBytes::open(&path)?.ok_or(ApiError::BlobUnknown)?),
-        };
-        Ok((size, blob))
-    })
-    .await?;
-    let (status, slice) = wanted(req_headers, size)?;
-    let body = if let Some(blob) = blob {
-        if blob.len() != size {
-            return Err(ApiError::Internal(format!(
-                "blob {digest} is {} bytes on disk, {size} in metadata",
-                blob.len()
-            )));
-        }
-        Body::Bytes(blob.bytes.slice(slice.start as usize..slice.end as usize))
-    } else {
-        Body::Empty
-    };
-    Ok(blob_response(body, status, digest, slice, size))
-}
-
-/// The range a request asks for, resolved against the blob's size.
-fn wanted(req_headers: &HeaderMap, size: u64) -> Result<(StatusCode, ByteRange), ApiError> {
-    let range = match req_headers.get(http::header::RANGE).map(|v| v.to_str()) {
-        Some(Ok(r)) => ByteRange::resolve(r, size),
-        _ => RangeRequest::Whole,
-    };
-    Ok(match range {
-        RangeRequest::Whole => (
-            StatusCode::OK,
-            ByteRange {
-                start: 0,
-                end: size,
-            },
-        ),
-        RangeRequest::Partial(r) => (StatusCode::PARTIAL_CONTENT, r),
-        RangeRequest::Unsatisfiable => return Err(ApiError::RangeNotSatisfiable { size }),
-    })
-}
-
-/// A blob read in object-store mode: the bytes stream from S3 as they
-/// arrive (the range passed on as S3's own), or, with `redirect_reads`, a
-/// 307 to a presigned URL of the object.
-async fn get_object(
-    o: &crate::s3::ObjectStorage,
-    name: &RepoName,
-    digest: &Digest,
-    req_headers: &HeaderMap,
-    head_only: bool,
-) -> HttpResult {
-    let found = o
-        .blobs
-        .locate(name, digest)
-        .await?
-        .ok_or(ApiError::BlobUnknown)?;
-    let size = found.size;
-    let (status, slice) = wanted(req_headers, size)?;
-    if !head_only && o.blobs.redirect_reads() {
-        return Ok(empty_response(
-            StatusCode::TEMPORARY_REDIRECT,
-            &[
-                ("location", o.blobs.presign(&found.key)),
-                ("docker-content-digest", digest.to_string()),
-            ],
-        ));
-    }
-    let body = if head_only || slice.is_empty() {
-        Body::Empty
-    } else {
-        let range = (status == StatusCode::PARTIAL_CONTENT).then(|| (slice.start, slice.end - 1));
-        let stream = o.blobs.open(&found.key, range).await?.ok_or_else(|| {
-            ApiError::Internal(format!(
-                "blob {digest} is indexed but its object is missing"
+    // A Range header that is not text is no usable range: the whole blob.
+    let range = req_headers
+        .get(http::header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let read = st.storage.read_blob(name, digest, range, head_only).await?;
+    let body = match read.content {
+        BlobContent::Empty => Body::Empty,
+        BlobContent::Mapped(b) => Body::Bytes(b),
+        BlobContent::Stream(s) => Body::Stream {
+            body: s.body,
+            left: s.len,
+        },
+        BlobContent::Redirect(url) => {
+            return Ok(empty_response(
+                StatusCode::TEMPORARY_REDIRECT,
+                &[
+                    ("location", url),
+                    ("docker-content-digest", digest.to_string()),
+                ],
             ))
-        })?;
-        if stream.len != slice.len() {
-            return Err(ApiError::Internal(format!(
-                "object for {digest} sent {} bytes, {} expected",
-                stream.len,
-                slice.len()
-            )));
-        }
-        Body::Stream {
-            body: stream.body,
-            left: stream.len,
         }
     };
-    Ok(blob_response(body, status, digest, slice, size))
+    let status = match read.partial {
+        true => StatusCode::PARTIAL_CONTENT,
+        false => StatusCode::OK,
+    };
+    Ok(blob_response(body, status, digest, read.slice, read.size))
 }
 
 fn blob_response(

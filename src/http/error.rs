@@ -211,12 +211,27 @@ impl From<MetaError> for ApiError {
     }
 }
 
+impl From<crate::storage::StorageError> for ApiError {
+    fn from(e: crate::storage::StorageError) -> Self {
+        use crate::storage::StorageError as E;
+        match e {
+            E::Upload(u) => u.into(),
+            E::Remote(r) => r.into(),
+            E::Store(s) => s.into(),
+            E::Meta(m) => m.into(),
+            E::BlobUnknown => ApiError::BlobUnknown,
+            E::RangeNotSatisfiable { size } => ApiError::RangeNotSatisfiable { size },
+            e @ (E::Inconsistent(_) | E::Config(_)) => ApiError::Internal(e.to_string()),
+            e @ E::Task(_) => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
 impl From<crate::gc::GcError> for ApiError {
     fn from(e: crate::gc::GcError) -> Self {
         match e {
             crate::gc::GcError::Meta(m) => m.into(),
-            crate::gc::GcError::Store(s) => s.into(),
-            crate::gc::GcError::Objects(o) => o.into(),
+            crate::gc::GcError::Storage(s) => s.into(),
             e @ crate::gc::GcError::Task(_) => ApiError::Internal(e.to_string()),
         }
     }

@@ -7,7 +7,6 @@ use super::{empty_response, off_worker, AppState, HttpResult};
 use crate::meta::{ManifestRecord, MetaError, MetaRead, MetaWrite};
 use crate::oci::manifest;
 use crate::oci::{Algorithm, Digest, Reference, RepoName};
-use crate::store::BlobBytes;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -72,12 +71,9 @@ pub(super) async fn get(
     reference: &Reference,
     head_only: bool,
 ) -> HttpResult {
-    let (meta, blobs) = (st.meta.reader(), st.store.blobs_root());
+    let meta = st.meta.reader();
     let (name, reference) = (name.clone(), reference.clone());
-    // Object-store mode reads the bytes from the bucket, after the metadata.
-    let local_bytes = !head_only && st.objects.is_none();
-    // Resolve, read the record and open the bytes in one trip to the pool.
-    let (digest, record, bytes) = off_worker(move || {
+    let (digest, record) = off_worker(move || {
         let digest = resolve(meta.as_ref(), &name, &reference)?;
         let Some(record) = meta.manifest(&name, &digest)? else {
             return Err(if meta.repo_exists(&name)? {
@@ -86,32 +82,16 @@ pub(super) async fn get(
                 ApiError::NameUnknown
             });
         };
-        let bytes = match !local_bytes {
-            true => None,
-            false => Some(
-                BlobBytes::open(&crate::store::blob_path(&blobs, &digest))?
-                    .ok_or_else(|| {
-                        ApiError::Internal(format!(
-                            "manifest {digest} is indexed but its bytes are missing"
-                        ))
-                    })?
-                    .bytes,
-            ),
-        };
-        Ok((digest, record, bytes))
+        Ok((digest, record))
     })
     .await?;
-    let bytes = match (&st.objects, head_only) {
-        (Some(o), false) => {
-            let missing = || {
-                ApiError::Internal(format!(
-                    "manifest {digest} is indexed but its bytes are missing"
-                ))
-            };
-            let found = o.blobs.key_of(&digest).await?.ok_or_else(missing)?;
-            Some(o.blobs.read_small(&found.key).await?.ok_or_else(missing)?)
-        }
-        _ => bytes,
+    let bytes = match head_only {
+        true => None,
+        false => Some(st.storage.manifest_bytes(&digest).await?.ok_or_else(|| {
+            ApiError::Internal(format!(
+                "manifest {digest} is indexed but its bytes are missing"
+            ))
+        })?),
     };
     let body = bytes.map_or(Body::Empty, Body::Bytes);
     let mut resp = Response::new(body);
@@ -170,11 +150,7 @@ pub(super) async fn put(
         .map_err(|e| ApiError::ManifestInvalid(e.0))?;
 
     // Full mode: the room left is for deletes and garbage collection.
-    if st.objects.is_none() {
-        st.space
-            .check_writable()
-            .map_err(crate::store::StoreError::Io)?;
-    }
+    st.storage.check_writable()?;
     let (meta, repo) = (st.meta.reader(), name.clone());
     let (blobs, children) = (parsed.blobs.clone(), parsed.children.clone());
     off_worker(move || {
@@ -196,9 +172,7 @@ pub(super) async fn put(
     })
     .await?;
 
-    if let Some(o) = &st.objects {
-        o.blobs.put_small(&digest, body.clone()).await?;
-    } else if st.store.put_bytes(&digest, body.clone()).await? == crate::store::Commit::Stored {
+    if st.storage.put_manifest(&digest, body.clone()).await? == crate::store::Commit::Stored {
         st.metrics.store_bytes.add(body.len() as i64);
         st.metrics.store_blobs.inc();
     }

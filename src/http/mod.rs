@@ -13,7 +13,6 @@ pub mod error;
 mod listing;
 mod manifests;
 pub mod query;
-mod remote_uploads;
 pub mod route;
 mod uploads;
 
@@ -22,8 +21,6 @@ use crate::config::Config;
 use crate::limits::RateLimiter;
 use crate::meta::Meta;
 use crate::metrics::Metrics;
-use crate::store::ContentStore;
-use crate::upload::UploadRegistry;
 use body::Body;
 use error::ApiError;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -40,8 +37,8 @@ use tokio::sync::Semaphore;
 /// Everything a handler may use. Built once at start-up.
 pub struct AppState {
     pub config: Config,
-    pub uploads: UploadRegistry,
-    pub store: ContentStore,
+    /// Blob bytes and upload sessions: the data folder, or an object store.
+    pub storage: Arc<dyn crate::storage::BlobStorage>,
     pub meta: Meta,
     /// Request-body bytes (in KiB) held in memory across all uploads: a
     /// handler takes the size of each body frame as it arrives and gives it
@@ -60,13 +57,16 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// Free space and the full-disk mode: write endpoints ask it first.
     pub space: Arc<crate::space::DiskSpace>,
-    /// `Some` when blobs live in an object store (`storage.backend = "s3"`):
-    /// blob, manifest and upload handlers take its path instead of the
-    /// data folder's.
-    pub objects: Option<crate::s3::ObjectStorage>,
 }
 
 impl AppState {
+    /// Sets the open-sessions gauge, where the store can count them.
+    pub fn note_sessions(&self) {
+        if let Some(n) = self.storage.sessions_open() {
+            self.metrics.upload_sessions_open.set(n as i64);
+        }
+    }
+
     fn batch_bytes(&self) -> usize {
         (self.config.upload_batch_kib * 1024) as usize
     }
@@ -80,14 +80,7 @@ impl AppState {
             .query(|m| m.repos(None, 1))
             .await
             .map_err(|e| format!("metadata store: {e}"))?;
-        if let Some(o) = &self.objects {
-            // Any answer but "unreachable" will do: the key need not exist.
-            if let Err(e @ crate::s3::S3Error::Unavailable(_)) =
-                o.uploads.s3().head_object("_wharf/ready").await
-            {
-                return Err(format!("object store: {e}"));
-            }
-        }
+        self.storage.ready().await?;
         Ok(())
     }
 }

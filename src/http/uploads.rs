@@ -6,17 +6,16 @@
 
 use super::error::ApiError;
 use super::query::Query;
-use super::{empty_response, off_worker, AppState, HttpResult};
+use super::{empty_response, AppState, HttpResult};
 use crate::meta::{MetaError, MetaWrite};
 use crate::oci::{ContentRange, Digest, RepoName};
-use crate::upload::{SessionHandle, UploadError};
+use crate::storage::UploadWriter;
+use crate::upload::UploadError;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use std::future::Future;
-use std::pin::Pin;
 use tokio::sync::OwnedSemaphorePermit;
 
 pub(super) async fn start(
@@ -26,25 +25,17 @@ pub(super) async fn start(
     req: Request<Incoming>,
     may_mount: bool,
 ) -> HttpResult {
-    if let Some(o) = &st.objects {
-        return super::remote_uploads::start(st, o, name, query, req, may_mount).await;
-    }
     // Full mode: the room left is for deletes and garbage collection.
-    if let Err(e) = st.space.check_writable() {
+    if let Err(e) = st.storage.check_writable() {
         drain(req.into_body()).await;
-        return Err(UploadError::Io(e).into());
+        return Err(e.into());
     }
     if let (Some(mount), true) = (query.get("mount"), may_mount) {
         let digest = Digest::parse(mount)?;
         if let Some(from) = query.get("from").and_then(|f| RepoName::parse(f).ok()) {
-            let (meta, path) = (st.meta.reader(), st.store.blob_path(&digest));
             let (source, d) = (from.clone(), digest.clone());
-            let mountable = off_worker(move || {
-                let size = meta.blob_link(&source, &d)?;
-                Ok(size.filter(|_| path.is_file()))
-            })
-            .await?;
-            if let Some(size) = mountable {
+            let size = st.meta.query(move |m| m.blob_link(&source, &d)).await?;
+            if let (Some(size), true) = (size, st.storage.holds(&digest).await?) {
                 let mount = MetaWrite::MountBlob {
                     from,
                     repo: name.clone(),
@@ -62,32 +53,45 @@ pub(super) async fn start(
         // Not mountable: the spec says to fall back to a normal session.
     } else if let Some(d) = query.get("digest") {
         let digest = Digest::parse(d)?;
-        let session = new_session(st, name).await?;
-        let result = async {
-            stream_body(st, &session, 0, req.into_body()).await?;
-            complete(st, &session, &digest).await
+        let id = new_session(st, name).await?;
+        let mut w = st.storage.resume_upload(name, &id).await?;
+        // A one-request push has no session the client could resume: on
+        // any failure it ends here.
+        let streamed = match stream_body(st, w.as_mut(), req.into_body()).await {
+            Ok(None) => Ok(()),
+            Ok(Some(why)) => Err(ApiError::BlobUploadInvalid(format!(
+                "request body ended early ({why})"
+            ))),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = streamed {
+            w.abandon().await;
+            st.note_sessions();
+            return Err(e);
         }
-        .await;
-        if result.is_err() {
-            // A one-request push has no session the client could resume.
-            let _ = st.uploads.discard(session.id).await;
+        let done = complete(st, name, w, &digest).await;
+        if done.is_err() {
+            let _ = st.storage.cancel_upload(name, &id).await;
+            st.note_sessions();
         }
-        return result;
+        return done;
     }
-    let session = new_session(st, name).await?;
-    Ok(upload_progress(StatusCode::ACCEPTED, &session, 0))
+    let id = new_session(st, name).await?;
+    Ok(upload_progress(StatusCode::ACCEPTED, name, &id, 0))
 }
 
 /// A new session, unless `limits.max_upload_sessions` are open already.
-async fn new_session(st: &AppState, name: &RepoName) -> Result<SessionHandle, ApiError> {
-    if st.uploads.len() >= st.config.limits.max_upload_sessions {
-        return Err(ApiError::TooManyRequests {
-            retry_after_secs: 10,
-        });
+async fn new_session(st: &AppState, name: &RepoName) -> Result<String, ApiError> {
+    if let Some(open) = st.storage.sessions_open() {
+        if open >= st.config.limits.max_upload_sessions {
+            return Err(ApiError::TooManyRequests {
+                retry_after_secs: 10,
+            });
+        }
     }
-    let session = st.uploads.create(name).await?;
-    st.metrics.upload_sessions_open.set(st.uploads.len() as i64);
-    Ok(session)
+    let id = st.storage.begin_upload(name).await?;
+    st.note_sessions();
+    Ok(id)
 }
 
 pub(super) async fn patch(
@@ -96,13 +100,19 @@ pub(super) async fn patch(
     id: &str,
     req: Request<Incoming>,
 ) -> HttpResult {
-    if let Some(o) = &st.objects {
-        return super::remote_uploads::patch(st, o, name, id, req).await;
+    let mut w = st.storage.resume_upload(name, id).await?;
+    if let Err(e) = chunk_start(&req, w.size()) {
+        drain(req.into_body()).await;
+        return Err(e);
     }
-    let session = st.uploads.get(name, id)?;
-    let offset = session.received().await?;
-    let new_len = stream_chunk(st, &session, offset, req).await?;
-    Ok(upload_progress(StatusCode::ACCEPTED, &session, new_len))
+    let broken = stream_body(st, w.as_mut(), req.into_body()).await?;
+    let size = w.save().await?;
+    if let Some(why) = broken {
+        return Err(ApiError::BlobUploadInvalid(format!(
+            "request body ended early ({why}); {size} bytes are stored, resume from there"
+        )));
+    }
+    Ok(upload_progress(StatusCode::ACCEPTED, name, id, size))
 }
 
 pub(super) async fn put(
@@ -112,52 +122,32 @@ pub(super) async fn put(
     query: &Query,
     req: Request<Incoming>,
 ) -> HttpResult {
-    if let Some(o) = &st.objects {
-        return super::remote_uploads::put(st, o, name, id, query, req).await;
-    }
-    let session = st.uploads.get(name, id)?;
+    let mut w = st.storage.resume_upload(name, id).await?;
     let digest = Digest::parse(query.get("digest").ok_or_else(|| {
         ApiError::DigestInvalid("the digest query parameter is required".into())
     })?)?;
-    let offset = session.received().await?;
-    stream_chunk(st, &session, offset, req).await?;
-    complete(st, &session, &digest).await
+    if let Err(e) = chunk_start(&req, w.size()) {
+        drain(req.into_body()).await;
+        return Err(e);
+    }
+    if let Some(why) = stream_body(st, w.as_mut(), req.into_body()).await? {
+        let size = w.save().await?;
+        return Err(ApiError::BlobUploadInvalid(format!(
+            "request body ended early ({why}); {size} bytes are stored, resume from there"
+        )));
+    }
+    complete(st, name, w, &digest).await
 }
 
 pub(super) async fn status(st: &AppState, name: &RepoName, id: &str) -> HttpResult {
-    if let Some(o) = &st.objects {
-        return super::remote_uploads::status(o, name, id).await;
-    }
-    let session = st.uploads.get(name, id)?;
-    let len = session.received().await?;
-    Ok(upload_progress(StatusCode::NO_CONTENT, &session, len))
+    let w = st.storage.resume_upload(name, id).await?;
+    Ok(upload_progress(StatusCode::NO_CONTENT, name, id, w.size()))
 }
 
 pub(super) async fn cancel(st: &AppState, name: &RepoName, id: &str) -> HttpResult {
-    if let Some(o) = &st.objects {
-        o.uploads.discard(name, id).await?;
-        return Ok(empty_response(StatusCode::NO_CONTENT, &[]));
-    }
-    let session = st.uploads.get(name, id)?;
-    st.uploads.discard(session.id).await?;
+    st.storage.cancel_upload(name, id).await?;
+    st.note_sessions();
     Ok(empty_response(StatusCode::NO_CONTENT, &[]))
-}
-
-/// Streams a PATCH/PUT body in at the place its `Content-Range` names
-/// (refusing, and draining, a chunk that does not start at `offset`).
-async fn stream_chunk(
-    st: &AppState,
-    session: &SessionHandle,
-    offset: u64,
-    req: Request<Incoming>,
-) -> Result<u64, ApiError> {
-    match chunk_start(&req, offset) {
-        Ok(at) => stream_body(st, session, at, req.into_body()).await,
-        Err(e) => {
-            drain(req.into_body()).await;
-            Err(e)
-        }
-    }
 }
 
 /// Where a chunk must start: its `Content-Range` start, which has to equal
@@ -190,26 +180,20 @@ pub(super) fn chunk_start(req: &Request<Incoming>, offset: u64) -> Result<u64, A
 }
 
 /// Verifies and commits a session's content under `digest`, links it to
-/// the session's repository, and ends the session.
-async fn complete(st: &AppState, session: &SessionHandle, digest: &Digest) -> HttpResult {
+/// the repository, and ends the session.
+async fn complete(
+    st: &AppState,
+    name: &RepoName,
+    w: Box<dyn UploadWriter>,
+    digest: &Digest,
+) -> HttpResult {
     let started = std::time::Instant::now();
-    let sealed = session.seal(digest).await?;
-    let commit = match st.store.commit(digest, sealed.staged).await {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = session.unseal().await;
-            return Err(e.into());
-        }
-    };
-    let linked = st.meta.link_blob(&session.repo, digest, sealed.size).await;
-    // Either way the session is spent: its file now lives in the store. A
-    // client retrying after a failed link starts over and deduplicates.
-    let _ = st.uploads.discard(session.id).await;
-    linked?;
+    let committed = w.commit(digest).await;
+    st.note_sessions();
+    let committed = committed?;
     st.metrics
-        .record_commit(commit, sealed.size, started.elapsed());
-    st.metrics.upload_sessions_open.set(st.uploads.len() as i64);
-    Ok(created(&session.repo, digest))
+        .record_commit(committed.commit, committed.size, started.elapsed());
+    Ok(created(name, digest))
 }
 
 pub(super) fn created(name: &RepoName, digest: &Digest) -> http::Response<super::body::Body> {
@@ -224,18 +208,16 @@ pub(super) fn created(name: &RepoName, digest: &Digest) -> http::Response<super:
 
 fn upload_progress(
     status: StatusCode,
-    session: &SessionHandle,
+    name: &RepoName,
+    id: &str,
     len: u64,
 ) -> http::Response<super::body::Body> {
     empty_response(
         status,
         &[
-            (
-                "location",
-                format!("/v2/{}/blobs/uploads/{}", session.repo, session.id),
-            ),
+            ("location", format!("/v2/{name}/blobs/uploads/{id}")),
             ("range", format!("0-{}", len.saturating_sub(1))),
-            ("docker-upload-uuid", session.id.to_string()),
+            ("docker-upload-uuid", id.to_owned()),
         ],
     )
 }
@@ -263,18 +245,16 @@ pub(super) struct Batch {
     pub end: BatchEnd,
 }
 
-type Append<'a> = Pin<Box<dyn Future<Output = Result<u64, UploadError>> + Send + 'a>>;
-
-/// Streams a request body into the session at offset `at`; returns the
-/// session's new length. Bytes that arrived before a client hung up are
-/// written, so a resumed upload continues from them.
+/// Streams a request body into the session in budgeted batches. Reading
+/// the next batch overlaps with the store writing the previous one (as far
+/// as the store can: see `UploadWriter::feed`). Returns why the body broke
+/// off, if it did: what arrived before still counts, and the caller saves
+/// it so the client resumes from there.
 async fn stream_body(
     st: &AppState,
-    session: &SessionHandle,
-    mut at: u64,
+    w: &mut dyn UploadWriter,
     mut body: Incoming,
-) -> Result<u64, ApiError> {
-    let mut inflight: Option<Append<'_>> = None;
+) -> Result<Option<String>, ApiError> {
     // What the next batch reserves (see `collect_batch`). The first asks
     // for a whole batch: a crowd of new uploads then starts a budget's
     // worth at a time, as large writes, instead of all at once with small
@@ -282,66 +262,28 @@ async fn stream_body(
     // no budget sees). A trickling body gives it back after one linger.
     let mut want = st.batch_bytes();
     let max = st.config.limits.max_blob_bytes;
-    let mut read_end = at;
-    if max > 0 && at + body.size_hint().lower() > max {
+    if max > 0 && w.size() + body.size_hint().lower() > max {
         drain(body).await;
         return Err(too_large(max));
     }
     loop {
-        let next = collect_batch(st, &mut body, &mut want);
-        let (batch, previous) = match inflight.take() {
-            Some(write) => {
-                let (b, w) = tokio::join!(next, write);
-                (b, Some(w))
-            }
-            None => (next.await, None),
-        };
-        if let Some(w) = previous {
-            at = match w {
-                Ok(at) => at,
-                Err(e) => {
-                    drain(body).await;
-                    return Err(e.into());
-                }
-            };
-        }
-        let batch = batch?;
-        read_end += batch.bytes as u64;
-        if max > 0 && read_end > max {
-            if let Some(w) = inflight.take() {
-                let _ = w.await;
-            }
+        let batch = collect_batch(st, &mut body, &mut want).await?;
+        if max > 0 && w.size() + batch.bytes as u64 > max {
             drain(body).await;
             return Err(too_large(max));
         }
         if batch.bytes > 0 {
-            let s = session.clone();
-            let (chunks, permit) = (batch.chunks, batch.permit);
-            inflight = Some(Box::pin(async move {
-                let r = s.append(Some(at), chunks).await;
-                drop(permit);
-                r
-            }));
+            if let Err(e) = w.feed(batch.chunks, batch.permit).await {
+                // Read the rest so the client gets this answer, not a
+                // reset connection in the middle of its upload.
+                drain(body).await;
+                return Err(e.into());
+            }
         }
         match batch.end {
             BatchEnd::Full => continue,
-            BatchEnd::Eof | BatchEnd::Broken(_) => {
-                if let Some(w) = inflight.take() {
-                    at = match w.await {
-                        Ok(at) => at,
-                        Err(e) => {
-                            drain(body).await;
-                            return Err(e.into());
-                        }
-                    };
-                }
-                if let BatchEnd::Broken(why) = batch.end {
-                    return Err(ApiError::BlobUploadInvalid(format!(
-                        "request body ended early ({why}); {at} bytes are stored, resume from there"
-                    )));
-                }
-                return Ok(at);
-            }
+            BatchEnd::Eof => return Ok(None),
+            BatchEnd::Broken(why) => return Ok(Some(why)),
         }
     }
 }

@@ -122,7 +122,13 @@ impl ObjectBlobs {
     /// stored already its row's time is refreshed instead (under the row
     /// lock GC takes too, so GC either sees the refresh and spares it, or
     /// deleted it first and this writes it anew).
-    pub async fn put_small(&self, digest: &Digest, bytes: Bytes) -> Result<(), RemoteUploadError> {
+    /// Returns whether this call stored the bytes (`false`: they were
+    /// there already).
+    pub async fn put_small(
+        &self,
+        digest: &Digest,
+        bytes: Bytes,
+    ) -> Result<bool, RemoteUploadError> {
         let d = digest.to_string();
         let touched = self
             .sql(move |c| {
@@ -135,7 +141,7 @@ impl ObjectBlobs {
             })
             .await?;
         if touched {
-            return Ok(());
+            return Ok(false);
         }
         let key = format!("blobs/{}", uuid::Uuid::new_v4());
         let size = bytes.len() as i64;
@@ -154,7 +160,22 @@ impl ObjectBlobs {
             if kept != k {
                 queue_deletion(&mut t, &k, None, 0)?;
             }
-            t.commit().map_err(db)
+            t.commit().map_err(db)?;
+            Ok(kept == k)
+        })
+        .await
+    }
+
+    /// Blobs and bytes indexed, across every node.
+    pub async fn totals(&self) -> Result<(usize, u64), RemoteUploadError> {
+        self.sql(|c| {
+            let row = c
+                .query_one(
+                    "SELECT count(*), COALESCE(sum(size), 0)::BIGINT FROM blobs",
+                    &[],
+                )
+                .map_err(db)?;
+            Ok((row.get::<_, i64>(0) as usize, row.get::<_, i64>(1) as u64))
         })
         .await
     }

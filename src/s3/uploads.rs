@@ -152,8 +152,11 @@ impl RemoteUploads {
         repo: &RepoName,
         id: &str,
     ) -> Result<SessionWriter, RemoteUploadError> {
-        let Ok(id) = Uuid::parse_str(id) else {
-            return Err(RemoteUploadError::Unknown);
+        // Only the canonical form handed out names a session, so braced
+        // or upper-case spellings never alias one.
+        let id = match Uuid::parse_str(id) {
+            Ok(u) if u.hyphenated().to_string() == id => u,
+            _ => return Err(RemoteUploadError::Unknown),
         };
         let (sid, r) = (id.to_string(), repo.to_string());
         let row = self
@@ -313,6 +316,10 @@ pub(crate) fn queue_deletion(
 impl SessionWriter {
     pub fn id(&self) -> &str {
         &self.row.id
+    }
+
+    pub fn uploads(&self) -> &RemoteUploads {
+        &self.uploads
     }
 
     /// Bytes the session holds, including what this request fed.

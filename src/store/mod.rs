@@ -58,7 +58,8 @@ pub enum Commit {
 pub struct ContentStore {
     root: PathBuf,
     shards: Vec<ActorRef<ShardMsg>>,
-    joins: Vec<tokio::task::JoinHandle<()>>,
+    /// Taken by `stop` (the store is shared, so it stops through `&self`).
+    joins: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     call_timeout: Duration,
     fsync: bool,
     space: Arc<DiskSpace>,
@@ -94,7 +95,7 @@ impl ContentStore {
         Ok(ContentStore {
             root: blobs,
             shards: refs,
-            joins,
+            joins: std::sync::Mutex::new(joins),
             call_timeout,
             fsync,
             space,
@@ -232,11 +233,12 @@ impl ContentStore {
     }
 
     /// Stops the shard actors after they finish the message at hand.
-    pub async fn stop(self) {
+    pub async fn stop(&self) {
         for s in &self.shards {
             s.stop(None);
         }
-        for j in self.joins {
+        let joins = std::mem::take(&mut *self.joins.lock().unwrap_or_else(|p| p.into_inner()));
+        for j in joins {
             let _ = j.await;
         }
     }

@@ -88,8 +88,39 @@ impl SessionHandle {
     /// Appends `chunks` at offset `at` (any offset when `None`); returns the
     /// new length of the upload.
     pub async fn append(&self, at: Option<u64>, chunks: Vec<Bytes>) -> Result<u64, UploadError> {
-        self.call(|reply| SessionMsg::Append { at, chunks, reply })
-            .await?
+        self.call(|reply| SessionMsg::Append {
+            at,
+            chunks,
+            budget: None,
+            reply,
+        })
+        .await?
+    }
+
+    /// Sends `chunks` to be appended at offset `at` and returns at once:
+    /// the caller reads its next bytes while the actor writes these, and
+    /// takes the new length from the returned `PendingAppend`. `budget` is
+    /// released by the actor as soon as the chunks are written.
+    pub fn append_later(
+        &self,
+        at: u64,
+        chunks: Vec<Bytes>,
+        budget: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<PendingAppend, UploadError> {
+        self.touch();
+        let (tx, rx) = ractor::concurrency::oneshot();
+        self.actor
+            .cast(SessionMsg::Append {
+                at: Some(at),
+                chunks,
+                budget,
+                reply: tx.into(),
+            })
+            .map_err(|_| UploadError::Unknown)?;
+        Ok(PendingAppend {
+            reply: rx,
+            timeout: self.call_timeout,
+        })
     }
 
     /// Bytes received so far.
@@ -108,6 +139,24 @@ impl SessionHandle {
     /// Reopens a sealed session whose commit failed.
     pub async fn unseal(&self) -> Result<(), UploadError> {
         self.call(|reply| SessionMsg::Unseal { reply }).await
+    }
+}
+
+/// An append the session actor is working on.
+pub struct PendingAppend {
+    reply: ractor::concurrency::OneshotReceiver<Result<u64, UploadError>>,
+    timeout: Duration,
+}
+
+impl PendingAppend {
+    /// The session's length once the append is written.
+    pub async fn wait(self) -> Result<u64, UploadError> {
+        match tokio::time::timeout(self.timeout, self.reply).await {
+            Err(_) => Err(UploadError::Unavailable("timed out")),
+            // The actor stopped: the session was cancelled or completed.
+            Ok(Err(_)) => Err(UploadError::Unknown),
+            Ok(Ok(r)) => r,
+        }
     }
 }
 

@@ -38,6 +38,9 @@ pub enum SessionMsg {
     Append {
         at: Option<u64>,
         chunks: Vec<Bytes>,
+        /// The memory budget the chunks hold; given back once they are
+        /// written, whether or not anyone still waits for the reply.
+        budget: Option<tokio::sync::OwnedSemaphorePermit>,
         reply: RpcReplyPort<Result<u64, UploadError>>,
     },
     Status {
@@ -108,8 +111,14 @@ impl Actor for Session {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SessionMsg::Append { at, chunks, reply } => {
+            SessionMsg::Append {
+                at,
+                chunks,
+                budget,
+                reply,
+            } => {
                 let r = append(state, at, chunks).await;
+                drop(budget);
                 let _ = reply.send(r);
             }
             SessionMsg::Status { reply } => {

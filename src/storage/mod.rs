@@ -1,0 +1,245 @@
+//! The storage seam: where blob bytes and upload sessions live, behind one
+//! trait with two implementations: the data folder (`local`: session
+//! actors, the content store's shards, redb or PostgreSQL links) and an
+//! S3 bucket indexed in PostgreSQL (`object`: any node continues any
+//! upload).
+//!
+//! Owns: the `BlobStorage` and `UploadWriter` traits and what crosses them
+//! (a blob read, a commit's outcome, a sweep's plan, the error).
+//! Must not: speak HTTP (status codes and OCI error codes are the HTTP
+//! layer's), or decide policy (size limits, session limits, the memory
+//! budget): handlers do, then call in here.
+
+pub mod local;
+pub mod object;
+
+use crate::meta::{Meta, MetaError};
+use crate::oci::range::{ByteRange, RangeRequest};
+use crate::oci::{Digest, RepoName};
+use crate::s3::uploads::RemoteUploadError;
+use crate::s3::ObjectStream;
+use crate::store::{Commit, StoreError};
+use crate::upload::UploadError;
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+use tokio::sync::OwnedSemaphorePermit;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error(transparent)]
+    Upload(#[from] UploadError),
+    #[error(transparent)]
+    Remote(#[from] RemoteUploadError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("blob unknown to this repository")]
+    BlobUnknown,
+    #[error("the requested range is outside the blob's {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    /// The index and the bytes disagree (a bug or outside tampering).
+    #[error("{0}")]
+    Inconsistent(String),
+    #[error("storage task failed: {0}")]
+    Task(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// What a completed upload became.
+#[derive(Debug, Clone, Copy)]
+pub struct Committed {
+    pub size: u64,
+    pub commit: Commit,
+}
+
+/// A blob read: its size, the slice served, and the bytes (or where to
+/// find them).
+pub struct BlobRead {
+    pub size: u64,
+    /// The slice of the blob this answer carries.
+    pub slice: ByteRange,
+    /// Whether the request asked for a range (206) or the whole (200).
+    pub partial: bool,
+    pub content: BlobContent,
+}
+
+pub enum BlobContent {
+    /// HEAD, or an empty slice.
+    Empty,
+    /// The slice, mapped from the data folder (no copy).
+    Mapped(Bytes),
+    /// The slice as the object store sends it.
+    Stream(ObjectStream),
+    /// Fetch it from here instead (a presigned URL).
+    Redirect(String),
+}
+
+/// What garbage collection's last step may free: blobs nothing in `meta`
+/// links or names as a manifest, last written before `cutoff`. A dry run
+/// counts instead, leaving out what the earlier (not applied) steps would
+/// have removed.
+pub struct SweepPlan {
+    pub cutoff: SystemTime,
+    pub dry_run: bool,
+    pub gone_links: HashSet<(String, String)>,
+    pub gone_manifests: HashSet<(String, String)>,
+}
+
+/// Where a registry's blob bytes and upload sessions live.
+#[async_trait]
+pub trait BlobStorage: Send + Sync + 'static {
+    /// Refuses a new write while the store cannot take one (the data
+    /// folder's full-disk mode); deletes and GC still run.
+    fn check_writable(&self) -> Result<(), StorageError>;
+
+    /// Upload sessions this node holds, when it can say without a trip to
+    /// a shared database (the session limit and the gauge use it).
+    fn sessions_open(&self) -> Option<usize>;
+
+    /// Starts an upload session for `repo`; returns its id.
+    async fn begin_upload(&self, repo: &RepoName) -> Result<String, StorageError>;
+
+    /// Opens session `id` of `repo` to add bytes, report progress or
+    /// complete it. An id that is not one of `repo`'s sessions is `Unknown`.
+    async fn resume_upload(
+        &self,
+        repo: &RepoName,
+        id: &str,
+    ) -> Result<Box<dyn UploadWriter>, StorageError>;
+
+    /// Ends session `id` of `repo` and frees what it stored.
+    async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<(), StorageError>;
+
+    /// Whether the bytes of `digest` are stored (a mount's second check,
+    /// after the source repository's link).
+    async fn holds(&self, digest: &Digest) -> Result<bool, StorageError>;
+
+    /// Reads a blob as `repo` may see it (linked there). `range` is the
+    /// request's Range header; `head_only` reads no bytes.
+    async fn read_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<String>,
+        head_only: bool,
+    ) -> Result<BlobRead, StorageError>;
+
+    /// Stores a manifest's bytes under their digest (kept once).
+    async fn put_manifest(&self, digest: &Digest, bytes: Bytes) -> Result<Commit, StorageError>;
+
+    /// A stored manifest's bytes.
+    async fn manifest_bytes(&self, digest: &Digest) -> Result<Option<Bytes>, StorageError>;
+
+    /// Garbage collection's last step: frees what `plan` allows; returns
+    /// (blobs, bytes).
+    async fn sweep(&self, meta: &Meta, plan: SweepPlan) -> Result<(usize, u64), StorageError>;
+
+    /// Ends sessions idle for `idle` and finishes delayed deletions;
+    /// returns how many sessions ended.
+    async fn purge(&self, idle: Duration) -> usize;
+
+    /// Blobs and bytes stored, for the gauges at start-up.
+    async fn totals(&self) -> Result<(usize, u64), StorageError>;
+
+    /// Whether the store answers (`/readyz`).
+    async fn ready(&self) -> Result<(), String>;
+
+    /// Stops what runs in the background, keeping what clients may resume.
+    async fn stop(&self);
+}
+
+/// One request's hold on an upload session.
+#[async_trait]
+pub trait UploadWriter: Send {
+    fn id(&self) -> &str;
+
+    /// The session's length, counting bytes fed and not yet settled.
+    fn size(&self) -> u64;
+
+    /// Adds the next bytes of the session. They may be written while the
+    /// caller reads on (`permit` is held until they are); an error from
+    /// writing them surfaces from this call, the next one, or `save`.
+    async fn feed(
+        &mut self,
+        chunks: Vec<Bytes>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<(), StorageError>;
+
+    /// Settles what was fed and makes it resumable from any node that can
+    /// reach the session; returns the session's length.
+    async fn save(&mut self) -> Result<u64, StorageError>;
+
+    /// Verifies the content against `digest`, stores it under the digest,
+    /// links it to the session's repository and ends the session.
+    async fn commit(self: Box<Self>, digest: &Digest) -> Result<Committed, StorageError>;
+
+    /// Ends the session without a blob (a one-request push that failed:
+    /// there is no session the client could resume).
+    async fn abandon(self: Box<Self>);
+}
+
+/// The storage the configuration names: the S3 bucket (indexed in the
+/// PostgreSQL behind `pg`, which the configuration's validation requires
+/// in that mode) or the data folder under `config.root`.
+pub async fn open_configured(
+    config: &crate::config::Config,
+    meta: &Meta,
+    pg: Option<crate::s3::uploads::Pool>,
+    space: std::sync::Arc<crate::space::DiskSpace>,
+) -> Result<std::sync::Arc<dyn BlobStorage>, StorageError> {
+    if let (Some(s3), Some(pool), "s3") = (&config.storage.s3, pg, config.storage.backend.as_str())
+    {
+        let client = crate::s3::S3Client::new(&s3.settings()?).map_err(RemoteUploadError::S3)?;
+        return Ok(std::sync::Arc::new(crate::s3::ObjectStorage {
+            blobs: crate::s3::objects::ObjectBlobs::new(
+                client.clone(),
+                pool.clone(),
+                s3.delete_delay_secs,
+                s3.redirect_reads,
+            ),
+            uploads: crate::s3::uploads::RemoteUploads::new(client, pool),
+        }));
+    }
+    let store = crate::store::ContentStore::start(
+        &config.root,
+        config.store_shards,
+        config.fsync,
+        config.actor_call_timeout(),
+        space.clone(),
+    )
+    .await?;
+    let uploads = crate::upload::UploadRegistry::start(
+        &config.root,
+        config.fsync,
+        config.actor_call_timeout(),
+        space.clone(),
+    )
+    .await
+    .map_err(UploadError::Io)?;
+    Ok(std::sync::Arc::new(local::LocalStorage::new(
+        uploads,
+        store,
+        meta.clone(),
+        space,
+    )))
+}
+
+/// Resolves a Range header against a blob's size: the slice, and whether
+/// it is partial. Both implementations serve ranges this one way.
+pub fn slice_of(range: Option<&str>, size: u64) -> Result<(ByteRange, bool), StorageError> {
+    match range.map_or(RangeRequest::Whole, |r| ByteRange::resolve(r, size)) {
+        RangeRequest::Whole => Ok((
+            ByteRange {
+                start: 0,
+                end: size,
+            },
+            false,
+        )),
+        RangeRequest::Partial(r) => Ok((r, true)),
+        RangeRequest::Unsatisfiable => Err(StorageError::RangeNotSatisfiable { size }),
+    }
+}

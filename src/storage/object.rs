@@ -1,0 +1,226 @@
+//! Blobs in an S3 bucket, indexed in PostgreSQL (`s3`): the session state
+//! is a database row any node loads, its bytes a multipart upload, and a
+//! repository sees a blob through its link joined to the `blobs` row.
+//!
+//! Owns: adapting `s3::ObjectBlobs` and `s3::RemoteUploads` to the
+//! storage traits. Must not: touch the data folder (it is only scratch in
+//! this mode; deleting it on a node loses nothing acknowledged).
+
+use super::{
+    slice_of, BlobContent, BlobRead, BlobStorage, Committed, StorageError, SweepPlan, UploadWriter,
+};
+use crate::meta::Meta;
+use crate::oci::{Digest, RepoName};
+use crate::s3::uploads::SessionWriter;
+use crate::s3::ObjectStorage;
+use crate::store::Commit;
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::time::{Duration, UNIX_EPOCH};
+use tokio::sync::OwnedSemaphorePermit;
+
+#[async_trait]
+impl BlobStorage for ObjectStorage {
+    fn check_writable(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    fn sessions_open(&self) -> Option<usize> {
+        None
+    }
+
+    async fn begin_upload(&self, repo: &RepoName) -> Result<String, StorageError> {
+        Ok(self.uploads.create(repo).await?.to_string())
+    }
+
+    async fn resume_upload(
+        &self,
+        repo: &RepoName,
+        id: &str,
+    ) -> Result<Box<dyn UploadWriter>, StorageError> {
+        let w = self.uploads.open(repo, id).await?;
+        Ok(Box::new(ObjectWriter {
+            id: w.id().to_owned(),
+            size: w.size(),
+            session: Some(w),
+        }))
+    }
+
+    async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<(), StorageError> {
+        Ok(self.uploads.discard(repo, id).await?)
+    }
+
+    async fn holds(&self, digest: &Digest) -> Result<bool, StorageError> {
+        Ok(self.blobs.stored(digest).await?)
+    }
+
+    async fn read_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<String>,
+        head_only: bool,
+    ) -> Result<BlobRead, StorageError> {
+        let found = self
+            .blobs
+            .locate(repo, digest)
+            .await?
+            .ok_or(StorageError::BlobUnknown)?;
+        let size = found.size;
+        let (slice, partial) = slice_of(range.as_deref(), size)?;
+        let content = if head_only || slice.is_empty() {
+            BlobContent::Empty
+        } else if self.blobs.redirect_reads() {
+            BlobContent::Redirect(self.blobs.presign(&found.key))
+        } else {
+            // A range is passed on as S3's own, so only the slice travels.
+            let range = partial.then(|| (slice.start, slice.end - 1));
+            let stream = self.blobs.open(&found.key, range).await?.ok_or_else(|| {
+                StorageError::Inconsistent(format!(
+                    "blob {digest} is indexed but its object is missing"
+                ))
+            })?;
+            if stream.len != slice.len() {
+                return Err(StorageError::Inconsistent(format!(
+                    "object for {digest} sent {} bytes, {} expected",
+                    stream.len,
+                    slice.len()
+                )));
+            }
+            BlobContent::Stream(stream)
+        };
+        Ok(BlobRead {
+            size,
+            slice,
+            partial,
+            content,
+        })
+    }
+
+    async fn put_manifest(&self, digest: &Digest, bytes: Bytes) -> Result<Commit, StorageError> {
+        Ok(match self.blobs.put_small(digest, bytes).await? {
+            true => Commit::Stored,
+            false => Commit::Deduplicated,
+        })
+    }
+
+    async fn manifest_bytes(&self, digest: &Digest) -> Result<Option<Bytes>, StorageError> {
+        let Some(found) = self.blobs.key_of(digest).await? else {
+            return Ok(None);
+        };
+        Ok(self.blobs.read_small(&found.key).await?)
+    }
+
+    /// The database knows what is linked, so the plan's sets (a dry run's
+    /// bookkeeping for the data folder's file walk) are not needed: a dry
+    /// run counts what the sweep would free now.
+    async fn sweep(&self, _meta: &Meta, plan: SweepPlan) -> Result<(usize, u64), StorageError> {
+        let cutoff = plan
+            .cutoff
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Ok(self.blobs.sweep(cutoff, plan.dry_run).await?)
+    }
+
+    async fn purge(&self, idle: Duration) -> usize {
+        match self.uploads.purge(idle.as_secs()).await {
+            Ok((sessions, objects)) => {
+                if objects > 0 {
+                    tracing::info!(objects, "deleted objects freed earlier");
+                }
+                sessions
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "object-store purge failed; retrying later");
+                0
+            }
+        }
+    }
+
+    async fn totals(&self) -> Result<(usize, u64), StorageError> {
+        Ok(self.blobs.totals().await?)
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        // Any answer but "unreachable" will do: the key need not exist.
+        match self.uploads.s3().head_object("_wharf/ready").await {
+            Err(e @ crate::s3::S3Error::Unavailable(_)) => Err(format!("object store: {e}")),
+            _ => Ok(()),
+        }
+    }
+
+    async fn stop(&self) {}
+}
+
+/// A request's hold on a session in the database. Saving consumes the
+/// loaded session (its version is spent), so it is kept in an `Option`.
+struct ObjectWriter {
+    id: String,
+    size: u64,
+    session: Option<SessionWriter>,
+}
+
+impl ObjectWriter {
+    fn session(&mut self) -> Result<&mut SessionWriter, StorageError> {
+        self.session.as_mut().ok_or(StorageError::Remote(
+            crate::s3::uploads::RemoteUploadError::Unknown,
+        ))
+    }
+}
+
+#[async_trait]
+impl UploadWriter for ObjectWriter {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    async fn feed(
+        &mut self,
+        chunks: Vec<Bytes>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<(), StorageError> {
+        let w = self.session()?;
+        // The bytes are hashed and held (or cut into a part) here: the
+        // budget is given back once the batch is fed.
+        let r = w.feed(chunks).await;
+        drop(permit);
+        let size = w.size();
+        r?;
+        self.size = size;
+        Ok(())
+    }
+
+    async fn save(&mut self) -> Result<u64, StorageError> {
+        let w = self.session.take().ok_or(StorageError::Remote(
+            crate::s3::uploads::RemoteUploadError::Unknown,
+        ))?;
+        self.size = w.save().await?;
+        Ok(self.size)
+    }
+
+    async fn commit(mut self: Box<Self>, digest: &Digest) -> Result<Committed, StorageError> {
+        let w = self.session.take().ok_or(StorageError::Remote(
+            crate::s3::uploads::RemoteUploadError::Unknown,
+        ))?;
+        let c = w.commit(digest).await?;
+        Ok(Committed {
+            size: c.size,
+            commit: match c.duplicate {
+                true => Commit::Deduplicated,
+                false => Commit::Stored,
+            },
+        })
+    }
+
+    async fn abandon(mut self: Box<Self>) {
+        let Some(w) = self.session.take() else { return };
+        let (uploads, repo) = (w.uploads().clone(), w.repo.clone());
+        drop(w);
+        let _ = uploads.discard(&repo, &self.id).await;
+    }
+}
