@@ -61,6 +61,11 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The OCI error code a client sees.
+    pub fn code(&self) -> &'static str {
+        self.code_and_status().0
+    }
+
     /// OCI error code and HTTP status: the whole mapping, in one place.
     fn code_and_status(&self) -> (&'static str, StatusCode) {
         use ApiError::*;

@@ -503,7 +503,8 @@ impl SessionWriter {
 
     /// Saves the session at the end of a request; returns its size. Fails
     /// with `OutOfOrder` if another request changed the session first.
-    pub async fn save(mut self) -> Result<u64, RemoteUploadError> {
+    /// Afterwards this writer stands where a fresh `open` would.
+    pub async fn save(&mut self) -> Result<u64, RemoteUploadError> {
         self.settle().await?;
         let size = self.size;
         let row = self.row.clone();
@@ -557,7 +558,14 @@ impl SessionWriter {
                 t.commit().map_err(db)?;
                 Ok(size)
             })
-            .await
+            .await?;
+        self.row.version += 1;
+        self.row.size = size;
+        self.held.clear();
+        self.held_len = 0;
+        self.tail_loaded = false;
+        self.stored_tail = size - self.row.part_bytes;
+        Ok(size)
     }
 
     /// Completes the upload as `digest`: verifies the hash, writes the

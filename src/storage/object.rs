@@ -41,8 +41,7 @@ impl BlobStorage for ObjectStorage {
         let w = self.uploads.open(repo, id).await?;
         Ok(Box::new(ObjectWriter {
             id: w.id().to_owned(),
-            size: w.size(),
-            session: Some(w),
+            session: w,
         }))
     }
 
@@ -153,20 +152,10 @@ impl BlobStorage for ObjectStorage {
     async fn stop(&self) {}
 }
 
-/// A request's hold on a session in the database. Saving consumes the
-/// loaded session (its version is spent), so it is kept in an `Option`.
+/// A request's hold on a session in the database.
 struct ObjectWriter {
     id: String,
-    size: u64,
-    session: Option<SessionWriter>,
-}
-
-impl ObjectWriter {
-    fn session(&mut self) -> Result<&mut SessionWriter, StorageError> {
-        self.session.as_mut().ok_or(StorageError::Remote(
-            crate::s3::uploads::RemoteUploadError::Unknown,
-        ))
-    }
+    session: SessionWriter,
 }
 
 #[async_trait]
@@ -176,7 +165,7 @@ impl UploadWriter for ObjectWriter {
     }
 
     fn size(&self) -> u64 {
-        self.size
+        self.session.size()
     }
 
     async fn feed(
@@ -184,30 +173,19 @@ impl UploadWriter for ObjectWriter {
         chunks: Vec<Bytes>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<(), StorageError> {
-        let w = self.session()?;
-        // The bytes are hashed and held (or cut into a part) here: the
-        // budget is given back once the batch is fed.
-        let r = w.feed(chunks).await;
+        // The bytes are hashed and held (or cut into a part) by the time
+        // this returns, so the batch's budget goes back here.
+        let r = self.session.feed(chunks).await;
         drop(permit);
-        let size = w.size();
-        r?;
-        self.size = size;
-        Ok(())
+        Ok(r?)
     }
 
     async fn save(&mut self) -> Result<u64, StorageError> {
-        let w = self.session.take().ok_or(StorageError::Remote(
-            crate::s3::uploads::RemoteUploadError::Unknown,
-        ))?;
-        self.size = w.save().await?;
-        Ok(self.size)
+        Ok(self.session.save().await?)
     }
 
-    async fn commit(mut self: Box<Self>, digest: &Digest) -> Result<Committed, StorageError> {
-        let w = self.session.take().ok_or(StorageError::Remote(
-            crate::s3::uploads::RemoteUploadError::Unknown,
-        ))?;
-        let c = w.commit(digest).await?;
+    async fn commit(self: Box<Self>, digest: &Digest) -> Result<Committed, StorageError> {
+        let c = self.session.commit(digest).await?;
         Ok(Committed {
             size: c.size,
             commit: match c.duplicate {
@@ -217,10 +195,9 @@ impl UploadWriter for ObjectWriter {
         })
     }
 
-    async fn abandon(mut self: Box<Self>) {
-        let Some(w) = self.session.take() else { return };
-        let (uploads, repo) = (w.uploads().clone(), w.repo.clone());
-        drop(w);
+    async fn abandon(self: Box<Self>) {
+        let (uploads, repo) = (self.session.uploads().clone(), self.session.repo.clone());
+        drop(self.session);
         let _ = uploads.discard(&repo, &self.id).await;
     }
 }

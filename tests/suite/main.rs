@@ -28,4 +28,5 @@ mod s3_client;
 mod secure_clients;
 mod security;
 mod slow_clients;
+mod storage;
 mod tls;
