@@ -73,7 +73,9 @@ pub(super) async fn get(
 ) -> HttpResult {
     let meta = st.meta.reader();
     let (name, reference) = (name.clone(), reference.clone());
-    let (digest, record) = off_worker(move || {
+    // Where the bytes are a file, they are read in the same trip.
+    let reader = st.storage.manifest_reader().filter(|_| !head_only);
+    let (digest, record, bytes) = off_worker(move || {
         let digest = resolve(meta.as_ref(), &name, &reference)?;
         let Some(record) = meta.manifest(&name, &digest)? else {
             return Err(if meta.repo_exists(&name)? {
@@ -82,16 +84,25 @@ pub(super) async fn get(
                 ApiError::NameUnknown
             });
         };
-        Ok((digest, record))
+        let bytes = match reader {
+            Some(read) => Some(read(&digest)?),
+            None => None,
+        };
+        Ok((digest, record, bytes))
     })
     .await?;
-    let bytes = match head_only {
-        true => None,
-        false => Some(st.storage.manifest_bytes(&digest).await?.ok_or_else(|| {
+    let bytes = if head_only {
+        None
+    } else {
+        let read = match bytes {
+            Some(read) => read,
+            None => st.storage.manifest_bytes(&digest).await?,
+        };
+        Some(read.ok_or_else(|| {
             ApiError::Internal(format!(
                 "manifest {digest} is indexed but its bytes are missing"
             ))
-        })?),
+        })?)
     };
     let body = bytes.map_or(Body::Empty, Body::Bytes);
     let mut resp = Response::new(body);

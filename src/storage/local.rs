@@ -8,7 +8,8 @@
 //! the blocking pool in one trip), or hold a session's bytes itself.
 
 use super::{
-    slice_of, BlobContent, BlobRead, BlobStorage, Committed, StorageError, SweepPlan, UploadWriter,
+    slice_of, BlobContent, BlobRead, BlobStorage, Committed, ManifestReader, StorageError,
+    SweepPlan, UploadWriter,
 };
 use crate::meta::Meta;
 use crate::oci::{Digest, RepoName};
@@ -27,6 +28,7 @@ pub struct LocalStorage {
     store: Arc<ContentStore>,
     meta: Meta,
     space: Arc<DiskSpace>,
+    read_manifest: ManifestReader,
 }
 
 impl LocalStorage {
@@ -36,7 +38,12 @@ impl LocalStorage {
         meta: Meta,
         space: Arc<DiskSpace>,
     ) -> Self {
+        let root = store.blobs_root();
+        let read_manifest: ManifestReader = Arc::new(move |d: &Digest| {
+            Ok(BlobBytes::open(&crate::store::blob_path(&root, d))?.map(|b| b.bytes))
+        });
         LocalStorage {
+            read_manifest,
             uploads: Arc::new(uploads),
             store: Arc::new(store),
             meta,
@@ -140,8 +147,12 @@ impl BlobStorage for LocalStorage {
     }
 
     async fn manifest_bytes(&self, digest: &Digest) -> Result<Option<Bytes>, StorageError> {
-        let path = self.store.blob_path(digest);
-        blocking(move || Ok(BlobBytes::open(&path)?.map(|b| b.bytes))).await
+        let (read, d) = (self.read_manifest.clone(), digest.clone());
+        blocking(move || read(&d)).await
+    }
+
+    fn manifest_reader(&self) -> Option<ManifestReader> {
+        Some(self.read_manifest.clone())
     }
 
     async fn sweep(&self, meta: &Meta, plan: SweepPlan) -> Result<(usize, u64), StorageError> {

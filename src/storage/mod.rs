@@ -89,6 +89,11 @@ pub struct SweepPlan {
     pub gone_manifests: HashSet<(String, String)>,
 }
 
+/// Reads a manifest's bytes on a blocking thread (see
+/// `BlobStorage::manifest_reader`).
+pub type ManifestReader =
+    std::sync::Arc<dyn Fn(&Digest) -> Result<Option<Bytes>, StorageError> + Send + Sync + 'static>;
+
 /// Where a registry's blob bytes and upload sessions live.
 #[async_trait]
 pub trait BlobStorage: Send + Sync + 'static {
@@ -133,6 +138,14 @@ pub trait BlobStorage: Send + Sync + 'static {
 
     /// A stored manifest's bytes.
     async fn manifest_bytes(&self, digest: &Digest) -> Result<Option<Bytes>, StorageError>;
+
+    /// Where manifest bytes are a file read, a blocking reader of them, so
+    /// a manifest GET resolves its reference and reads its bytes in one
+    /// trip to the blocking pool (manifest GETs are the hottest small
+    /// request a registry serves). `None`: use `manifest_bytes`.
+    fn manifest_reader(&self) -> Option<ManifestReader> {
+        None
+    }
 
     /// Garbage collection's last step: frees what `plan` allows; returns
     /// (blobs, bytes).

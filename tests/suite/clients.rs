@@ -17,22 +17,34 @@ fn smoke_script() -> PathBuf {
 
 #[test]
 fn smoke_script_passes_with_real_clients() {
-    if std::env::var_os("WHARF_SKIP_CLIENTS").is_some() {
-        eprintln!("WHARF_SKIP_CLIENTS set: real-client smoke test skipped");
+    if !clients_wanted() {
         return;
     }
+    let dir = tempfile::tempdir().unwrap();
+    let wharf = WharfProcess::start(dir.path());
+    smoke_passes(wharf.base.trim_start_matches("http://"));
+}
+
+/// Whether a real client should run here (`WHARF_SKIP_CLIENTS` unset).
+pub fn clients_wanted() -> bool {
+    if std::env::var_os("WHARF_SKIP_CLIENTS").is_some() {
+        eprintln!("WHARF_SKIP_CLIENTS set: real-client smoke test skipped");
+        return false;
+    }
+    true
+}
+
+/// Runs smoke.sh against `host` (host:port) and asserts every check passed.
+pub fn smoke_passes(host: &str) {
     let script = smoke_script();
     assert!(
         script.is_file(),
         "{} not found (set WHARF_SMOKE_SCRIPT, or WHARF_SKIP_CLIENTS=1)",
         script.display()
     );
-    let dir = tempfile::tempdir().unwrap();
-    let wharf = WharfProcess::start(dir.path());
-    let host = wharf.base.trim_start_matches("http://").to_owned();
     let out = Command::new("bash")
         .arg(&script)
-        .arg(&host)
+        .arg(host)
         .env("SMOKE_VERBOSE", "1")
         .output()
         .expect("bash runs the smoke script");

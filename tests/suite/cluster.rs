@@ -559,3 +559,28 @@ async fn the_object_store_going_away_answers_503_and_loses_nothing() {
     weed.kill();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The real clients (skopeo, podman, buildah, umoci, the docker CLI,
+/// oras-py, python-dxf, curl: ../shared/clients/smoke.sh) through three
+/// nodes behind a balancer that sends each request to the next node, so
+/// every multi-request flow (chunked uploads, mounts, tag listing,
+/// deletes) crosses nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn real_clients_pass_through_three_nodes_behind_a_round_robin_balancer() {
+    if !crate::clients::clients_wanted() {
+        return;
+    }
+    let Some(c) = Cluster::start(3, |_| {}).await else {
+        return;
+    };
+    let lb = crate::common::balancer::RoundRobin::start(
+        c.nodes.iter().map(|n| n.base.clone()).collect(),
+    )
+    .await;
+    let host = lb.addr.to_string();
+    tokio::task::spawn_blocking(move || crate::clients::smoke_passes(&host))
+        .await
+        .unwrap();
+    let hits = lb.hits();
+    assert!(hits.iter().all(|&h| h > 50), "requests per node: {hits:?}");
+}

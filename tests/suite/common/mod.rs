@@ -2,6 +2,7 @@
 //! small helpers that speak the protocol with reqwest.
 #![allow(dead_code)]
 
+pub mod balancer;
 pub mod pki;
 pub mod services;
 
