@@ -268,22 +268,30 @@ fn apply_migrations(conn: &mut postgres::Client) -> Result<usize, MetaError> {
     Ok(applied)
 }
 
+/// Whether an error is about reaching the database (down, cut off,
+/// restarting, saturated, timed out): an answer of 503, retry later, as
+/// opposed to a fault in what was asked. The object-store modules use it
+/// too, so both kinds of PostgreSQL work fail the same way.
+pub fn unreachable(e: &postgres::Error) -> bool {
+    if e.is_closed() || e.as_db_error().is_none() {
+        return true;
+    }
+    e.code().is_some_and(|c| {
+        *c == SqlState::QUERY_CANCELED
+            || *c == SqlState::LOCK_NOT_AVAILABLE
+            || *c == SqlState::ADMIN_SHUTDOWN
+            || *c == SqlState::CANNOT_CONNECT_NOW
+            || *c == SqlState::TOO_MANY_CONNECTIONS
+    })
+}
+
 /// Maps a client error: anything about reaching the database is
 /// `Unavailable` (503, retry), the rest is a database fault.
 fn db(e: postgres::Error) -> MetaError {
-    if e.is_closed() || e.as_db_error().is_none() {
+    if unreachable(&e) {
         return MetaError::Unavailable(format!("PostgreSQL: {e}"));
     }
     match e.code() {
-        Some(c)
-            if *c == SqlState::QUERY_CANCELED
-                || *c == SqlState::LOCK_NOT_AVAILABLE
-                || *c == SqlState::ADMIN_SHUTDOWN
-                || *c == SqlState::CANNOT_CONNECT_NOW
-                || *c == SqlState::TOO_MANY_CONNECTIONS =>
-        {
-            MetaError::Unavailable(format!("PostgreSQL: {e}"))
-        }
         Some(c) if *c == SqlState::DISK_FULL => MetaError::NoSpace(format!("PostgreSQL: {e}")),
         _ => MetaError::CommitFailed(format!("PostgreSQL: {e}")),
     }

@@ -23,8 +23,8 @@ pub(super) async fn blocking<T: Send + 'static>(
 
 /// Not reaching the database is `Unavailable` (503); the rest is a fault.
 pub(super) fn db(e: postgres::Error) -> RemoteUploadError {
-    if e.is_closed() || e.as_db_error().is_none() {
-        RemoteUploadError::Unavailable(e.to_string())
+    if crate::meta::pg_unreachable(&e) {
+        RemoteUploadError::Unavailable(format!("PostgreSQL: {e}"))
     } else {
         RemoteUploadError::Db(e.to_string())
     }

@@ -146,9 +146,17 @@ async fn gc_running_in_a_loop_never_breaks_pushes_in_flight() {
     // metadata transactions (the PUT's "blobs still linked", GC's "still
     // unreferenced") such PUTs do happen.
     let reg = Arc::new(TestRegistry::start().await);
+    pushes_racing_gc(reg.clone(), vec![reg]).await;
+}
+
+/// The race above, with GC running on `collector` and each pusher sending
+/// its layers to one of `pushers` and its manifest to the next (the same
+/// registry, or nodes of one cluster).
+pub async fn pushes_racing_gc(collector: Arc<TestRegistry>, pushers: Vec<Arc<TestRegistry>>) {
+    let reg = pushers[0].clone();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let collector = {
-        let (reg, stop) = (reg.clone(), stop.clone());
+        let (reg, stop) = (collector, stop.clone());
         tokio::spawn(async move {
             let mut runs = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -158,9 +166,13 @@ async fn gc_running_in_a_loop_never_breaks_pushes_in_flight() {
             runs
         })
     };
+    let nodes = pushers;
     let mut pushers = Vec::new();
     for w in 0..16u64 {
-        let reg = reg.clone();
+        let (reg, next) = (
+            nodes[w as usize % nodes.len()].clone(),
+            nodes[(w as usize + 1) % nodes.len()].clone(),
+        );
         pushers.push(tokio::spawn(async move {
             let mut won = Vec::new();
             let mut lost = 0;
@@ -172,7 +184,7 @@ async fn gc_running_in_a_loop_never_breaks_pushes_in_flight() {
                 let m = reg.image_manifest(&repo, w * 100 + i, 2).await;
                 sleep_until_second(0.98 + w as f64 * 0.0025).await;
                 let body = serde_json::to_vec(&m).unwrap();
-                let r = reg
+                let r = next
                     .put_manifest(&repo, &format!("t{i}"), OCI_MANIFEST, &body)
                     .await;
                 match r.status().as_u16() {
