@@ -695,3 +695,67 @@ async fn postgres_going_away_mid_push_answers_503_and_loses_nothing() {
             == kept
     );
 }
+
+/// A 2 GiB layer pushed as 2048 PATCHes of 1 MiB, each to the next of three
+/// nodes: every PATCH is smaller than a part, so each one's bytes join the
+/// session's tail in PostgreSQL until eight of them make a part. Each PATCH
+/// reports the whole offset; the blob then streams back whole from a node
+/// that took neither the POST nor the PUT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_two_gib_upload_in_small_patches_across_nodes() {
+    use sha2::Digest as _;
+    let Some(c) = Cluster::start(3, |_| {}).await else {
+        return;
+    };
+    const CHUNK: usize = 1 << 20;
+    const CHUNKS: usize = 2048;
+    let location = c.node(0).start_upload("big").await;
+    let path = location.trim_start_matches(&c.node(0).base).to_owned();
+    let mut hasher = sha2::Sha256::new();
+    for i in 0..CHUNKS {
+        let piece = payload(CHUNK, 1000 + i as u64);
+        hasher.update(&piece);
+        let node = c.node(i);
+        let from = i * CHUNK;
+        let r = node
+            .client
+            .patch(node.url(&path))
+            .header("content-range", format!("{from}-{}", from + CHUNK - 1))
+            .body(piece)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "PATCH {i}: {:?}", r.text().await);
+        assert_eq!(
+            header(&r, "range"),
+            Some(format!("0-{}", from + CHUNK - 1).as_str())
+        );
+    }
+    let d = format!("sha256:{}", hex::encode(hasher.finalize()));
+    let r = c
+        .node(1)
+        .client
+        .put(c.node(1).url(&format!("{path}?digest={d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let mut r = c.node(2).get_blob("big", &d).await;
+    assert_eq!(r.status(), 200);
+    let mut read = sha2::Sha256::new();
+    let mut len = 0;
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        len += chunk.len();
+        read.update(&chunk);
+    }
+    assert_eq!(len, CHUNK * CHUNKS);
+    assert_eq!(format!("sha256:{}", hex::encode(read.finalize())), d);
+    let r = c
+        .node(0)
+        .client
+        .head(c.node(0).url(&format!("/v2/big/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&r, "content-length"), Some("2147483648"));
+}
