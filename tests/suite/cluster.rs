@@ -759,3 +759,85 @@ async fn a_two_gib_upload_in_small_patches_across_nodes() {
         .unwrap();
     assert_eq!(header(&r, "content-length"), Some("2147483648"));
 }
+
+/// `wharf gc --config F` (the binary, offline in the sense of "not through
+/// a node") collects an object-store registry while a node keeps serving:
+/// the dry run only counts, the real run frees the bytes of a deleted
+/// image and keeps the tagged one, and the node still serves and takes
+/// pushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gc_command_collects_beside_a_running_node() {
+    let Some(c) = Cluster::start(1, |_| {}).await else {
+        return;
+    };
+    let node = c.node(0);
+    let m = node.image_manifest("cmd", 21, 1).await;
+    let body = serde_json::to_vec(&m).unwrap();
+    let md = digest(&body);
+    assert_eq!(
+        node.put_manifest("cmd", "t", OCI_MANIFEST, &body)
+            .await
+            .status(),
+        201
+    );
+    let other = node.image_manifest("kept", 22, 1).await;
+    let other_body = serde_json::to_vec(&other).unwrap();
+    assert_eq!(
+        node.put_manifest("kept", "t", OCI_MANIFEST, &other_body)
+            .await
+            .status(),
+        201
+    );
+    let kept = other["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let layer = m["layers"][0]["digest"].as_str().unwrap().to_owned();
+    assert_eq!(
+        node.delete(&format!("/v2/cmd/manifests/{md}"))
+            .await
+            .status(),
+        202
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wharf.toml");
+    std::fs::write(&config, &c.toml).unwrap();
+    let gc = |dry_run: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"));
+        cmd.arg("gc")
+            .arg("--config")
+            .arg(&config)
+            .arg("--root")
+            .arg(dir.path().join("scratch"))
+            .args(["--grace-secs", "0"]);
+        if dry_run {
+            cmd.arg("--dry-run");
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    let count = |d: &str| c.sql(&format!("SELECT count(*) FROM blobs WHERE digest = '{d}'"));
+    // Times are whole seconds: with no grace, what was written this second
+    // is still too young.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let dry = gc(true);
+    assert!(dry.contains("dry run: "), "{dry}");
+    assert_eq!(count(&layer), "1", "a dry run frees nothing");
+    let real = gc(false);
+    // The deleted manifest, its config and its layer; the tagged image stays.
+    assert!(real.contains(" 3 blobs removed"), "{real}");
+    assert_eq!(count(&layer), "0");
+    assert_eq!(count(&md), "0");
+    assert_eq!(count(&kept), "1");
+    assert_eq!(node.get_blob("cmd", &layer).await.status(), 404);
+    assert_eq!(node.get_blob("kept", &kept).await.status(), 200);
+    assert_eq!(
+        node.get("/v2/kept/manifests/t")
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+        other_body
+    );
+    node.push_mono("kept", b"after the collection").await;
+}
