@@ -11,10 +11,13 @@
 //!    references, linked before the cutoff: unlinked the same way (a
 //!    manifest PUT re-checks its blobs in its own transaction, so it either
 //!    commits first and keeps the link, or fails with MANIFEST_BLOB_UNKNOWN);
-//! 3. blob files that nothing links or names as a manifest, last committed
-//!    before the cutoff: unlinked by the digest's shard actor, which also
-//!    serialises commits (a commit that finds the blob present refreshes its
-//!    mtime, so a push that deduplicated onto it keeps it).
+//! 3. blob bytes that nothing links or names as a manifest, last committed
+//!    before the cutoff: the storage's `sweep`. In the data folder each
+//!    file is unlinked by the digest's shard actor, which also serialises
+//!    commits (a commit that finds the blob present refreshes its mtime, so
+//!    a push that deduplicated onto it keeps it); in the object store each
+//!    `blobs` row is locked and re-checked in PostgreSQL, and its object is
+//!    deleted later by the purge.
 //!
 //! Must not: block pushes for long (every write is a small transaction
 //! batched with the others), or delete anything younger than the grace.
