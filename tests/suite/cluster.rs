@@ -2,7 +2,9 @@
 //! real and started by the harness; requests of one push land on different
 //! nodes, as behind a load balancer that keeps no sessions.
 
-use crate::common::services::{skip_without, Postgres, Seaweed, S3_KEY, S3_SECRET};
+use crate::common::services::{
+    skip_without, use_object_store, Postgres, Seaweed, S3_KEY, S3_SECRET,
+};
 use crate::common::*;
 use serde_json::Value;
 use std::time::Duration;
@@ -49,17 +51,7 @@ impl Cluster {
             let (url, bucket, endpoint) = (url.clone(), bucket.clone(), weed.endpoint());
             nodes.push(
                 TestRegistry::start_with(|c| {
-                    c.metadata.backend = "postgres".into();
-                    c.metadata.url = Some(url);
-                    c.storage.backend = "s3".into();
-                    c.storage.s3 = Some(
-                        toml::from_str(&format!(
-                            "endpoint = \"{endpoint}\"\nbucket = \"{bucket}\"\n\
-                             access_key_id = \"{S3_KEY}\"\nsecret_access_key = \"{S3_SECRET}\"\n\
-                             delete_delay_secs = 0\n"
-                        ))
-                        .unwrap(),
-                    );
+                    use_object_store(c, &url, &endpoint, &bucket);
                     tweak(c);
                 })
                 .await,
@@ -411,21 +403,9 @@ async fn a_node_killed_mid_patch_loses_nothing_acknowledged() {
     let range = header(&r, "range").unwrap().to_owned();
     let offset: usize = range.trim_start_matches("0-").parse::<usize>().unwrap() + 1;
     assert_eq!(offset, first, "the acknowledged bytes, no more, no less");
-    let r = other
-        .client
-        .patch(other.url(&path))
-        .header("content-range", format!("{offset}-{}", data.len() - 1))
-        .body(data[offset..].to_vec())
-        .send()
-        .await
-        .unwrap();
+    let r = other.patch_chunk(&path, offset, &data[offset..]).await;
     assert_eq!(r.status(), 202);
-    let r = other
-        .client
-        .put(other.url(&format!("{path}?digest={d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = other.finish_upload(&path, &d).await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     assert_eq!(
         other.get_blob("kill", &d).await.bytes().await.unwrap(),
@@ -468,26 +448,12 @@ async fn the_object_store_going_away_answers_503_and_loses_nothing() {
     let location = node.start_upload("outage").await;
     let path = location.trim_start_matches(&node.base).to_owned();
     let half = 10 << 20;
-    let r = node
-        .client
-        .patch(node.url(&path))
-        .header("content-range", format!("0-{}", half - 1))
-        .body(data[..half].to_vec())
-        .send()
-        .await
-        .unwrap();
+    let r = node.patch_chunk(&path, 0, &data[..half]).await;
     assert_eq!(r.status(), 202);
 
     weed.kill();
     let started = std::time::Instant::now();
-    let r = node
-        .client
-        .patch(node.url(&path))
-        .header("content-range", format!("{half}-{}", data.len() - 1))
-        .body(data[half..].to_vec())
-        .send()
-        .await
-        .unwrap();
+    let r = node.patch_chunk(&path, half, &data[half..]).await;
     assert_eq!(r.status(), 503, "{:?}", r.text().await);
     let r = node.get_blob("outage", &kept_digest).await;
     assert!(header(&r, "retry-after").is_some());
@@ -518,14 +484,7 @@ async fn the_object_store_going_away_answers_503_and_loses_nothing() {
             header(&r, "range"),
             Some(format!("0-{}", half - 1).as_str())
         );
-        let r = node
-            .client
-            .patch(node.url(&path))
-            .header("content-range", format!("{half}-{}", data.len() - 1))
-            .body(data[half..].to_vec())
-            .send()
-            .await
-            .unwrap();
+        let r = node.patch_chunk(&path, half, &data[half..]).await;
         tries += 1;
         if r.status() != 503 || tries == 3 {
             break r;
@@ -533,12 +492,7 @@ async fn the_object_store_going_away_answers_503_and_loses_nothing() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     assert_eq!(r.status(), 202, "{:?}", r.text().await);
-    let r = node
-        .client
-        .put(node.url(&format!("{path}?digest={d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = node.finish_upload(&path, &d).await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     assert_eq!(
         node.get_blob("outage", &d).await.bytes().await.unwrap(),
@@ -617,21 +571,7 @@ async fn postgres_going_away_mid_push_answers_503_and_loses_nothing() {
     let location = a.start_upload("pgdown").await;
     let path = location.trim_start_matches(&a.base).to_owned();
     let half = 9 << 20;
-    let patch = |node: &TestRegistry, from: usize| {
-        node.client
-            .patch(node.url(&path))
-            .header("content-range", format!("{from}-{}", data.len() - 1))
-            .body(data[from..].to_vec())
-            .send()
-    };
-    let r = a
-        .client
-        .patch(a.url(&path))
-        .header("content-range", format!("0-{}", half - 1))
-        .body(data[..half].to_vec())
-        .send()
-        .await
-        .unwrap();
+    let r = a.patch_chunk(&path, 0, &data[..half]).await;
     assert_eq!(r.status(), 202);
 
     pg.psql(
@@ -648,7 +588,7 @@ async fn postgres_going_away_mid_push_answers_503_and_loses_nothing() {
     )
     .unwrap();
     let started = std::time::Instant::now();
-    let r = patch(b, half).await.unwrap();
+    let r = b.patch_chunk(&path, half, &data[half..]).await;
     assert!(header(&r, "retry-after").is_some(), "Retry-After on 503");
     assert_oci_error(r, 503, "UNAVAILABLE").await;
     assert_oci_error(a.get_blob("pgdown", &kept_digest).await, 503, "UNAVAILABLE").await;
@@ -676,14 +616,9 @@ async fn postgres_going_away_mid_push_answers_503_and_loses_nothing() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     assert_eq!(status, Some(Some(format!("0-{}", half - 1))));
-    let r = patch(b, half).await.unwrap();
+    let r = b.patch_chunk(&path, half, &data[half..]).await;
     assert_eq!(r.status(), 202, "{:?}", r.text().await);
-    let r = a
-        .client
-        .put(a.url(&format!("{path}?digest={d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = a.finish_upload(&path, &d).await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     assert!(b.get_blob("pgdown", &d).await.bytes().await.unwrap() == data);
     assert!(
@@ -717,14 +652,7 @@ async fn a_two_gib_upload_in_small_patches_across_nodes() {
         hasher.update(&piece);
         let node = c.node(i);
         let from = i * CHUNK;
-        let r = node
-            .client
-            .patch(node.url(&path))
-            .header("content-range", format!("{from}-{}", from + CHUNK - 1))
-            .body(piece)
-            .send()
-            .await
-            .unwrap();
+        let r = node.patch_chunk(&path, from, &piece).await;
         assert_eq!(r.status(), 202, "PATCH {i}: {:?}", r.text().await);
         assert_eq!(
             header(&r, "range"),
@@ -732,13 +660,7 @@ async fn a_two_gib_upload_in_small_patches_across_nodes() {
         );
     }
     let d = format!("sha256:{}", hex::encode(hasher.finalize()));
-    let r = c
-        .node(1)
-        .client
-        .put(c.node(1).url(&format!("{path}?digest={d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = c.node(1).finish_upload(&path, &d).await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     let mut r = c.node(2).get_blob("big", &d).await;
     assert_eq!(r.status(), 200);

@@ -4,7 +4,7 @@
 //! SeaweedFS bucket indexed in a real PostgreSQL. Errors are compared as the
 //! OCI codes a client would see, so both must fail the same way too.
 
-use crate::common::services::{skip_without, Postgres, Seaweed, S3_KEY, S3_SECRET};
+use crate::common::services::{skip_without, use_object_store, Postgres, Seaweed};
 use crate::common::*;
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -63,22 +63,7 @@ async fn object_store() -> Option<Opened> {
     }
     let (url, weed) = (pg?.fresh_database(), weed?);
     let (bucket, endpoint) = (weed.fresh_bucket().await, weed.endpoint());
-    Some(
-        open(move |c| {
-            c.metadata.backend = "postgres".into();
-            c.metadata.url = Some(url);
-            c.storage.backend = "s3".into();
-            c.storage.s3 = Some(
-                toml::from_str(&format!(
-                    "endpoint = \"{endpoint}\"\nbucket = \"{bucket}\"\n\
-                     access_key_id = \"{S3_KEY}\"\nsecret_access_key = \"{S3_SECRET}\"\n\
-                     delete_delay_secs = 0\n"
-                ))
-                .unwrap(),
-            );
-        })
-        .await,
-    )
+    Some(open(move |c| use_object_store(c, &url, &endpoint, &bucket)).await)
 }
 
 /// What a client would see of `e`: "CODE/status".

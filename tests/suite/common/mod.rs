@@ -113,6 +113,30 @@ impl TestRegistry {
             .as_u16()
     }
 
+    /// PATCHes `bytes` into the upload at `path` as the chunk that starts
+    /// at offset `from` (with its Content-Range).
+    pub async fn patch_chunk(&self, path: &str, from: usize, bytes: &[u8]) -> reqwest::Response {
+        self.client
+            .patch(self.url(path))
+            .header(
+                "content-range",
+                format!("{from}-{}", (from + bytes.len()).saturating_sub(1)),
+            )
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Completes the upload at `path` as `digest`, with no further bytes.
+    pub async fn finish_upload(&self, path: &str, digest: &str) -> reqwest::Response {
+        self.client
+            .put(self.url(&format!("{path}?digest={digest}")))
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client.get(self.url(path)).send().await.unwrap()
     }

@@ -472,3 +472,19 @@ impl Seaweed {
         self.pid
     }
 }
+
+/// Points a configuration at PostgreSQL `pg_url` for metadata and the
+/// bucket at `endpoint` for blobs, deleting freed objects without delay.
+pub fn use_object_store(c: &mut wharf::Config, pg_url: &str, endpoint: &str, bucket: &str) {
+    c.metadata.backend = "postgres".into();
+    c.metadata.url = Some(pg_url.to_owned());
+    c.storage.backend = "s3".into();
+    c.storage.s3 = Some(
+        toml::from_str(&format!(
+            "endpoint = \"{endpoint}\"\nbucket = \"{bucket}\"\n\
+             access_key_id = \"{S3_KEY}\"\nsecret_access_key = \"{S3_SECRET}\"\n\
+             delete_delay_secs = 0\n"
+        ))
+        .unwrap(),
+    );
+}
