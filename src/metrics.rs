@@ -29,6 +29,38 @@ pub struct Metrics {
     pub connections_cut: IntCounterVec,
     pub tls_reloads: IntCounterVec,
     pub disk_full: IntGauge,
+    pub read_cache: ReadCacheMetrics,
+}
+
+/// What the object-store mode's read cache reports (see
+/// `storage::read_cache`); cloned into it, registered here.
+#[derive(Clone)]
+pub struct ReadCacheMetrics {
+    pub reads: IntCounterVec,
+    pub copies: IntCounterVec,
+    pub bytes: IntGauge,
+}
+
+impl ReadCacheMetrics {
+    pub fn new() -> Result<ReadCacheMetrics, MetricsError> {
+        Ok(ReadCacheMetrics {
+            reads: IntCounterVec::new(
+                Opts::new(
+                    "read_cache_reads_total",
+                    "Blob and manifest reads in object-store mode: result=hit (served from this node's copy) or miss (from the bucket).",
+                ),
+                &["result"],
+            )?,
+            copies: IntCounterVec::new(
+                Opts::new(
+                    "read_cache_copies_total",
+                    "Copies the read cache started: result=kept, dropped (fell behind its response, cut short, or failed) or mismatch (bytes did not hash to the digest).",
+                ),
+                &["result"],
+            )?,
+            bytes: IntGauge::new("read_cache_bytes", "Bytes held by this node's read cache.")?,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +154,9 @@ impl Metrics {
             "disk_full",
             "1 while the data folder is full (uploads and manifests refused with 507).",
         )?;
+        let read_cache = ReadCacheMetrics::new()?;
         let m = Metrics {
+            read_cache,
             registry,
             requests,
             request_seconds,
@@ -160,6 +194,9 @@ impl Metrics {
         r.register(Box::new(m.connections_open.clone()))?;
         r.register(Box::new(m.connections_cut.clone()))?;
         r.register(Box::new(m.tls_reloads.clone()))?;
+        r.register(Box::new(m.read_cache.reads.clone()))?;
+        r.register(Box::new(m.read_cache.copies.clone()))?;
+        r.register(Box::new(m.read_cache.bytes.clone()))?;
         Ok(m)
     }
 

@@ -73,8 +73,15 @@ impl Server {
         })?;
         let space = Arc::new(DiskSpace::open(&root, config.disk_reserve_mib << 20));
         let (meta, writer, pg_pool) = Meta::open_configured(&config, space.clone()).await?;
-        let storage =
-            crate::storage::open_configured(&config, &meta, pg_pool, space.clone()).await?;
+        let metrics = Arc::new(Metrics::new()?);
+        let storage = crate::storage::open_configured(
+            &config,
+            &meta,
+            pg_pool,
+            space.clone(),
+            metrics.read_cache.clone(),
+        )
+        .await?;
         let auth = Authenticator::new(&config.auth)?;
         let tls = match &config.tls {
             Some(t) => Some(Arc::new(CertResolver::load(&t.cert, &t.key)?)),
@@ -85,7 +92,6 @@ impl Server {
             Some(a) => Some(bind(a).await?),
             None => None,
         };
-        let metrics = Arc::new(Metrics::new()?);
         let budget_kib = (config.upload_memory_budget_mib * 1024) as usize;
         let rate_limiter = RateLimiter::new(
             config.limits.rate_limit_per_sec,

@@ -25,9 +25,10 @@ pub(super) async fn get(
     let body = match read.content {
         BlobContent::Empty => Body::Empty,
         BlobContent::Mapped(b) => Body::Bytes(b),
-        BlobContent::Stream(s) => Body::Stream {
+        BlobContent::Stream(s, fill) => Body::Stream {
             body: s.body,
             left: s.len,
+            fill,
         },
         BlobContent::Redirect(url) => {
             return Ok(empty_response(

@@ -2,6 +2,7 @@
 //! slices of its mapping (each slice is a refcount, not a copy), or an
 //! object store's answer passed through frame by frame.
 
+use crate::storage::read_cache::CacheFill;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use std::pin::Pin;
@@ -22,6 +23,9 @@ pub enum Body {
     Stream {
         body: hyper::body::Incoming,
         left: u64,
+        /// The node's read-cache copy, fed each frame as it passes; given
+        /// up (dropped) as soon as it cannot keep up.
+        fill: Option<CacheFill>,
     },
 }
 
@@ -47,7 +51,7 @@ impl http_body::Body for Body {
                 let n = b.len().min(BLOB_FRAME);
                 Poll::Ready(Some(Ok(Frame::data(b.split_to(n)))))
             }
-            Body::Stream { body, left } => {
+            Body::Stream { body, left, fill } => {
                 match std::task::ready!(Pin::new(body).poll_frame(cx)) {
                     Some(Ok(frame)) => {
                         let Ok(data) = frame.into_data() else {
@@ -56,6 +60,14 @@ impl http_body::Body for Body {
                             return Poll::Pending;
                         };
                         *left = left.saturating_sub(data.len() as u64);
+                        if fill.as_ref().is_some_and(|f| !f.offer(&data)) {
+                            *fill = None;
+                        }
+                        if *left == 0 {
+                            if let Some(f) = fill.take() {
+                                f.finish();
+                            }
+                        }
                         Poll::Ready(Some(Ok(Frame::data(data))))
                     }
                     other => Poll::Ready(other),

@@ -12,6 +12,7 @@
 
 pub mod local;
 pub mod object;
+pub mod read_cache;
 
 use crate::meta::{Meta, MetaError};
 use crate::oci::range::{ByteRange, RangeRequest};
@@ -72,8 +73,9 @@ pub enum BlobContent {
     Empty,
     /// The slice, mapped from the data folder (no copy).
     Mapped(Bytes),
-    /// The slice as the object store sends it.
-    Stream(ObjectStream),
+    /// The slice as the object store sends it, and the node's copy to
+    /// feed while it passes (a whole-blob read the read cache lacks).
+    Stream(ObjectStream, Option<read_cache::CacheFill>),
     /// Fetch it from here instead (a presigned URL).
     Redirect(String),
 }
@@ -203,11 +205,12 @@ pub async fn open_configured(
     meta: &Meta,
     pg: Option<crate::s3::uploads::Pool>,
     space: std::sync::Arc<crate::space::DiskSpace>,
+    cache_metrics: crate::metrics::ReadCacheMetrics,
 ) -> Result<std::sync::Arc<dyn BlobStorage>, StorageError> {
     if let (Some(s3), Some(pool), "s3") = (&config.storage.s3, pg, config.storage.backend.as_str())
     {
         let client = crate::s3::S3Client::new(&s3.settings()?).map_err(RemoteUploadError::S3)?;
-        return Ok(std::sync::Arc::new(crate::s3::ObjectStorage {
+        let objects = crate::s3::ObjectStorage {
             blobs: crate::s3::objects::ObjectBlobs::new(
                 client.clone(),
                 pool.clone(),
@@ -215,6 +218,23 @@ pub async fn open_configured(
                 s3.redirect_reads,
             ),
             uploads: crate::s3::uploads::RemoteUploads::new(client, pool),
+        };
+        let cache = match s3.read_cache_mib {
+            0 => None,
+            mib => {
+                let root = config.root.clone();
+                let cache = tokio::task::spawn_blocking(move || {
+                    read_cache::ReadCache::open(&root, mib << 20, space, cache_metrics)
+                })
+                .await
+                .map_err(|e| StorageError::Task(e.to_string()))?
+                .map_err(|e| StorageError::Store(e.into()))?;
+                Some(std::sync::Arc::new(cache))
+            }
+        };
+        return Ok(std::sync::Arc::new(object::BucketStorage {
+            objects,
+            cache,
         }));
     }
     let store = crate::store::ContentStore::start(

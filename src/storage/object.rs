@@ -3,9 +3,12 @@
 //! repository sees a blob through its link joined to the `blobs` row.
 //!
 //! Owns: adapting `s3::ObjectBlobs` and `s3::RemoteUploads` to the
-//! storage traits. Must not: touch the data folder (it is only scratch in
-//! this mode; deleting it on a node loses nothing acknowledged).
+//! storage traits, and choosing between the node's read cache and the
+//! bucket for a read. Must not: keep anything in the data folder but the
+//! read cache's copies (it is only scratch in this mode; deleting it on a
+//! node loses nothing acknowledged).
 
+use super::read_cache::ReadCache;
 use super::{
     slice_of, BlobContent, BlobRead, BlobStorage, Committed, StorageError, SweepPlan, UploadWriter,
 };
@@ -16,11 +19,31 @@ use crate::s3::ObjectStorage;
 use crate::store::Commit;
 use async_trait::async_trait;
 use bytes::Bytes;
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 use tokio::sync::OwnedSemaphorePermit;
 
+/// The bucket (through PostgreSQL), and this node's read cache of it.
+pub struct BucketStorage {
+    pub objects: ObjectStorage,
+    pub cache: Option<Arc<ReadCache>>,
+}
+
+impl BucketStorage {
+    /// The node's verified copy of `digest`, if it has one. The caller
+    /// has checked that the blob exists and is `size` bytes.
+    async fn cached(&self, digest: &Digest, size: u64) -> Option<Bytes> {
+        let cache = self.cache.clone()?;
+        let d = digest.clone();
+        tokio::task::spawn_blocking(move || cache.read(&d, size))
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
 #[async_trait]
-impl BlobStorage for ObjectStorage {
+impl BlobStorage for BucketStorage {
     fn check_writable(&self) -> Result<(), StorageError> {
         Ok(())
     }
@@ -30,7 +53,7 @@ impl BlobStorage for ObjectStorage {
     }
 
     async fn begin_upload(&self, repo: &RepoName) -> Result<String, StorageError> {
-        Ok(self.uploads.create(repo).await?.to_string())
+        Ok(self.objects.uploads.create(repo).await?.to_string())
     }
 
     async fn resume_upload(
@@ -38,7 +61,7 @@ impl BlobStorage for ObjectStorage {
         repo: &RepoName,
         id: &str,
     ) -> Result<Box<dyn UploadWriter>, StorageError> {
-        let w = self.uploads.open(repo, id).await?;
+        let w = self.objects.uploads.open(repo, id).await?;
         Ok(Box::new(ObjectWriter {
             id: w.id().to_owned(),
             session: w,
@@ -46,11 +69,11 @@ impl BlobStorage for ObjectStorage {
     }
 
     async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<(), StorageError> {
-        Ok(self.uploads.discard(repo, id).await?)
+        Ok(self.objects.uploads.discard(repo, id).await?)
     }
 
     async fn holds(&self, digest: &Digest) -> Result<bool, StorageError> {
-        Ok(self.blobs.stored(digest).await?)
+        Ok(self.objects.blobs.stored(digest).await?)
     }
 
     async fn read_blob(
@@ -61,6 +84,7 @@ impl BlobStorage for ObjectStorage {
         head_only: bool,
     ) -> Result<BlobRead, StorageError> {
         let found = self
+            .objects
             .blobs
             .locate(repo, digest)
             .await?
@@ -69,16 +93,24 @@ impl BlobStorage for ObjectStorage {
         let (slice, partial) = slice_of(range.as_deref(), size)?;
         let content = if head_only || slice.is_empty() {
             BlobContent::Empty
-        } else if self.blobs.redirect_reads() {
-            BlobContent::Redirect(self.blobs.presign(&found.key))
+        } else if self.objects.blobs.redirect_reads() {
+            BlobContent::Redirect(self.objects.blobs.presign(&found.key))
+        } else if let Some(bytes) = self.cached(digest, size).await {
+            BlobContent::Mapped(bytes.slice(slice.start as usize..slice.end as usize))
         } else {
-            // A range is passed on as S3's own, so only the slice travels.
+            // A range is passed on as S3's own, so only the slice travels;
+            // only a whole read can leave a copy behind.
             let range = partial.then(|| (slice.start, slice.end - 1));
-            let stream = self.blobs.open(&found.key, range).await?.ok_or_else(|| {
-                StorageError::Inconsistent(format!(
-                    "blob {digest} is indexed but its object is missing"
-                ))
-            })?;
+            let stream = self
+                .objects
+                .blobs
+                .open(&found.key, range)
+                .await?
+                .ok_or_else(|| {
+                    StorageError::Inconsistent(format!(
+                        "blob {digest} is indexed but its object is missing"
+                    ))
+                })?;
             if stream.len != slice.len() {
                 return Err(StorageError::Inconsistent(format!(
                     "object for {digest} sent {} bytes, {} expected",
@@ -86,7 +118,11 @@ impl BlobStorage for ObjectStorage {
                     slice.len()
                 )));
             }
-            BlobContent::Stream(stream)
+            let fill = match (&self.cache, partial) {
+                (Some(cache), false) => cache.begin_fill(digest, size),
+                _ => None,
+            };
+            BlobContent::Stream(stream, fill)
         };
         Ok(BlobRead {
             size,
@@ -97,17 +133,26 @@ impl BlobStorage for ObjectStorage {
     }
 
     async fn put_manifest(&self, digest: &Digest, bytes: Bytes) -> Result<Commit, StorageError> {
-        Ok(match self.blobs.put_small(digest, bytes).await? {
+        Ok(match self.objects.blobs.put_small(digest, bytes).await? {
             true => Commit::Stored,
             false => Commit::Deduplicated,
         })
     }
 
     async fn manifest_bytes(&self, digest: &Digest) -> Result<Option<Bytes>, StorageError> {
-        let Some(found) = self.blobs.key_of(digest).await? else {
+        let Some(found) = self.objects.blobs.key_of(digest).await? else {
             return Ok(None);
         };
-        Ok(self.blobs.read_small(&found.key).await?)
+        if let Some(bytes) = self.cached(digest, found.size).await {
+            return Ok(Some(bytes));
+        }
+        let bytes = self.objects.blobs.read_small(&found.key).await?;
+        if let (Some(cache), Some(b)) = (self.cache.clone(), bytes.clone()) {
+            let d = digest.clone();
+            // Verified and written on the blocking pool, off this answer's path.
+            drop(tokio::task::spawn_blocking(move || cache.keep(&d, &b)));
+        }
+        Ok(bytes)
     }
 
     /// The database knows what is linked, so the plan's sets (a dry run's
@@ -119,11 +164,11 @@ impl BlobStorage for ObjectStorage {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        Ok(self.blobs.sweep(cutoff, plan.dry_run).await?)
+        Ok(self.objects.blobs.sweep(cutoff, plan.dry_run).await?)
     }
 
     async fn purge(&self, idle: Duration) -> usize {
-        match self.uploads.purge(idle.as_secs()).await {
+        match self.objects.uploads.purge(idle.as_secs()).await {
             Ok((sessions, objects)) => {
                 if objects > 0 {
                     tracing::info!(objects, "deleted objects freed earlier");
@@ -138,12 +183,12 @@ impl BlobStorage for ObjectStorage {
     }
 
     async fn totals(&self) -> Result<(usize, u64), StorageError> {
-        Ok(self.blobs.totals().await?)
+        Ok(self.objects.blobs.totals().await?)
     }
 
     async fn ready(&self) -> Result<(), String> {
         // Any answer but "unreachable" will do: the key need not exist.
-        match self.uploads.s3().head_object("_wharf/ready").await {
+        match self.objects.uploads.s3().head_object("_wharf/ready").await {
             Err(e @ crate::s3::S3Error::Unavailable(_)) => Err(format!("object store: {e}")),
             _ => Ok(()),
         }

@@ -12,6 +12,7 @@ use std::time::Duration;
 pub struct Cluster {
     pub nodes: Vec<TestRegistry>,
     pub db: String,
+    pub bucket: String,
     /// The nodes' configuration, for starting more as `wharf` processes.
     pub toml: String,
 }
@@ -58,7 +59,12 @@ impl Cluster {
             );
         }
         let db = url.rsplit('/').next().unwrap().to_owned();
-        Some(Cluster { nodes, db, toml })
+        Some(Cluster {
+            nodes,
+            db,
+            bucket,
+            toml,
+        })
     }
 
     pub fn node(&self, i: usize) -> &TestRegistry {
@@ -68,6 +74,74 @@ impl Cluster {
     pub fn sql(&self, q: &str) -> String {
         Postgres::shared().unwrap().psql(&self.db, q).unwrap()
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_serves_repeated_pulls_from_its_verified_copy() {
+    let Some(c) = Cluster::start(2, |_| {}).await else {
+        return;
+    };
+    let data = payload(3 << 20, 31);
+    let d = c.node(0).push_mono("cached", &data).await;
+    // The first pull streams from the bucket and leaves a copy on node 1.
+    let r = c.node(1).get_blob("cached", &d).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), data);
+    let copy = c.node(1).root.join("cache").join(d.replacen(':', "-", 1));
+    for _ in 0..100 {
+        if copy.is_file() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(std::fs::read(&copy).unwrap(), data, "verified copy kept");
+    // A range read of something never read whole leaves no copy.
+    let other = payload(1 << 20, 32);
+    let od = c.node(0).push_mono("cached", &other).await;
+    let r = c
+        .node(1)
+        .client
+        .get(c.node(1).url(&format!("/v2/cached/blobs/{od}")))
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap(), other[10..20]);
+
+    // With the object gone from the bucket, only node 1 can still answer,
+    // so its answers come from the copy: whole and ranged.
+    let key = c.sql(&format!(
+        "SELECT object_key FROM blobs WHERE digest = '{d}'"
+    ));
+    let weed = Seaweed::shared().unwrap();
+    let s3 = wharf::s3::S3Client::new(&weed.settings(&c.bucket)).unwrap();
+    s3.delete_object(key.trim()).await.unwrap();
+    assert_ne!(c.node(0).get_blob("cached", &d).await.status(), 200);
+    let r = c.node(1).get_blob("cached", &d).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), data);
+    let r = c
+        .node(1)
+        .client
+        .get(c.node(1).url(&format!("/v2/cached/blobs/{d}")))
+        .header("range", "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap(), data[1000..2000]);
+    // Another repository without the link never sees it through the copy.
+    assert_eq!(c.node(1).get_blob("elsewhere", &d).await.status(), 404);
+    // Deleted through the API: the index says no, so the copy is not served.
+    assert_eq!(
+        c.node(0)
+            .delete(&format!("/v2/cached/blobs/{d}"))
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(c.node(1).get_blob("cached", &d).await.status(), 404);
 }
 
 /// Sends `data` as PATCH chunks of `chunk` bytes, each to the next node.

@@ -40,9 +40,15 @@ async fn open(tweak: impl FnOnce(&mut wharf::Config)) -> Opened {
     let (meta, writer, pg) = Meta::open_configured(&cfg, space.clone())
         .await
         .expect("metadata opens");
-    let storage = wharf::storage::open_configured(&cfg, &meta, pg, space)
-        .await
-        .expect("storage opens");
+    let storage = wharf::storage::open_configured(
+        &cfg,
+        &meta,
+        pg,
+        space,
+        wharf::metrics::ReadCacheMetrics::new().unwrap(),
+    )
+    .await
+    .expect("storage opens");
     Opened {
         storage,
         meta,
@@ -99,7 +105,7 @@ async fn read(
     let bytes = match r.content {
         BlobContent::Empty => Vec::new(),
         BlobContent::Mapped(b) => b.to_vec(),
-        BlobContent::Stream(o) => o.body.collect().await.unwrap().to_bytes().to_vec(),
+        BlobContent::Stream(o, _) => o.body.collect().await.unwrap().to_bytes().to_vec(),
         BlobContent::Redirect(url) => panic!("redirect to {url} without redirect_reads"),
     };
     assert_eq!(bytes.len() as u64, r.slice.len());
