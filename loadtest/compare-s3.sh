@@ -142,6 +142,7 @@ run() { # hosts label scenario args -> RESULT line
 printf '\n%-30s %-5s %10s %10s %7s | %8s %8s | %-5s | %-16s %-16s\n' scenario unit "wharf x3" distrib. ratio "w p99" "d p99" errs \
   "cpu s w-run" "cpu s d-run"
 n=0
+declare -A wharf_mb
 for s in "${scenarios[@]}"; do
   IFS='|' read -r label scen metric args <<<"$s"
   n=$((n+1))
@@ -150,9 +151,25 @@ for s in "${scenarios[@]}"; do
   c1=$(where); d=$(run "127.0.0.1:$DPORT" "d$n" "$scen" "$args"); c2=$(where)
   wv=$(field "$metric" <<<"$w"); dv=$(field "$metric" <<<"$d")
   ratio=$(awk -v a="${wv:-0}" -v b="${dv:-0}" 'BEGIN{ if (b>0) printf "%.2fx", a/b; else print "-" }')
+  wharf_mb["$label"]=$wv
   printf '%-30s %-5s %10s %10s %7s | %8s %8s | %-5s | %-16s %-16s\n' "$label" MB/s "${wv:--}" "${dv:--}" "$ratio" \
     "$(field p99_ms <<<"$w")" "$(field p99_ms <<<"$d")" "$(field errors <<<"$w")/$(field errors <<<"$d")" \
     "$(split_cpu "$c0" "$c1")" "$(split_cpu "$c1" "$c2")"
+done
+
+# The store's own ceiling: the same blobs, clients and sizes PUT straight
+# into the bucket (one PutObject each, no registry), so a push figure can
+# be read as a share of what SeaweedFS ingests on this machine at all.
+printf '\n%-30s %-5s %10s %14s\n' "the store alone (s3-put)" unit SeaweedFS "wharf x3 share"
+for s in "${scenarios[@]}"; do
+  IFS='|' read -r label scen metric args <<<"$s"
+  [[ $scen == push-* && -n ${wharf_mb[$label]:-} ]] || continue
+  # shellcheck disable=SC2086
+  c=$(WHARF_LOAD_S3_BUCKET=wharf AWS_ACCESS_KEY_ID=benchkey AWS_SECRET_ACCESS_KEY=benchsecret \
+    "$LOAD" --host "127.0.0.1:${WP[1]}" --run "ceiling$RANDOM" --scenario s3-put $args 2>"$tmp/load.err" | grep '^RESULT' || true)
+  cv=$(field mb_s <<<"$c")
+  printf '%-30s %-5s %10s %14s\n' "$label" MB/s "${cv:--}" \
+    "$(awk -v a="${wharf_mb[$label]}" -v b="${cv:-0}" 'BEGIN{ if (b>0) printf "%.0f%%", 100*a/b; else print "-" }')"
 done
 
 # Commit latency: a 1 GiB blob PATCHed in 64 MiB chunks, then the closing

@@ -3,8 +3,10 @@
 //! CPU time per MB when given its pid.
 //!
 //! Scenarios: push-mono, push-chunked, push-same, pull, pull-range,
-//! blob-get, manifest-put, manifest-get, manifest-head, build-farm, and tcp
-//! (the loopback ceiling, served in-process). Each prints one `RESULT` line
+//! blob-get, manifest-put, manifest-get, manifest-head, build-farm, tcp
+//! (the loopback ceiling, served in-process) and s3-put (an S3 endpoint's
+//! own ingest: `--host` is the endpoint, WHARF_LOAD_S3_BUCKET and the AWS_*
+//! keys say where). Each prints one `RESULT` line
 //! that `loadtest/compare.sh` reads.
 
 mod conn;

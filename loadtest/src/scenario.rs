@@ -53,6 +53,14 @@ pub enum Prepared {
     OpenSessions {
         repo: String,
     },
+    /// The object store's own ingest ceiling: each blob PUT straight into
+    /// a bucket (`--host` is the S3 endpoint), no registry in front.
+    ObjectPut {
+        bucket: rusty_s3::Bucket,
+        credentials: rusty_s3::Credentials,
+        prefix: String,
+        blobs: Vec<Blob>,
+    },
     /// Loopback ceiling: an in-process HTTP server returning a static
     /// buffer, fetched the same way as a blob.
     Static {
@@ -206,6 +214,25 @@ pub async fn prepare(name: &str, host: &str, p: &Params) -> Result<Prepared, Err
             chunk: (name == "push-chunked").then_some(p.chunk),
         },
         "open-sessions" => Prepared::OpenSessions { repo },
+        "s3-put" => {
+            let env = |k: &str| std::env::var(k).map_err(|_| format!("s3-put needs {k}"));
+            let endpoint = format!("http://{host}").parse::<url::Url>()?;
+            let bucket = rusty_s3::Bucket::new(
+                endpoint,
+                rusty_s3::UrlStyle::Path,
+                env("WHARF_LOAD_S3_BUCKET")?,
+                "us-east-1",
+            )?;
+            Prepared::ObjectPut {
+                bucket,
+                credentials: rusty_s3::Credentials::new(
+                    env("AWS_ACCESS_KEY_ID")?,
+                    env("AWS_SECRET_ACCESS_KEY")?,
+                ),
+                prefix: repo,
+                blobs: payload::blobs(p.ops, p.size, seed),
+            }
+        }
         "push-same" => Prepared::Same {
             repo,
             blob: payload::blob(p.size, seed),
@@ -288,6 +315,29 @@ pub async fn run_op(prep: &Prepared, c: &mut Conn, client: usize, i: usize) -> R
             push(c, repo, &blobs[i % blobs.len()], *chunk).await
         }
         Prepared::Same { repo, blob } => push(c, repo, blob, None).await,
+        Prepared::ObjectPut {
+            bucket,
+            credentials,
+            prefix,
+            blobs,
+        } => {
+            use rusty_s3::S3Action;
+            let blob = &blobs[i % blobs.len()];
+            let url = bucket
+                .put_object(Some(credentials), &format!("{prefix}/{i}"))
+                .sign(std::time::Duration::from_secs(3600));
+            let path = &url[url::Position::BeforePath..];
+            c.send(
+                Method::PUT,
+                path,
+                &[("content-length", blob.data.len().to_string())],
+                blob.data.clone(),
+                false,
+            )
+            .await?
+            .expect(200, "object PUT")?;
+            Ok(blob.data.len() as u64)
+        }
         Prepared::Pull { repo, blobs } => get_blob(c, repo, &blobs[i % blobs.len()]).await,
         Prepared::Range { repo, blob, chunk } => {
             let slots = (blob.data.len() / chunk).max(1);
