@@ -129,6 +129,10 @@ pub struct S3Config {
     /// pulls do not cross to the object store again; 0 turns it off.
     #[serde(default = "default_read_cache")]
     pub read_cache_mib: u64,
+    /// PEM certificates to trust for an https endpoint, besides the
+    /// system's (a private CA in front of MinIO or SeaweedFS). Unset,
+    /// AWS_CA_BUNDLE is used as the AWS tools do, for https only.
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_read_cache() -> u64 {
@@ -181,6 +185,7 @@ impl S3Config {
             secret_access_key: secret,
             path_style: self.path_style,
             timeout: Duration::from_secs(self.timeout_secs.max(1)),
+            ca_file: self.ca_file.clone(),
         })
     }
 }

@@ -1,8 +1,9 @@
 //! A small S3 client: the object and multipart calls Wharf makes, signed by
 //! rusty-s3 (sans-IO, query-string SigV4) and sent with hyper's client.
 //!
-//! Owns: the connection pool to the endpoint, request signing, per-request
-//! deadlines, and turning S3's answers into [`S3Error`].
+//! Owns: the connection pool to the endpoint (plain or TLS, and which
+//! certificates an https endpoint may present), request signing,
+//! per-request deadlines, and turning S3's answers into [`S3Error`].
 //! Must not: know digests, repositories or upload sessions.
 //!
 //! Why rusty-s3 + hyper: Wharf already has hyper and tokio; rusty-s3 only
@@ -15,12 +16,17 @@ use http::{Method, Request, StatusCode};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -56,6 +62,8 @@ pub struct S3Settings {
     pub secret_access_key: String,
     pub path_style: bool,
     pub timeout: Duration,
+    /// Extra roots for an https endpoint (see `S3Config::ca_file`).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// A request body made of the `Bytes` it was given, sent without copying.
@@ -118,7 +126,7 @@ pub struct ObjectStream {
 pub struct S3Client {
     bucket: Bucket,
     credentials: Credentials,
-    http: Client<HttpConnector, PartBody>,
+    http: Client<HttpsConnector<HttpConnector>, PartBody>,
     timeout: Duration,
 }
 
@@ -128,13 +136,15 @@ impl S3Client {
             .endpoint
             .parse()
             .map_err(|e| S3Error::Config(format!("storage.s3.endpoint: {e}")))?;
-        if endpoint.scheme() != "http" {
-            // The hyper client here has no TLS connector yet; refusing at
-            // start beats failing on the first push.
-            return Err(S3Error::Config(
-                "storage.s3.endpoint: only http:// endpoints are supported so far".into(),
-            ));
-        }
+        let https = match endpoint.scheme() {
+            "http" => false,
+            "https" => true,
+            other => {
+                return Err(S3Error::Config(format!(
+                    "storage.s3.endpoint: scheme {other}:// is neither http nor https"
+                )))
+            }
+        };
         let style = if s.path_style {
             UrlStyle::Path
         } else {
@@ -147,6 +157,18 @@ impl S3Client {
         connector.set_connect_timeout(Some(s.timeout));
         connector.set_nodelay(true);
         connector.set_keepalive(Some(Duration::from_secs(30)));
+        connector.enforce_http(false);
+        let tls = match https {
+            true => tls_config(s.ca_file.as_deref())?,
+            // Never used for http://, so it trusts nothing and reads no file
+            // (AWS_CA_BUNDLE is the machine's business, not this endpoint's).
+            false => tls_config_without_roots()?,
+        };
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
@@ -188,7 +210,7 @@ impl S3Client {
                 "no answer within {} s",
                 deadline.as_secs()
             ))),
-            Ok(Err(e)) => Err(S3Error::Unavailable(e.to_string())),
+            Ok(Err(e)) => Err(S3Error::Unavailable(with_causes(&e))),
             Ok(Ok(r)) => Ok(r),
         }
     }
@@ -197,7 +219,7 @@ impl S3Client {
     async fn read_body(&self, resp: hyper::Response<Incoming>) -> Result<Bytes, S3Error> {
         match tokio::time::timeout(self.timeout, resp.into_body().collect()).await {
             Err(_) => Err(S3Error::Unavailable("answer body timed out".into())),
-            Ok(Err(e)) => Err(S3Error::Unavailable(e.to_string())),
+            Ok(Err(e)) => Err(S3Error::Unavailable(with_causes(&e))),
             Ok(Ok(b)) => Ok(b.to_bytes()),
         }
     }
@@ -410,6 +432,69 @@ impl S3Client {
 
 /// The CompleteMultipartUpload document. ETags are quoted hex; anything
 /// XML would read as markup is escaped all the same.
+/// An error and what caused it, so "client error (Connect)" says which
+/// connect failed and why (a refused port, an untrusted certificate).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+fn tls_builder() -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>, S3Error> {
+    ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| S3Error::Config(format!("tls: {e}")))
+}
+
+fn tls_config_without_roots() -> Result<ClientConfig, S3Error> {
+    Ok(tls_builder()?
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth())
+}
+
+/// Trust for an https endpoint: the system's roots (SSL_CERT_FILE and
+/// SSL_CERT_DIR are honoured), plus `ca_file` or else AWS_CA_BUNDLE. A
+/// `ca_file` that cannot be read is a configuration error; an unreadable
+/// AWS_CA_BUNDLE is only warned about, since it is set machine-wide for
+/// other tools and must not stop the registry.
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<ClientConfig, S3Error> {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    let (added, _) = roots.add_parsable_certificates(native.certs);
+    let extra = |path: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, String> {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        match certs.is_empty() {
+            true => Err(format!("{}: no PEM certificate in it", path.display())),
+            false => Ok(certs),
+        }
+    };
+    let mut extra_added = 0;
+    if let Some(path) = ca_file {
+        let certs = extra(path).map_err(|e| S3Error::Config(format!("storage.s3.ca_file: {e}")))?;
+        extra_added = roots.add_parsable_certificates(certs).0;
+    } else if let Some(path) = std::env::var_os("AWS_CA_BUNDLE").filter(|p| !p.is_empty()) {
+        match extra(std::path::Path::new(&path)) {
+            Ok(certs) => extra_added = roots.add_parsable_certificates(certs).0,
+            Err(e) => tracing::warn!(error = %e, "AWS_CA_BUNDLE not used"),
+        }
+    }
+    if added + extra_added == 0 {
+        return Err(S3Error::Config(
+            "storage.s3: https endpoint but no trusted certificate found (install ca-certificates or set ca_file)".into(),
+        ));
+    }
+    Ok(tls_builder()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 fn complete_body(parts: &[(u16, String)]) -> String {
     let mut out = String::from("<CompleteMultipartUpload>");
     for (n, etag) in parts {

@@ -144,6 +144,57 @@ async fn a_node_serves_repeated_pulls_from_its_verified_copy() {
     assert_eq!(c.node(1).get_blob("cached", &d).await.status(), 404);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_on_an_https_object_store_push_and_pull() {
+    let Some(weed) = Seaweed::shared() else {
+        skip_without("SeaweedFS", false);
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let front = crate::common::tls_front::TlsFront::start(weed.s3_addr(), dir.path()).await;
+    let (endpoint, ca) = (front.endpoint(), front.ca_file.clone());
+    let Some(c) = Cluster::start(2, |cfg| {
+        let s3 = cfg.storage.s3.as_mut().unwrap();
+        s3.endpoint = endpoint.clone();
+        s3.ca_file = Some(ca.clone());
+        s3.read_cache_mib = 0;
+    })
+    .await
+    else {
+        return;
+    };
+    // 12 MiB in 4 MiB PATCHes over both nodes: parts and tail over TLS.
+    let data = payload(12 << 20, 41);
+    let d = digest(&data);
+    let location = c.node(0).start_upload("tls").await;
+    let location = location.trim_start_matches(&c.node(0).base).to_owned();
+    patch_round_robin(&c, &location, &data, 4 << 20).await;
+    let r = c.node(0).finish_upload(&location, &d).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let r = c.node(1).get_blob("tls", &d).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), data);
+    let image = serde_json::to_vec(&c.node(1).image_manifest("tls", 42, 2).await).unwrap();
+    let r = c
+        .node(1)
+        .put_manifest(
+            "tls",
+            "v1",
+            "application/vnd.oci.image.manifest.v1+json",
+            &image,
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let r = c.node(0).get("/v2/tls/manifests/v1").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), image);
+    // The front gone: answers are 503, never a hang or a 500.
+    drop(front);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = c.node(1).get_blob("tls", &d).await;
+    assert_eq!(r.status(), 503);
+}
+
 /// Sends `data` as PATCH chunks of `chunk` bytes, each to the next node.
 async fn patch_round_robin(c: &Cluster, location: &str, data: &[u8], chunk: usize) {
     let mut offset = 0;

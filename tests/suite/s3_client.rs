@@ -96,8 +96,53 @@ async fn an_unreachable_endpoint_is_unavailable_quickly() {
         secret_access_key: "s".into(),
         path_style: true,
         timeout: std::time::Duration::from_secs(2),
+        ca_file: None,
     })
     .unwrap();
     let err = c.head_object("x").await;
     assert!(matches!(err, Err(S3Error::Unavailable(_))), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_endpoint_is_trusted_through_its_ca_file_only() {
+    let weed = Seaweed::shared();
+    if skip_without("SeaweedFS (weed)", weed.is_some()) {
+        return;
+    }
+    let weed = weed.unwrap();
+    let bucket = weed.fresh_bucket().await;
+    let dir = tempfile::tempdir().unwrap();
+    let front = crate::common::tls_front::TlsFront::start(weed.s3_addr(), dir.path()).await;
+    let mut settings = weed.settings(&bucket);
+    settings.endpoint = front.endpoint();
+    // Without the CA: the certificate is refused, as unavailable (503).
+    let c = S3Client::new(&settings).unwrap();
+    let err = c.head_object("x").await;
+    match &err {
+        Err(S3Error::Unavailable(m)) => assert!(m.contains("certificate"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // With it: objects and multipart uploads over TLS.
+    settings.ca_file = Some(front.ca_file.clone());
+    let c = S3Client::new(&settings).unwrap();
+    let data = payload(6 << 20, 9);
+    c.put_object("tls/a", PartBody::new([Bytes::from(data.clone())]))
+        .await
+        .unwrap();
+    assert_eq!(read_all(&c, "tls/a", Some((5, 9))).await, data[5..10]);
+    let id = c.create_multipart("tls/m").await.unwrap();
+    let etag = c
+        .upload_part("tls/m", &id, 1, PartBody::new([Bytes::from(data.clone())]))
+        .await
+        .unwrap();
+    c.complete_multipart("tls/m", &id, &[(1, etag)])
+        .await
+        .unwrap();
+    assert_eq!(read_all(&c, "tls/m", None).await, data);
+    // A CA file that is not there is a configuration error at start.
+    settings.ca_file = Some(dir.path().join("missing.pem"));
+    assert!(matches!(S3Client::new(&settings), Err(S3Error::Config(_))));
+    // An unknown scheme too.
+    settings.endpoint = "ftp://127.0.0.1:1".into();
+    assert!(matches!(S3Client::new(&settings), Err(S3Error::Config(_))));
 }

@@ -5,6 +5,7 @@
 pub mod balancer;
 pub mod pki;
 pub mod services;
+pub mod tls_front;
 
 use sha2::{Digest as _, Sha256};
 use std::io::{BufRead, BufReader};

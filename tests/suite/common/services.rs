@@ -444,6 +444,10 @@ impl Seaweed {
         format!("http://127.0.0.1:{}", self.s3_port)
     }
 
+    pub fn s3_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.s3_port))
+    }
+
     pub fn settings(&self, bucket: &str) -> wharf::s3::S3Settings {
         wharf::s3::S3Settings {
             endpoint: self.endpoint(),
@@ -453,6 +457,7 @@ impl Seaweed {
             secret_access_key: S3_SECRET.into(),
             path_style: true,
             timeout: Duration::from_secs(10),
+            ca_file: None,
         }
     }
 
