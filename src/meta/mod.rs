@@ -25,7 +25,9 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-pub use postgres_backend::{unreachable as pg_unreachable, Pool as PgPool, PostgresBackend};
+pub use postgres_backend::{
+    describe as pg_describe, unreachable as pg_unreachable, Pool as PgPool, PostgresBackend,
+};
 pub use redb_backend::RedbBackend;
 
 #[derive(Debug, thiserror::Error)]

@@ -289,18 +289,30 @@ pub fn unreachable(e: &postgres::Error) -> bool {
 /// `Unavailable` (503, retry), the rest is a database fault.
 fn db(e: postgres::Error) -> MetaError {
     if unreachable(&e) {
-        return MetaError::Unavailable(format!("PostgreSQL: {e}"));
+        return MetaError::Unavailable(describe(&e));
     }
     match e.code() {
-        Some(c) if *c == SqlState::DISK_FULL => MetaError::NoSpace(format!("PostgreSQL: {e}")),
-        _ => MetaError::CommitFailed(format!("PostgreSQL: {e}")),
+        Some(c) if *c == SqlState::DISK_FULL => MetaError::NoSpace(describe(&e)),
+        _ => MetaError::CommitFailed(describe(&e)),
     }
 }
 
+/// Races between nodes that a rerun of the whole transaction settles: its
+/// preconditions are checked again against what the other node committed.
 fn retryable(e: &postgres::Error) -> bool {
     e.code().is_some_and(|c| {
-        *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+        *c == SqlState::T_R_DEADLOCK_DETECTED
+            || *c == SqlState::T_R_SERIALIZATION_FAILURE
+            || *c == SqlState::UNIQUE_VIOLATION
     })
+}
+
+/// What PostgreSQL said, not just "db error": its message and SQLSTATE.
+pub fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("PostgreSQL: {} (SQLSTATE {})", d.message(), d.code().code()),
+        None => format!("PostgreSQL: {e}"),
+    }
 }
 
 fn decode_record(text: &str) -> Result<ManifestRecord, MetaError> {
@@ -674,8 +686,11 @@ fn apply(txn: &mut Transaction<'_>, op: &MetaWrite, now: i64) -> Result<(), post
             // Cannot fail: every field is a string, a number or a
             // string-keyed map.
             let text = serde_json::to_string(record).unwrap_or_default();
+            // An upsert: another node re-pushing the same digest may have
+            // inserted the row after this transaction's delete looked.
             txn.execute(
-                "INSERT INTO manifests (repo, digest, record) VALUES ($1, $2, $3)",
+                "INSERT INTO manifests (repo, digest, record) VALUES ($1, $2, $3) \
+                 ON CONFLICT (repo, digest) DO UPDATE SET record = EXCLUDED.record",
                 &[&r, &d, &text],
             )?;
             if let Some(s) = &record.subject {

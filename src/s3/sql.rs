@@ -24,9 +24,9 @@ pub(super) async fn blocking<T: Send + 'static>(
 /// Not reaching the database is `Unavailable` (503); the rest is a fault.
 pub(super) fn db(e: postgres::Error) -> RemoteUploadError {
     if crate::meta::pg_unreachable(&e) {
-        RemoteUploadError::Unavailable(format!("PostgreSQL: {e}"))
+        RemoteUploadError::Unavailable(crate::meta::pg_describe(&e))
     } else {
-        RemoteUploadError::Db(e.to_string())
+        RemoteUploadError::Db(crate::meta::pg_describe(&e))
     }
 }
 

@@ -387,7 +387,7 @@ async fn tag_moves_atomically_between_manifests() {
             for i in 0..150 {
                 let body = if (i + w) % 2 == 0 { &a } else { &b };
                 let r = reg.put_manifest("mv", "latest", OCI_MANIFEST, body).await;
-                assert_eq!(r.status(), 201);
+                assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
             }
         }));
     }

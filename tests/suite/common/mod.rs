@@ -20,6 +20,25 @@ pub struct TestRegistry {
     pub root: PathBuf,
     pub client: reqwest::Client,
     _dir: Option<tempfile::TempDir>,
+    /// With WHARF_TEST_CLUSTER=1: the other two nodes, and the balancer
+    /// `base` points at.
+    cluster: Option<(Vec<Server>, balancer::RoundRobin)>,
+}
+
+/// WHARF_TEST_CLUSTER=1 runs the protocol tests against three object-store
+/// nodes (SeaweedFS + PostgreSQL) behind a round-robin balancer instead of
+/// one data-folder registry (see `.ci/run`).
+pub fn cluster_mode() -> bool {
+    std::env::var_os("WHARF_TEST_CLUSTER").is_some_and(|v| v == "1")
+}
+
+/// For a test that reads or breaks the data folder itself: `true` (skip)
+/// in cluster mode, where the data folder is only scratch.
+pub fn data_folder_test() -> bool {
+    if cluster_mode() {
+        eprintln!("skipped in cluster mode: the test works on the data folder");
+    }
+    cluster_mode()
 }
 
 pub fn config_for(root: PathBuf) -> Config {
@@ -36,6 +55,9 @@ impl TestRegistry {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        if cluster_mode() {
+            return Self::start_cluster(tweak).await;
+        }
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = config_for(dir.path().to_path_buf());
         tweak(&mut cfg);
@@ -54,6 +76,39 @@ impl TestRegistry {
             root,
             client: reqwest::Client::new(),
             _dir: None,
+            cluster: None,
+        }
+    }
+
+    /// Three nodes on a fresh database and bucket, each with `tweak`
+    /// applied, behind a balancer that sends each request to the next.
+    async fn start_cluster(tweak: impl FnOnce(&mut Config)) -> Self {
+        let weed = services::Seaweed::shared().expect("WHARF_TEST_CLUSTER=1 needs SeaweedFS");
+        let pg = services::Postgres::shared().expect("WHARF_TEST_CLUSTER=1 needs PostgreSQL");
+        let (url, bucket) = (pg.fresh_database(), weed.fresh_bucket().await);
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config_for(dir.path().join("node0"));
+        services::use_object_store(&mut cfg, &url, &weed.endpoint(), &bucket);
+        tweak(&mut cfg);
+        let mut servers = Vec::new();
+        for i in 0..3 {
+            let mut c = cfg.clone();
+            c.root = dir.path().join(format!("node{i}"));
+            servers.push(Server::start(c).await.expect("node starts"));
+        }
+        let nodes = servers
+            .iter()
+            .map(|s| format!("http://{}", s.local_addr()))
+            .collect();
+        let lb = balancer::RoundRobin::start(nodes).await;
+        let first = servers.remove(0);
+        TestRegistry {
+            server: Some(first),
+            base: format!("http://{}", lb.addr),
+            root: cfg.root,
+            client: reqwest::Client::new(),
+            _dir: Some(dir),
+            cluster: Some((servers, lb)),
         }
     }
 
