@@ -190,20 +190,30 @@ impl ObjectBlobs {
     /// queued for deletion after the delay. Each row is locked and checked
     /// again in its own transaction, so a commit or manifest PUT that
     /// refreshes or links it meanwhile wins. Returns (blobs, bytes).
+    /// `gone_links` and `gone_manifests` ((repository, digest) pairs) are
+    /// what a dry run's earlier steps would have removed: counted as gone.
     pub async fn sweep(
         &self,
         cutoff: u64,
         dry_run: bool,
+        gone_links: Vec<(String, String)>,
+        gone_manifests: Vec<(String, String)>,
     ) -> Result<(usize, u64), RemoteUploadError> {
         let cutoff = cutoff as i64;
+        let split = |pairs: Vec<(String, String)>| -> (Vec<String>, Vec<String>) {
+            pairs.into_iter().unzip()
+        };
+        let ((lr, ld), (mr, md)) = (split(gone_links), split(gone_manifests));
         let candidates: Vec<(String, i64)> = self
             .sql(move |c| {
                 let rows = c
                     .query(
                         "SELECT b.digest, b.size FROM blobs b WHERE b.created < $1 \
-                         AND NOT EXISTS (SELECT 1 FROM blob_links l WHERE l.digest = b.digest) \
-                         AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.digest = b.digest)",
-                        &[&cutoff],
+                         AND NOT EXISTS (SELECT 1 FROM blob_links l WHERE l.digest = b.digest \
+                           AND (l.repo, l.digest) NOT IN (SELECT * FROM unnest($2::text[], $3::text[]))) \
+                         AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.digest = b.digest \
+                           AND (m.repo, m.digest) NOT IN (SELECT * FROM unnest($4::text[], $5::text[])))",
+                        &[&cutoff, &lr, &ld, &mr, &md],
                     )
                     .map_err(db)?;
                 Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())

@@ -155,16 +155,26 @@ impl BlobStorage for BucketStorage {
         Ok(bytes)
     }
 
-    /// The database knows what is linked, so the plan's sets (a dry run's
-    /// bookkeeping for the data folder's file walk) are not needed: a dry
-    /// run counts what the sweep would free now.
+    /// The database knows what is linked; a dry run also counts as gone
+    /// the links and manifests the (not applied) earlier steps would drop.
     async fn sweep(&self, _meta: &Meta, plan: SweepPlan) -> Result<(usize, u64), StorageError> {
         let cutoff = plan
             .cutoff
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        Ok(self.objects.blobs.sweep(cutoff, plan.dry_run).await?)
+        let (links, manifests) = match plan.dry_run {
+            true => (
+                plan.gone_links.into_iter().collect(),
+                plan.gone_manifests.into_iter().collect(),
+            ),
+            false => (Vec::new(), Vec::new()),
+        };
+        Ok(self
+            .objects
+            .blobs
+            .sweep(cutoff, plan.dry_run, links, manifests)
+            .await?)
     }
 
     async fn purge(&self, idle: Duration) -> usize {

@@ -195,6 +195,53 @@ async fn nodes_on_an_https_object_store_push_and_pull() {
     assert_eq!(r.status(), 503);
 }
 
+/// The protocol modules of this suite again, as their own process with
+/// WHARF_TEST_CLUSTER=1: every `TestRegistry` is then three object-store
+/// nodes behind the round-robin balancer (tests of one node's own state
+/// say why they skip). `cargo test --release` so runs both passes.
+#[test]
+fn the_protocol_suite_passes_through_three_object_store_nodes() {
+    if cluster_mode() || skip_without("SeaweedFS", Seaweed::shared().is_some()) {
+        return;
+    }
+    let modules = [
+        "blobs::",
+        "manifests::",
+        "engine::",
+        "gc::",
+        "limits::",
+        "metrics::",
+        "oci_client::",
+        "security::",
+        "slow_clients::",
+    ];
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(modules)
+        .args(["--test-threads", "2"])
+        .env("WHARF_TEST_CLUSTER", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("test result:"))
+        .unwrap_or("no summary");
+    eprintln!("cluster pass: {summary}");
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Guard against a filter that silently matches nothing.
+    let passed: usize = summary
+        .split_whitespace()
+        .nth(3)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(passed >= 50, "{summary}");
+}
+
 /// Sends `data` as PATCH chunks of `chunk` bytes, each to the next node.
 async fn patch_round_robin(c: &Cluster, location: &str, data: &[u8], chunk: usize) {
     let mut offset = 0;

@@ -56,7 +56,7 @@ async fn sixty_four_parallel_pushes_of_different_blobs() {
         let got = reg.get_blob(&repo, &d).await.bytes().await.unwrap();
         assert_eq!(&got[..], &data[..], "{d}");
     }
-    assert_eq!(blob_files(&reg.root).len(), 64);
+    assert_eq!(reg.stored_blobs(), 64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,8 +74,7 @@ async fn sixteen_clients_pushing_one_blob_keep_one_copy() {
     for t in tasks {
         digests.push(t.await.unwrap());
     }
-    let files = blob_files(&reg.root);
-    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(reg.stored_blobs(), 1);
     for (i, d) in digests.iter().enumerate() {
         let got = reg
             .get_blob(&format!("same/r{i}"), d)
@@ -85,10 +84,7 @@ async fn sixteen_clients_pushing_one_blob_keep_one_copy() {
             .unwrap();
         assert_eq!(&got[..], &data[..]);
     }
-    assert_eq!(
-        std::fs::read_dir(reg.root.join("uploads")).unwrap().count(),
-        0
-    );
+    assert_eq!(reg.open_sessions(), 0);
 }
 
 /// Sends a PATCH announcing `announced` bytes, writes only `sent`, hangs up.
@@ -175,11 +171,8 @@ async fn a_monolithic_push_cut_short_commits_nothing() {
     drop(s);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(reg.get_blob("cut", &d).await.status(), 404);
-    assert!(blob_files(&reg.root).is_empty());
-    assert_eq!(
-        std::fs::read_dir(reg.root.join("uploads")).unwrap().count(),
-        0
-    );
+    assert_eq!(reg.stored_blobs(), 0);
+    assert_eq!(reg.open_sessions(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,13 +271,12 @@ async fn idle_sessions_are_purged_with_their_files() {
         .send()
         .await
         .unwrap();
-    // Watch the folder, not the status endpoint: a status call is activity.
-    let uploads = reg.root.join("uploads");
-    assert_eq!(std::fs::read_dir(&uploads).unwrap().count(), 1);
+    // Watch the store, not the status endpoint: a status call is activity.
+    assert_eq!(reg.open_sessions(), 1);
     let mut gone = false;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if std::fs::read_dir(&uploads).unwrap().count() == 0 {
+        if reg.open_sessions() == 0 {
             gone = true;
             break;
         }

@@ -48,7 +48,7 @@ async fn frees_deleted_images_and_unreferenced_uploads_and_keeps_the_rest() {
     );
     let lonely = payload(7777, 2);
     let lonely_d = reg.push_mono("app", &lonely).await;
-    let files_before = blob_files(&reg.root).len();
+    let files_before = reg.stored_blobs();
 
     // Within the grace period nothing goes.
     let r = gc(&reg, "grace_secs=3600").await;
@@ -61,13 +61,13 @@ async fn frees_deleted_images_and_unreferenced_uploads_and_keeps_the_rest() {
     // Make everything older than a zero grace.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let dry = gc(&reg, "grace_secs=0&dry_run=true").await;
-    assert_eq!(blob_files(&reg.root).len(), files_before, "dry run deleted");
+    assert_eq!(reg.stored_blobs(), files_before, "dry run deleted");
     let done = gc(&reg, "grace_secs=0").await;
     assert_eq!(dry["blobs_removed"], done["blobs_removed"]);
     assert_eq!(dry["bytes_freed"], done["bytes_freed"]);
     // b's manifest bytes, config and 2 layers, and the lonely upload.
     assert_eq!(done["blobs_removed"], 5, "{done}");
-    assert_eq!(blob_files(&reg.root).len(), files_before - 5);
+    assert_eq!(reg.stored_blobs(), files_before - 5);
     assert_oci_error(reg.get_blob("app", &lonely_d).await, 404, "BLOB_UNKNOWN").await;
 
     // a pulls whole.

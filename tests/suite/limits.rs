@@ -120,6 +120,11 @@ async fn oversized_blobs_and_manifests_get_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_clients_are_cut_off() {
+    if skip_in_cluster(
+        "connection timeouts are each node's, behind a balancer that keeps its own connections",
+    ) {
+        return;
+    }
     let reg = TestRegistry::start_with(|c| {
         c.limits.header_timeout_secs = 1;
         c.limits.body_idle_timeout_secs = 1;
@@ -199,6 +204,9 @@ async fn stalled_clients_are_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_client_rate_limit_answers_429() {
+    if skip_in_cluster("the rate limit is per node and the balancer is one client") {
+        return;
+    }
     let reg = TestRegistry::start_with(|c| {
         c.limits.rate_limit_per_sec = 2;
         c.limits.rate_limit_burst = 5;
@@ -228,6 +236,9 @@ async fn per_client_rate_limit_answers_429() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_session_and_connection_caps() {
+    if skip_in_cluster("max_upload_sessions counts one node's sessions (not yet in object-store mode); connection caps are per node") {
+        return;
+    }
     let reg = TestRegistry::start_with(|c| {
         c.limits.max_upload_sessions = 2;
         c.limits.max_connections_per_client = 3;
@@ -348,6 +359,11 @@ async fn path_traversal_is_refused_and_touches_nothing() {
 /// limit) is never cut by it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_limit_spares_requests_in_progress() {
+    if skip_in_cluster(
+        "connection timeouts are each node's, behind a balancer that keeps its own connections",
+    ) {
+        return;
+    }
     let reg = TestRegistry::start_with(|c| {
         c.limits.idle_connection_secs = 1;
         c.limits.body_idle_timeout_secs = 10;

@@ -156,7 +156,7 @@ async fn bad_manifests_get_the_right_errors_and_leave_nothing_behind() {
     let tags: Value = reg.get_json("/v2/r/tags/list").await;
     assert_eq!(tags["tags"], json!([]));
     // No manifest bytes were stored (only the pushed config and layers).
-    assert_eq!(blob_files(&reg.root).len(), 3);
+    assert_eq!(reg.stored_blobs(), 3);
 
     // Bad tag in the URL.
     let r = reg.put_manifest("r", "-bad", OCI_MANIFEST, &body).await;

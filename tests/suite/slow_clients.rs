@@ -60,6 +60,12 @@ async fn trickling_uploads_do_not_stall_a_normal_push() {
         .unwrap();
     assert_eq!(&got[..], &data[..]);
 
+    // In object-store mode a session's length is saved when its request
+    // ends (any node may be asked next), so progress mid-request is a
+    // data-folder matter.
+    if cluster_mode() {
+        return;
+    }
     // The tricklers are still sending, and what they sent is written while
     // their requests go on (a batch is flushed after a short linger, not
     // held for a megabyte that may take minutes): one more byte each, then
