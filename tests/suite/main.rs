@@ -15,6 +15,7 @@ mod blobs;
 mod clients;
 mod cluster;
 mod crash;
+mod docker_cluster;
 mod engine;
 mod enospc;
 mod fsck;
