@@ -189,6 +189,9 @@ impl From<crate::s3::uploads::RemoteUploadError> for ApiError {
             e @ E::OutOfOrder { .. } => ApiError::UploadRange(e.to_string()),
             e @ E::DigestMismatch { .. } => ApiError::DigestInvalid(e.to_string()),
             e @ E::TooManyParts => ApiError::TooLarge(e.to_string()),
+            E::TooManySessions => ApiError::TooManyRequests {
+                retry_after_secs: 10,
+            },
             e @ (E::Unavailable(_) | E::S3(S3Error::Unavailable(_))) => {
                 ApiError::Unavailable(e.to_string())
             }

@@ -53,6 +53,9 @@ pub enum RemoteUploadError {
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("upload has used all {MAX_PARTS} parts")]
     TooManyParts,
+    /// `limits.max_upload_sessions` are open across the cluster.
+    #[error("too many upload sessions open")]
+    TooManySessions,
     #[error(transparent)]
     S3(#[from] S3Error),
     /// The database cannot be reached or did not answer in time.
@@ -67,6 +70,8 @@ pub enum RemoteUploadError {
 pub struct RemoteUploads {
     s3: S3Client,
     pool: Pool,
+    /// Sessions open at once across every node (`limits.max_upload_sessions`).
+    max_sessions: i64,
 }
 
 /// A session's row as one request found it.
@@ -112,8 +117,12 @@ pub struct Committed {
 }
 
 impl RemoteUploads {
-    pub fn new(s3: S3Client, pool: Pool) -> Self {
-        RemoteUploads { s3, pool }
+    pub fn new(s3: S3Client, pool: Pool, max_sessions: usize) -> Self {
+        RemoteUploads {
+            s3,
+            pool,
+            max_sessions: i64::try_from(max_sessions).unwrap_or(i64::MAX),
+        }
     }
 
     pub fn s3(&self) -> &S3Client {
@@ -132,17 +141,22 @@ impl RemoteUploads {
         let id = Uuid::new_v4();
         let (sid, r) = (id.to_string(), repo.to_string());
         let key = format!("blobs/{id}");
-        let mid = Sha256Midstate::new().to_bytes();
-        self.sql(move |c| {
-            c.execute(
-                "INSERT INTO uploads (id, repo, object_key, midstate, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5)",
-                &[&sid, &r, &key, &mid, &now()],
-            )
-            .map_err(db)?;
-            Ok(())
-        })
-        .await?;
+        let (mid, cap) = (Sha256Midstate::new().to_bytes(), self.max_sessions);
+        // The cap is the cluster's, counted in the same statement as the
+        // insert; nodes inserting at the same instant may pass it by a few.
+        let inserted = self
+            .sql(move |c| {
+                c.execute(
+                    "INSERT INTO uploads (id, repo, object_key, midstate, updated_at) \
+                     SELECT $1, $2, $3, $4, $5 WHERE (SELECT count(*) FROM uploads) < $6",
+                    &[&sid, &r, &key, &mid, &now(), &cap],
+                )
+                .map_err(db)
+            })
+            .await?;
+        if inserted == 0 {
+            return Err(RemoteUploadError::TooManySessions);
+        }
         Ok(id)
     }
 

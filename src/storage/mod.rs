@@ -217,7 +217,11 @@ pub async fn open_configured(
                 s3.delete_delay_secs,
                 s3.redirect_reads,
             ),
-            uploads: crate::s3::uploads::RemoteUploads::new(client, pool),
+            uploads: crate::s3::uploads::RemoteUploads::new(
+                client,
+                pool,
+                config.limits.max_upload_sessions,
+            ),
         };
         let cache = match s3.read_cache_mib {
             0 => None,
