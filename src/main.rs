@@ -63,15 +63,24 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Check a stopped server's data folder: blob digests, metadata
-    /// references, leftovers. Exits 1 when it finds damage.
+    /// Check a stopped server's data folder (blob digests, metadata
+    /// references, leftovers), or, with a --config in object-store mode,
+    /// the bucket against PostgreSQL beside running nodes (read-only).
+    /// Exits 1 when it finds damage.
     Fsck {
         #[arg(long)]
-        root: PathBuf,
+        config: Option<PathBuf>,
+        #[arg(long)]
+        root: Option<PathBuf>,
         /// Remove what is safe to remove: leftovers, metadata pointing at
-        /// missing content; corrupt blobs go to <root>/quarantine.
+        /// missing content; corrupt blobs go to <root>/quarantine. Data
+        /// folder only.
         #[arg(long)]
         repair: bool,
+        /// Object-store mode: read every object back and check its digest
+        /// (the data folder's check always does).
+        #[arg(long)]
+        deep: bool,
     },
 }
 
@@ -150,9 +159,35 @@ fn main() -> ExitCode {
             init_logging(&cfg.log);
             migrate(&cfg)
         }
-        Command::Fsck { root, repair } => {
+        Command::Fsck {
+            config,
+            root,
+            repair,
+            deep,
+        } => {
             init_logging(&Default::default());
-            fsck(&root, repair)
+            let cfg = match config {
+                Some(path) => match load_config(Some(path)) {
+                    Ok(c) => Some(c),
+                    Err(code) => return code,
+                },
+                None => None,
+            };
+            match (cfg, root) {
+                (Some(cfg), _) if cfg.storage.backend == "s3" => {
+                    if repair {
+                        eprintln!("wharf fsck: --repair works on a data folder only");
+                        return ExitCode::from(2);
+                    }
+                    fsck_bucket(&cfg, deep)
+                }
+                (Some(cfg), None) => fsck(&cfg.root, repair),
+                (_, Some(root)) => fsck(&root, repair),
+                (None, None) => {
+                    eprintln!("wharf fsck: give --root DIR or --config FILE");
+                    ExitCode::from(2)
+                }
+            }
         }
     }
 }
@@ -185,39 +220,84 @@ fn migrate(cfg: &Config) -> ExitCode {
     }
 }
 
-fn fsck(root: &std::path::Path, repair: bool) -> ExitCode {
-    match wharf::fsck::run(root, repair) {
-        Ok(r) => {
-            for p in &r.problems {
-                println!("DAMAGE {p}");
-            }
-            for l in &r.leftovers {
-                println!("LEFTOVER {}", l.display());
-            }
-            for o in &r.orphans {
-                println!("ORPHAN {o} (garbage collection frees it)");
-            }
-            for f in &r.repaired {
-                println!("REPAIRED {f}");
-            }
-            println!(
-                "fsck: {} blobs checked, {} problems, {} leftovers, {} orphans{}",
-                r.blobs_checked,
-                r.problems.len(),
-                r.leftovers.len(),
-                r.orphans.len(),
-                if repair { ", repair done" } else { "" }
-            );
-            if r.is_damaged() {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            }
-        }
+/// Object-store mode: the bucket checked against PostgreSQL, beside live
+/// nodes (read-only; `FsckReport` printed the same way).
+fn fsck_bucket(cfg: &Config, deep: bool) -> ExitCode {
+    if let Err(e) = cfg.validate() {
+        eprintln!("wharf fsck: {e}");
+        return ExitCode::from(2);
+    }
+    let (Some(s3), Some(url)) = (&cfg.storage.s3, cfg.metadata.url.as_deref()) else {
+        eprintln!("wharf fsck: object-store mode needs [storage.s3] and metadata.url");
+        return ExitCode::from(2);
+    };
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let timeout = std::time::Duration::from_secs(cfg.metadata.timeout_secs);
+    let result = rt.block_on(async {
+        let settings = s3.settings().map_err(|e| e.to_string())?;
+        let client = wharf::s3::S3Client::new(&settings).map_err(|e| e.to_string())?;
+        let pool = tokio::task::spawn_blocking({
+            let url = url.to_owned();
+            move || wharf::meta::PostgresBackend::connect(&url, 2, timeout).map(|b| b.pool())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        let blobs = wharf::s3::objects::ObjectBlobs::new(client, pool, 0, false);
+        blobs.check(deep).await.map_err(|e| e.to_string())
+    });
+    match result {
+        Ok((checked, problems)) => report_fsck(
+            &wharf::fsck::FsckReport {
+                blobs_checked: checked,
+                problems,
+                ..Default::default()
+            },
+            false,
+        ),
         Err(e) => {
             eprintln!("wharf fsck: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+fn fsck(root: &std::path::Path, repair: bool) -> ExitCode {
+    match wharf::fsck::run(root, repair) {
+        Ok(r) => report_fsck(&r, repair),
+        Err(e) => {
+            eprintln!("wharf fsck: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn report_fsck(r: &wharf::fsck::FsckReport, repair: bool) -> ExitCode {
+    for p in &r.problems {
+        println!("DAMAGE {p}");
+    }
+    for l in &r.leftovers {
+        println!("LEFTOVER {}", l.display());
+    }
+    for o in &r.orphans {
+        println!("ORPHAN {o} (garbage collection frees it)");
+    }
+    for f in &r.repaired {
+        println!("REPAIRED {f}");
+    }
+    println!(
+        "fsck: {} blobs checked, {} problems, {} leftovers, {} orphans{}",
+        r.blobs_checked,
+        r.problems.len(),
+        r.leftovers.len(),
+        r.orphans.len(),
+        if repair { ", repair done" } else { "" }
+    );
+    match r.is_damaged() {
+        true => ExitCode::from(1),
+        false => ExitCode::SUCCESS,
     }
 }
 

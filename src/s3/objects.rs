@@ -263,4 +263,116 @@ impl ObjectBlobs {
         })
         .await
     }
+
+    /// `wharf fsck` in this mode, beside live nodes: every stored blob's
+    /// object exists with its size (and, `deep`, hashes to its digest), and
+    /// no link, manifest or tag names content that is not there. Returns
+    /// (blobs checked, problems). Read-only.
+    pub async fn check(&self, deep: bool) -> Result<(usize, Vec<String>), RemoteUploadError> {
+        let rows: Vec<(String, String, i64)> = self
+            .sql(|c| {
+                let rows = c
+                    .query(
+                        "SELECT digest, object_key, size FROM blobs ORDER BY digest",
+                        &[],
+                    )
+                    .map_err(db)?;
+                Ok(rows
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2)))
+                    .collect())
+            })
+            .await?;
+        let mut problems = Vec::new();
+        for (digest, key, size) in &rows {
+            let found = self.s3.head_object(key).await?;
+            let problem = match found {
+                None => Some(format!("blob {digest}: its object {key} is missing")),
+                Some(n) if n != *size as u64 => Some(format!(
+                    "blob {digest}: its object {key} is {n} bytes, {size} indexed"
+                )),
+                Some(_) if deep => self.rehash(digest, key).await?,
+                Some(_) => None,
+            };
+            // GC may have freed it since the list was read: not damage.
+            if let Some(p) = problem {
+                if self.row_is(digest, key).await? {
+                    problems.push(p);
+                }
+            }
+        }
+        let dangling = self
+            .sql(|c| {
+                let mut out = Vec::new();
+                for (what, q) in [
+                    (
+                        "link",
+                        "SELECT l.repo, l.digest FROM blob_links l \
+                         WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.digest = l.digest)",
+                    ),
+                    (
+                        "manifest",
+                        "SELECT m.repo, m.digest FROM manifests m \
+                         WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.digest = m.digest)",
+                    ),
+                    (
+                        "tag",
+                        "SELECT t.repo, t.tag || ' -> ' || t.digest FROM tags t WHERE NOT EXISTS \
+                         (SELECT 1 FROM manifests m WHERE m.repo = t.repo AND m.digest = t.digest)",
+                    ),
+                ] {
+                    for r in c.query(q, &[]).map_err(db)? {
+                        let (repo, d): (String, String) = (r.get(0), r.get(1));
+                        out.push(format!(
+                            "{what} {repo} {d}: names content that is not stored"
+                        ));
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        problems.extend(dangling);
+        Ok((rows.len(), problems))
+    }
+
+    async fn rehash(&self, digest: &str, key: &str) -> Result<Option<String>, RemoteUploadError> {
+        use http_body_util::BodyExt;
+        use sha2::Digest as _;
+        let Ok(want) = Digest::parse(digest) else {
+            return Ok(Some(format!("blob {digest}: not a digest")));
+        };
+        let Some(mut o) = self.s3.get_object(key, None).await? else {
+            return Ok(Some(format!("blob {digest}: its object {key} is missing")));
+        };
+        let (mut sha256, mut sha512) = (sha2::Sha256::new(), sha2::Sha512::new());
+        while let Some(frame) = o.body.frame().await {
+            let frame =
+                frame.map_err(|e| RemoteUploadError::Unavailable(format!("object read: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                match want.algorithm() {
+                    crate::oci::Algorithm::Sha256 => sha256.update(&data),
+                    crate::oci::Algorithm::Sha512 => sha512.update(&data),
+                }
+            }
+        }
+        let got = match want.algorithm() {
+            crate::oci::Algorithm::Sha256 => Digest::sha256_from_bytes(&sha256.finalize()),
+            crate::oci::Algorithm::Sha512 => Digest::sha512_from_bytes(&sha512.finalize()),
+        };
+        Ok((got != want).then(|| format!("blob {digest}: its object {key} hashes to {got}")))
+    }
+
+    /// Whether `digest` is still stored under `key`.
+    async fn row_is(&self, digest: &str, key: &str) -> Result<bool, RemoteUploadError> {
+        let (d, k) = (digest.to_owned(), key.to_owned());
+        self.sql(move |c| {
+            Ok(c.query_opt(
+                "SELECT 1 FROM blobs WHERE digest = $1 AND object_key = $2",
+                &[&d, &k],
+            )
+            .map_err(db)?
+            .is_some())
+        })
+        .await
+    }
 }

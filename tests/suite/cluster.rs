@@ -98,14 +98,7 @@ async fn a_node_serves_repeated_pulls_from_its_verified_copy() {
     // A range read of something never read whole leaves no copy.
     let other = payload(1 << 20, 32);
     let od = c.node(0).push_mono("cached", &other).await;
-    let r = c
-        .node(1)
-        .client
-        .get(c.node(1).url(&format!("/v2/cached/blobs/{od}")))
-        .header("range", "bytes=10-19")
-        .send()
-        .await
-        .unwrap();
+    let r = c.node(1).get_blob_range("cached", &od, "bytes=10-19").await;
     assert_eq!(r.status(), 206);
     assert_eq!(r.bytes().await.unwrap(), other[10..20]);
 
@@ -123,12 +116,8 @@ async fn a_node_serves_repeated_pulls_from_its_verified_copy() {
     assert_eq!(r.bytes().await.unwrap(), data);
     let r = c
         .node(1)
-        .client
-        .get(c.node(1).url(&format!("/v2/cached/blobs/{d}")))
-        .header("range", "bytes=1000-1999")
-        .send()
-        .await
-        .unwrap();
+        .get_blob_range("cached", &d, "bytes=1000-1999")
+        .await;
     assert_eq!(r.status(), 206);
     assert_eq!(r.bytes().await.unwrap(), data[1000..2000]);
     // Another repository without the link never sees it through the copy.
@@ -934,4 +923,75 @@ async fn the_gc_command_collects_beside_a_running_node() {
         other_body
     );
     node.push_mono("kept", b"after the collection").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_fsck_command_checks_the_bucket_beside_a_running_node() {
+    let Some(c) = Cluster::start(1, |_| {}).await else {
+        return;
+    };
+    let node = c.node(0);
+    let m = node.image_manifest("check", 51, 2).await;
+    let body = serde_json::to_vec(&m).unwrap();
+    assert_eq!(
+        node.put_manifest("check", "t", OCI_MANIFEST, &body)
+            .await
+            .status(),
+        201
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wharf.toml");
+    std::fs::write(&config, &c.toml).unwrap();
+    let fsck = |deep: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"));
+        cmd.args(["fsck", "--config"]).arg(&config);
+        if deep {
+            cmd.arg("--deep");
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    // Config, two layers and the manifest: four blobs, all sound.
+    let (code, text) = fsck(true);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("4 blobs checked, 0 problems"), "{text}");
+
+    let weed = Seaweed::shared().unwrap();
+    let s3 = wharf::s3::S3Client::new(&weed.settings(&c.bucket)).unwrap();
+    let key_of = |d: &str| {
+        c.sql(&format!(
+            "SELECT object_key FROM blobs WHERE digest = '{d}'"
+        ))
+        .trim()
+        .to_owned()
+    };
+    // One layer's object rewritten with other bytes of the same length:
+    // only the deep check reads it back and sees it.
+    let layer = m["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let size = m["layers"][0]["size"].as_u64().unwrap() as usize;
+    s3.put_object(
+        &key_of(&layer),
+        wharf::s3::PartBody::new([bytes::Bytes::from(vec![0u8; size])]),
+    )
+    .await
+    .unwrap();
+    let (code, text) = fsck(false);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = fsck(true);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains(&format!("DAMAGE blob {layer}")), "{text}");
+    // The config's object deleted: found without reading anything back.
+    let config_d = m["config"]["digest"].as_str().unwrap().to_owned();
+    s3.delete_object(&key_of(&config_d)).await.unwrap();
+    let (code, text) = fsck(false);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&format!("blob {config_d}: its object")),
+        "{text}"
+    );
+    assert!(text.contains("is missing"), "{text}");
+    // The node kept serving throughout.
+    assert_eq!(node.get("/v2/check/manifests/t").await.status(), 200);
 }

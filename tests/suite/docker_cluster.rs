@@ -21,6 +21,28 @@ fn docker(args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// A container's address on its (one) network.
+fn container_ip(name: &str) -> String {
+    docker(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        name,
+    ])
+    .unwrap()
+}
+
+/// A whole blob's bytes from `base`, which must answer 200.
+async fn fetch_blob(c: &reqwest::Client, base: &str, repo: &str, d: &str) -> Vec<u8> {
+    let r = c
+        .get(format!("{base}/v2/{repo}/blobs/{d}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{base} {repo} {d}");
+    r.bytes().await.unwrap().to_vec()
+}
+
 /// What the test made in Docker, removed however the test ends.
 struct Made {
     image: String,
@@ -176,15 +198,8 @@ async fn a_container_cut_off_mid_push_loses_nothing_and_the_others_serve() {
             "0.0.0.0:5000",
         ])
         .unwrap();
-        made.containers.push(name.clone());
-        let ip = docker(&[
-            "inspect",
-            "-f",
-            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-            &name,
-        ])
-        .unwrap();
-        nodes.push(format!("http://{ip}:5000"));
+        nodes.push(format!("http://{}:5000", container_ip(&name)));
+        made.containers.push(name);
     }
     let c = reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
@@ -276,42 +291,17 @@ async fn a_container_cut_off_mid_push_loses_nothing_and_the_others_serve() {
 
     // The two nodes left serve everything acknowledged, byte for byte.
     for n in &nodes[1..] {
-        let got = c
-            .get(format!("{n}/v2/farm/big/blobs/{d}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(got.status(), 200);
-        assert_eq!(digest(&got.bytes().await.unwrap()), d);
+        assert_eq!(digest(&fetch_blob(&c, n, "farm/big", &d).await), d);
         for (bd, bytes) in &acked {
-            let got = c
-                .get(format!("{n}/v2/farm/base/blobs/{bd}"))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(got.status(), 200);
-            assert_eq!(&got.bytes().await.unwrap()[..], &bytes[..]);
+            assert_eq!(&fetch_blob(&c, n, "farm/base", bd).await, bytes);
         }
     }
 
     // Back on the network, node 0 serves the blob finished without it.
     docker(&["network", "connect", &net, &made.containers[0]]).unwrap();
-    let ip = docker(&[
-        "inspect",
-        "-f",
-        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-        &made.containers[0],
-    ])
-    .unwrap();
-    let back = format!("http://{ip}:5000");
+    let back = format!("http://{}:5000", container_ip(&made.containers[0]));
     wait_ready(&c, &back).await;
-    let got = c
-        .get(format!("{back}/v2/farm/big/blobs/{d}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(got.status(), 200);
-    assert_eq!(digest(&got.bytes().await.unwrap()), d);
+    assert_eq!(digest(&fetch_blob(&c, &back, "farm/big", &d).await), d);
 }
 
 /// A receiver as the stream reqwest's body wants.

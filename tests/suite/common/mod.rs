@@ -258,6 +258,16 @@ impl TestRegistry {
         self.client.delete(self.url(path)).send().await.unwrap()
     }
 
+    /// A blob GET with a `Range` header such as `bytes=10-19`.
+    pub async fn get_blob_range(&self, repo: &str, d: &str, range: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(&format!("/v2/{repo}/blobs/{d}")))
+            .header("range", range)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn get_blob(&self, repo: &str, d: &str) -> reqwest::Response {
         self.client
             .get(self.url(&format!("/v2/{repo}/blobs/{d}")))
