@@ -251,13 +251,13 @@ impl ReadCache {
         match r {
             Ok(CopyEnd::Kept) => {
                 let used = self.clock.fetch_add(1, Ordering::Relaxed);
-                self.entries.insert(
-                    name.to_owned(),
-                    Entry {
-                        size,
-                        used: AtomicU64::new(used),
-                    },
-                );
+                let entry = Entry {
+                    size,
+                    used: AtomicU64::new(used),
+                };
+                if let Some(old) = self.entries.insert(name.to_owned(), entry) {
+                    self.total.fetch_sub(old.size, Ordering::Relaxed);
+                }
                 self.total.fetch_add(size, Ordering::Relaxed);
                 self.metrics.bytes.set(self.held() as i64);
                 self.evict();
@@ -277,7 +277,11 @@ impl ReadCache {
     /// Keeps a verified small blob (a manifest) read whole. Blocking.
     pub fn keep(&self, digest: &Digest, bytes: &[u8]) {
         let size = bytes.len() as u64;
-        if size == 0 || size > self.max_bytes / MAX_SHARE || self.space.is_full() {
+        if size == 0
+            || size > self.max_bytes / MAX_SHARE
+            || digest.algorithm() != Algorithm::Sha256
+            || self.space.is_full()
+        {
             return;
         }
         if Digest::of(digest.algorithm(), bytes) != *digest {
@@ -430,6 +434,27 @@ mod tests {
         assert_eq!(c.read(&d, 4999), None);
         assert_eq!(c.read(&d, 5000), None);
         assert_eq!(c.held(), 0);
+    }
+
+    #[test]
+    fn keeps_small_blobs_read_whole_when_they_match_their_sha256() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = cache(tmp.path(), 1 << 20);
+        let body = br#"{"schemaVersion":2}"#;
+        let d = Digest::of(Algorithm::Sha256, body);
+        c.keep(&d, body);
+        assert_eq!(c.read(&d, body.len() as u64).unwrap(), &body[..]);
+        // Not its bytes: not kept.
+        let other = Digest::of(Algorithm::Sha256, b"other");
+        c.keep(&other, body);
+        assert_eq!(c.read(&other, body.len() as u64), None);
+        // sha512 names are served from the bucket, never kept.
+        let d512 = Digest::of(Algorithm::Sha512, body);
+        c.keep(&d512, body);
+        assert_eq!(c.read(&d512, body.len() as u64), None);
+        let mismatches = c.metrics.copies.with_label_values(&["mismatch"]).get();
+        assert_eq!(mismatches, 0);
+        assert_eq!(c.held(), body.len() as u64);
     }
 
     #[tokio::test]
