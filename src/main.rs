@@ -63,6 +63,15 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Exit 0 when the server is ready (`/readyz` answers 200): for a
+    /// container's HEALTHCHECK, where there is no curl.
+    Healthcheck {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// host:port to ask instead of the configuration's addresses.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Check a stopped server's data folder (blob digests, metadata
     /// references, leftovers), or, with a --config in object-store mode,
     /// the bucket against PostgreSQL beside running nodes (read-only).
@@ -159,6 +168,10 @@ fn main() -> ExitCode {
             init_logging(&cfg.log);
             migrate(&cfg)
         }
+        Command::Healthcheck { config, url } => match load_config(config) {
+            Ok(cfg) => healthcheck(&cfg, url.as_deref()),
+            Err(code) => code,
+        },
         Command::Fsck {
             config,
             root,
@@ -354,9 +367,71 @@ fn gc_offline(cfg: Config, dry_run: bool) -> ExitCode {
 }
 
 /// Asks a running server to collect garbage (`POST /_wharf/gc`).
+/// One HTTP/1.1 request over plain TCP (the CLI's own calls to a local
+/// server), read to the end; bounded by a 5 s timeout each way.
+fn plain_http(host: &str, method: &str, path: &str, headers: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let timeout = std::time::Duration::from_secs(5);
+    let addr = host
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other("no address"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)?;
+    Ok(response)
+}
+
+/// `wharf healthcheck`: exit 0 when the server answers `/readyz` with 200
+/// (a container's HEALTHCHECK; minimal images have no curl). It asks the
+/// ops listener when `[metrics] addr` is set, else the registry port,
+/// which must then be plain HTTP.
+fn healthcheck(cfg: &Config, url: Option<&str>) -> ExitCode {
+    let local = |a: std::net::SocketAddr| {
+        let ip = match a.ip() {
+            ip if ip.is_unspecified() && ip.is_ipv4() => std::net::Ipv4Addr::LOCALHOST.into(),
+            ip if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+            ip => ip,
+        };
+        std::net::SocketAddr::new(ip, a.port()).to_string()
+    };
+    let host = match (url, cfg.metrics.addr, &cfg.tls) {
+        (Some(u), _, _) => u
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned(),
+        (None, Some(ops), _) => local(ops),
+        (None, None, None) => local(cfg.addr),
+        (None, None, Some(_)) => {
+            eprintln!("wharf healthcheck: the registry port speaks TLS; set [metrics] addr (plain HTTP) or --url");
+            return ExitCode::from(2);
+        }
+    };
+    match plain_http(&host, "GET", "/readyz", "") {
+        Ok(r) if r.starts_with("HTTP/1.1 200") => ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!(
+                "wharf healthcheck: {host}: {}",
+                r.lines().next().unwrap_or("no answer")
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("wharf healthcheck: {host}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn gc_online(host: &str, user: Option<&str>, dry_run: bool, grace_secs: Option<u64>) -> ExitCode {
     use base64::Engine as _;
-    use std::io::{Read, Write};
     let host = host.trim_start_matches("http://").trim_end_matches('/');
     let mut path = format!("/_wharf/gc?dry_run={dry_run}");
     if let Some(g) = grace_secs {
@@ -370,18 +445,13 @@ fn gc_online(host: &str, user: Option<&str>, dry_run: bool, grace_secs: Option<u
         }
         None => String::new(),
     };
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\n{credentials}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    let mut response = String::new();
-    let sent = std::net::TcpStream::connect(host).and_then(|mut s| {
-        s.write_all(request.as_bytes())?;
-        s.read_to_string(&mut response)
-    });
-    if let Err(e) = sent {
-        eprintln!("wharf gc: cannot reach {host}: {e}");
-        return ExitCode::from(2);
-    }
+    let response = match plain_http(host, "POST", &path, &credentials) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("wharf gc: cannot reach {host}: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let ok = response.starts_with("HTTP/1.1 200");
     let body = response.split("\r\n\r\n").nth(1).unwrap_or("");
     println!("wharf gc: {body}");

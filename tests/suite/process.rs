@@ -163,3 +163,56 @@ async fn sigterm_stops_gracefully_and_sessions_survive() {
     assert_eq!(r.status(), 204);
     assert_eq!(header(&r, "range"), Some("0-12344"));
 }
+
+#[test]
+fn healthcheck_says_whether_the_server_is_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .arg("healthcheck")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let mut wharf = WharfProcess::start(dir.path().join("a").as_path());
+    let host = wharf.base.trim_start_matches("http://").to_owned();
+    let out = check(&["--url", &host]);
+    assert!(out.status.success(), "{out:?}");
+    // Through the ops listener named in a config file.
+    let ops = crate::common::services::free_port();
+    let toml = format!("[metrics]\naddr = \"127.0.0.1:{ops}\"\n");
+    std::fs::create_dir_all(dir.path().join("b")).unwrap();
+    let with_ops = WharfProcess::start_with_toml(&dir.path().join("b"), &toml);
+    let out = check(&[
+        "--config",
+        dir.path().join("b/wharf.toml").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    drop(with_ops);
+    // Nobody answering: exit 1, saying why.
+    wharf.child.kill().unwrap();
+    wharf.child.wait().unwrap();
+    let out = check(&["--url", &host]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&host));
+}
+
+#[test]
+fn gc_command_collects_through_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let wharf = WharfProcess::start(dir.path());
+    let host = wharf.base.trim_start_matches("http://").to_owned();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["gc", "--url", &host, "--dry-run"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("\"dry_run\":true"), "{text}");
+    drop(wharf);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["gc", "--url", &host])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
