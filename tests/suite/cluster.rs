@@ -71,6 +71,22 @@ impl Cluster {
         &self.nodes[i % self.nodes.len()]
     }
 
+    /// Runs `wharf ARGS --config F` with the nodes' configuration written
+    /// to `dir`; returns the exit code and what it printed.
+    pub fn cli(&self, dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+        let config = dir.join("wharf.toml");
+        std::fs::write(&config, &self.toml).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    }
+
     pub fn sql(&self, q: &str) -> String {
         Postgres::shared().unwrap().psql(&self.db, q).unwrap()
     }
@@ -880,23 +896,20 @@ async fn the_gc_command_collects_beside_a_running_node() {
         202
     );
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("wharf.toml");
-    std::fs::write(&config, &c.toml).unwrap();
+    let scratch = dir.path().join("scratch");
     let gc = |dry_run: bool| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"));
-        cmd.arg("gc")
-            .arg("--config")
-            .arg(&config)
-            .arg("--root")
-            .arg(dir.path().join("scratch"))
-            .args(["--grace-secs", "0"]);
+        let mut args = vec![
+            "gc",
+            "--root",
+            scratch.to_str().unwrap(),
+            "--grace-secs",
+            "0",
+        ];
         if dry_run {
-            cmd.arg("--dry-run");
+            args.push("--dry-run");
         }
-        let out = cmd.output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{text}");
+        let (code, text) = c.cli(dir.path(), &args);
+        assert_eq!(code, Some(0), "{text}");
         text
     };
     let count = |d: &str| c.sql(&format!("SELECT count(*) FROM blobs WHERE digest = '{d}'"));
@@ -940,18 +953,9 @@ async fn the_fsck_command_checks_the_bucket_beside_a_running_node() {
         201
     );
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("wharf.toml");
-    std::fs::write(&config, &c.toml).unwrap();
-    let fsck = |deep: bool| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"));
-        cmd.args(["fsck", "--config"]).arg(&config);
-        if deep {
-            cmd.arg("--deep");
-        }
-        let out = cmd.output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.code(), text)
+    let fsck = |deep: bool| match deep {
+        true => c.cli(dir.path(), &["fsck", "--deep"]),
+        false => c.cli(dir.path(), &["fsck"]),
     };
     // Config, two layers and the manifest: four blobs, all sound.
     let (code, text) = fsck(true);
