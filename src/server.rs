@@ -406,7 +406,9 @@ async fn purge_idle_uploads(state: Arc<AppState>) {
     loop {
         tick.tick().await;
         let n = state.storage.purge(idle).await;
-        state.note_sessions();
+        if let Some(open) = state.storage.sessions_counted().await {
+            state.metrics.upload_sessions_open.set(open as i64);
+        }
         if let Some(r) = &state.rate_limiter {
             r.sweep();
         }

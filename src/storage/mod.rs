@@ -107,6 +107,12 @@ pub trait BlobStorage: Send + Sync + 'static {
     /// a shared database (the session limit and the gauge use it).
     fn sessions_open(&self) -> Option<usize>;
 
+    /// Upload sessions open, for the gauge: this node's, or where sessions
+    /// belong to no node, the cluster's (one query; called each purge).
+    async fn sessions_counted(&self) -> Option<usize> {
+        self.sessions_open()
+    }
+
     /// Starts an upload session for `repo`; returns its id.
     async fn begin_upload(&self, repo: &RepoName) -> Result<String, StorageError>;
 

@@ -52,6 +52,10 @@ impl BlobStorage for BucketStorage {
         None
     }
 
+    async fn sessions_counted(&self) -> Option<usize> {
+        self.objects.uploads.count().await.ok()
+    }
+
     async fn begin_upload(&self, repo: &RepoName) -> Result<String, StorageError> {
         Ok(self.objects.uploads.create(repo).await?.to_string())
     }

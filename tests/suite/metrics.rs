@@ -198,3 +198,43 @@ fn json_access_log_without_secrets() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_sessions_gauge_counts_sessions() {
+    // In cluster mode the sessions land on different nodes and node 0's
+    // gauge counts the cluster's, refreshed each purge (every second here).
+    let reg = TestRegistry::start_with(|c| {
+        c.metrics.addr = Some("127.0.0.1:0".parse().unwrap());
+        c.upload_purge_interval_secs = 1;
+    })
+    .await;
+    let ops = format!(
+        "http://{}",
+        reg.server.as_ref().unwrap().metrics_addr().unwrap()
+    );
+    let gauge_reaches = |want: f64| {
+        let ops = ops.clone();
+        async move {
+            let mut seen = -1.0;
+            for _ in 0..50 {
+                let text = reqwest::get(format!("{ops}/metrics"))
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                seen = metric(&text, "wharf_upload_sessions_open ");
+                if seen == want {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!("wharf_upload_sessions_open stayed {seen}, wanted {want}");
+        }
+    };
+    let first = reg.start_upload("gauge/a").await;
+    reg.start_upload("gauge/b").await;
+    gauge_reaches(2.0).await;
+    assert_eq!(reg.delete(&first).await.status(), 204);
+    gauge_reaches(1.0).await;
+}
