@@ -378,6 +378,13 @@ impl Seaweed {
                 "-s3.port.iceberg=0",
                 "-s3.port.lance=0",
             ])
+            // Every test makes a bucket, and each bucket is a collection
+            // with volumes of its own. Left to itself, `weed mini` caps the
+            // volume count at free disk / volume size, so on a fuller disk
+            // the suite ran out of volumes and writes failed with 500
+            // InternalError. Volumes are sparse files: a high cap and small
+            // volumes cost no disk.
+            .args(["-volume.max=4000", "-master.volumeSizeLimitMB=64"])
             .arg(format!("-admin.port={admin}"))
             .arg(format!("-s3.config={}", dir.join("s3.json").display()))
             .arg(format!("-s3.port={s3}"))
