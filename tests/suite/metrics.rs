@@ -11,6 +11,17 @@ fn metric(text: &str, line_start: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// One metric's value in a fresh scrape of the ops listener at `ops`.
+async fn scraped(ops: &str, line_start: &str) -> f64 {
+    let text = reqwest::get(format!("{ops}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metric(&text, line_start)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_with_traffic() {
     if skip_in_cluster("each node has its own /metrics") {
@@ -118,13 +129,7 @@ async fn store_gauges_count_existing_content_after_restart() {
     let ops = format!("http://{}", server.metrics_addr().unwrap());
     let mut bytes = 0.0;
     for _ in 0..50 {
-        let text = reqwest::get(format!("{ops}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        bytes = metric(&text, "wharf_store_bytes");
+        bytes = scraped(&ops, "wharf_store_bytes").await;
         if bytes > 0.0 {
             break;
         }
@@ -217,13 +222,7 @@ async fn open_sessions_gauge_counts_sessions() {
         async move {
             let mut seen = -1.0;
             for _ in 0..50 {
-                let text = reqwest::get(format!("{ops}/metrics"))
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
-                seen = metric(&text, "wharf_upload_sessions_open ");
+                seen = scraped(&ops, "wharf_upload_sessions_open ").await;
                 if seen == want {
                     return;
                 }
