@@ -1,10 +1,14 @@
-//! The one typed configuration: defaults, then the TOML file, then flags.
+//! The one typed configuration: defaults, then the TOML file, then the
+//! environment (`environment`), then flags.
 //!
-//! Owns: every setting and its validation at start-up.
+//! Owns: every setting, its sources and its validation at start-up.
 //! Must not: be read from global state after start-up; components get the
 //! parts they need passed in.
 
-use serde::Deserialize;
+pub mod check;
+mod environment;
+
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,14 +23,26 @@ pub enum ConfigError {
     #[error("invalid config file {path}: {source}")]
     Parse {
         path: PathBuf,
-        source: toml::de::Error,
+        source: Box<toml::de::Error>,
     },
     #[error("invalid setting: {0}")]
     Invalid(String),
+    /// The file was fine; a variable laid over it made it invalid.
+    #[error("invalid setting from the environment ({vars}): {source}")]
+    Environment {
+        vars: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("cannot read {key} {path}: {source}")]
+    SecretFile {
+        key: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// All settings. Every field has a default, so an empty file is valid.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address to listen on (HTTP/1.1 and cleartext HTTP/2).
@@ -83,7 +99,7 @@ pub struct Config {
     pub storage: StorageConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// "filesystem" (`<root>/blobs`) or "s3" (needs metadata.backend =
@@ -101,7 +117,7 @@ impl Default for StorageConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
     pub endpoint: String,
@@ -112,6 +128,9 @@ pub struct S3Config {
     pub access_key_id: Option<String>,
     /// Falls back to AWS_SECRET_ACCESS_KEY.
     pub secret_access_key: Option<String>,
+    /// Files holding the two keys instead (mounted secrets).
+    pub access_key_id_file: Option<PathBuf>,
+    pub secret_access_key_file: Option<PathBuf>,
     #[serde(default = "default_true")]
     pub path_style: bool,
     /// Answer blob GETs with a 307 to a presigned URL instead of streaming
@@ -190,7 +209,7 @@ impl S3Config {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetadataConfig {
     /// "redb" (`<root>/meta.redb`, one node) or "postgres" (any number of
@@ -199,6 +218,8 @@ pub struct MetadataConfig {
     /// libpq-style URL or key=value string, for "postgres"
     /// (`postgres://user:pass@host:5432/db`).
     pub url: Option<String>,
+    /// A file holding the URL instead (it carries the password).
+    pub url_file: Option<PathBuf>,
     /// Connections each node keeps to PostgreSQL.
     pub pool_size: u32,
     /// Bound on connecting, waiting for a pooled connection, and on any one
@@ -211,13 +232,14 @@ impl Default for MetadataConfig {
         MetadataConfig {
             backend: "redb".into(),
             url: None,
+            url_file: None,
             pool_size: 16,
             timeout_secs: 10,
         }
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Apache htpasswd file with bcrypt entries (`htpasswd -B`): HTTP Basic.
@@ -231,7 +253,7 @@ pub struct AuthConfig {
     pub admins: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     /// Where clients fetch tokens (the challenge's realm).
@@ -246,7 +268,7 @@ pub struct TokenConfig {
     pub public_key: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     /// Repository pattern: `*` matches within one path component, `**`
@@ -259,7 +281,7 @@ pub struct RuleConfig {
     pub actions: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain, leaf first.
@@ -275,7 +297,7 @@ fn default_reload_secs() -> u64 {
     10
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
     /// `/metrics`, `/healthz` and `/readyz` are served here, never on the
@@ -283,7 +305,7 @@ pub struct MetricsConfig {
     pub addr: Option<SocketAddr>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// "text" or "json".
@@ -304,7 +326,7 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Request line plus headers, per request (431 beyond it).
@@ -383,15 +405,79 @@ impl Default for Config {
 }
 
 impl Config {
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
+    /// Defaults, then the file (if any), then the `WHARF_*` settings among
+    /// `vars` (the process's environment, in `main`), then secrets named by
+    /// `*_file` keys. Flags are the caller's to apply last.
+    pub fn load(
+        path: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = toml::Table::new();
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let parse_err = |source| ConfigError::Parse {
+                path: path.to_owned(),
+                source: Box::new(source),
+            };
+            // Parsed as a Config first so unknown keys and wrong types are
+            // reported with the file's line and column.
+            toml::from_str::<Config>(&text).map_err(parse_err)?;
+            table = toml::from_str(&text).map_err(parse_err)?;
+        }
+        let applied = environment::overlay(&mut table, vars)?;
+        let mut cfg = Config::deserialize(toml::Value::Table(table)).map_err(|source| {
+            ConfigError::Environment {
+                vars: applied.join(", "),
+                source: Box::new(source),
+            }
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })
+        cfg.read_secret_files()?;
+        Ok(cfg)
+    }
+
+    /// Fills each secret from its `*_file` key; setting both is an error.
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        fn fill(
+            key: &str,
+            value: &mut Option<String>,
+            file: &Option<PathBuf>,
+        ) -> Result<(), ConfigError> {
+            let Some(path) = file else { return Ok(()) };
+            if value.is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "set {key} or {key}_file, not both"
+                )));
+            }
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+                key: format!("{key}_file"),
+                path: path.clone(),
+                source,
+            })?;
+            // Mounted secrets usually end with a newline that is not theirs.
+            *value = Some(text.trim_end_matches(['\n', '\r']).to_owned());
+            Ok(())
+        }
+        fill(
+            "metadata.url",
+            &mut self.metadata.url,
+            &self.metadata.url_file,
+        )?;
+        if let Some(s3) = &mut self.storage.s3 {
+            fill(
+                "storage.s3.access_key_id",
+                &mut s3.access_key_id,
+                &s3.access_key_id_file,
+            )?;
+            fill(
+                "storage.s3.secret_access_key",
+                &mut s3.secret_access_key,
+                &s3.secret_access_key_file,
+            )?;
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {

@@ -24,8 +24,9 @@ struct Cli {
 enum Command {
     /// Run the registry.
     Serve {
-        /// TOML file with any of the settings; flags win over it.
-        #[arg(long)]
+        /// TOML file with any of the settings; WHARF_* variables win over
+        /// it, flags over both.
+        #[arg(long, env = "WHARF_CONFIG")]
         config: Option<PathBuf>,
         /// Address to listen on [default: 127.0.0.1:5000].
         #[arg(long)]
@@ -37,7 +38,7 @@ enum Command {
     /// Collect garbage: on a running server (--url) or on a stopped one's
     /// data folder. Prints what was (or, with --dry-run, would be) freed.
     Gc {
-        #[arg(long)]
+        #[arg(long, env = "WHARF_CONFIG")]
         config: Option<PathBuf>,
         #[arg(long)]
         root: Option<PathBuf>,
@@ -60,13 +61,13 @@ enum Command {
     /// Apply the metadata schema migrations the PostgreSQL database lacks
     /// (nodes also do this at start, under the same lock).
     Migrate {
-        #[arg(long)]
+        #[arg(long, env = "WHARF_CONFIG")]
         config: PathBuf,
     },
     /// Exit 0 when the server is ready (`/readyz` answers 200): for a
     /// container's HEALTHCHECK, where there is no curl.
     Healthcheck {
-        #[arg(long)]
+        #[arg(long, env = "WHARF_CONFIG")]
         config: Option<PathBuf>,
         /// host:port to ask instead of the configuration's addresses.
         #[arg(long)]
@@ -77,7 +78,7 @@ enum Command {
     /// the bucket against PostgreSQL beside running nodes (read-only).
     /// Exits 1 when it finds damage.
     Fsck {
-        #[arg(long)]
+        #[arg(long, env = "WHARF_CONFIG")]
         config: Option<PathBuf>,
         #[arg(long)]
         root: Option<PathBuf>,
@@ -91,15 +92,55 @@ enum Command {
         #[arg(long)]
         deep: bool,
     },
+    /// Work with the configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate the file, the WHARF_* environment and every file they
+    /// name (htpasswd, token key, TLS pair, CA bundle, secrets); print the
+    /// effective configuration with secrets redacted. Exits 1 on a
+    /// problem, 2 when the configuration cannot be read at all.
+    Check {
+        #[arg(long, env = "WHARF_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// The process's environment, as the configuration reads it (variables
+/// that are not Unicode cannot be settings and are skipped).
+fn environment() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
 }
 
 fn load_config(config: Option<PathBuf>) -> Result<Config, ExitCode> {
-    match config {
-        Some(path) => Config::from_file(&path).map_err(|e| {
-            eprintln!("wharf: {e}");
-            ExitCode::from(2)
-        }),
-        None => Ok(Config::default()),
+    Config::load(config.as_deref(), environment()).map_err(|e| {
+        eprintln!("wharf: {e}");
+        ExitCode::from(2)
+    })
+}
+
+/// `wharf config check`: exit 0 only when start-up would accept it all.
+fn config_check(config: Option<PathBuf>) -> ExitCode {
+    let cfg = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let problems = wharf::config::check::problems(&cfg);
+    print!("{}", wharf::config::check::redacted(&cfg));
+    for p in &problems {
+        eprintln!("wharf config check: {p}");
+    }
+    match problems.is_empty() {
+        true => {
+            eprintln!("wharf config check: ok");
+            ExitCode::SUCCESS
+        }
+        false => ExitCode::from(1),
     }
 }
 
@@ -168,6 +209,9 @@ fn main() -> ExitCode {
             init_logging(&cfg.log);
             migrate(&cfg)
         }
+        Command::Config {
+            action: ConfigAction::Check { config },
+        } => config_check(config),
         Command::Healthcheck { config, url } => match load_config(config) {
             Ok(cfg) => healthcheck(&cfg, url.as_deref()),
             Err(code) => code,

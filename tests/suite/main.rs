@@ -14,6 +14,7 @@ mod backends;
 mod blobs;
 mod clients;
 mod cluster;
+mod configuration;
 mod crash;
 mod docker_cluster;
 mod engine;

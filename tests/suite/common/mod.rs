@@ -466,11 +466,21 @@ impl WharfProcess {
 
     /// Started with more flags (`--config FILE`, say).
     pub fn start_args(root: &std::path::Path, extra: &[&std::ffi::OsStr]) -> Self {
+        Self::start_env(root, extra, &[])
+    }
+
+    /// Started with more flags and `WHARF_*` settings in its environment.
+    pub fn start_env(
+        root: &std::path::Path,
+        extra: &[&std::ffi::OsStr],
+        vars: &[(&str, &str)],
+    ) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
             .args(["serve", "--addr", "127.0.0.1:0"])
             .args(extra)
             .arg("--root")
             .arg(root)
+            .envs(vars.iter().copied())
             .env("WHARF_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())

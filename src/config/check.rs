@@ -1,0 +1,132 @@
+//! `wharf config check`: everything start-up would refuse, found without
+//! starting, and the effective configuration with its secrets hidden.
+//!
+//! Owns: the checks of what the configuration names (files, addresses,
+//! the TLS pair) and the redacted rendering.
+//! Must not: bind, connect or write anything; it runs beside a live
+//! registry, on an operator's laptop, in a container's entrypoint.
+
+use super::Config;
+
+/// What is wrong with `cfg`, one line each; empty means it would start.
+pub fn problems(cfg: &Config) -> Vec<String> {
+    let mut found = Vec::new();
+    if let Err(e) = cfg.validate() {
+        found.push(e.to_string());
+    }
+    if let Err(e) = crate::auth::Authenticator::new(&cfg.auth) {
+        found.push(format!("auth: {e}"));
+    }
+    if let Some(tls) = &cfg.tls {
+        if let Err(e) = crate::tls::CertResolver::load(&tls.cert, &tls.key) {
+            found.push(format!("tls: {e}"));
+        }
+    }
+    if cfg.metrics.addr == Some(cfg.addr) {
+        found.push(format!(
+            "metrics.addr {} is the registry's addr: give the metrics listener its own",
+            cfg.addr
+        ));
+    }
+    if cfg.root.exists() && !cfg.root.is_dir() {
+        found.push(format!("root {}: not a directory", cfg.root.display()));
+    }
+    if let Some(url) = &cfg.metadata.url {
+        if let Err(e) = url.parse::<postgres::Config>() {
+            found.push(format!("metadata.url: {e}"));
+        }
+    }
+    if let (Some(s3), "s3") = (&cfg.storage.s3, cfg.storage.backend.as_str()) {
+        // Builds the client (endpoint, bucket, trusted roots) without
+        // sending a request.
+        match s3.settings() {
+            Ok(settings) => {
+                if let Err(e) = crate::s3::S3Client::new(&settings) {
+                    found.push(e.to_string());
+                }
+            }
+            Err(e) => found.push(e.to_string()),
+        }
+    }
+    found
+}
+
+/// The configuration as TOML, secrets replaced by `<redacted>`.
+pub fn redacted(cfg: &Config) -> String {
+    let mut shown = cfg.clone();
+    const HIDDEN: &str = "<redacted>";
+    if let Some(s3) = &mut shown.storage.s3 {
+        if s3.secret_access_key.is_some() {
+            s3.secret_access_key = Some(HIDDEN.into());
+        }
+    }
+    if let Some(url) = &mut shown.metadata.url {
+        *url = without_password(url);
+    }
+    toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+}
+
+/// A PostgreSQL URL or key=value string with its password hidden.
+fn without_password(url: &str) -> String {
+    if let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    {
+        let scheme = &url[..url.len() - rest.len()];
+        if let Some((userinfo, host)) = rest.split_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                return format!("{scheme}{user}:<redacted>@{host}");
+            }
+        }
+        return url.to_owned();
+    }
+    url.split_whitespace()
+        .map(|kv| match kv.split_once('=') {
+            Some(("password", _)) => "password=<redacted>".to_owned(),
+            _ => kv.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(
+            without_password("postgres://wharf:s3cret@db:5432/w"),
+            "postgres://wharf:<redacted>@db:5432/w"
+        );
+        assert_eq!(
+            without_password("host=db user=wharf password=s3cret"),
+            "host=db user=wharf password=<redacted>"
+        );
+        let mut cfg = Config::default();
+        cfg.metadata.url = Some("postgresql://u:hunter2@h/d".into());
+        cfg.storage.s3 = toml::from_str(
+            "endpoint = \"http://s3\"\nbucket = \"b\"\nsecret_access_key = \"hunter2\"",
+        )
+        .ok();
+        let text = redacted(&cfg);
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(
+            text.contains("<redacted>") && text.contains("bucket = \"b\""),
+            "{text}"
+        );
+        // What is printed is itself a valid configuration file.
+        toml::from_str::<Config>(&text).unwrap();
+    }
+
+    #[test]
+    fn missing_files_and_clashing_listeners_are_found() {
+        let mut cfg = Config::default();
+        cfg.auth.htpasswd = Some("/nonexistent/htpasswd".into());
+        cfg.metrics.addr = Some(cfg.addr);
+        let found = problems(&cfg).join("\n");
+        assert!(found.contains("/nonexistent/htpasswd"), "{found}");
+        assert!(found.contains("metrics.addr"), "{found}");
+        assert!(problems(&Config::default()).is_empty());
+    }
+}
