@@ -23,9 +23,11 @@ USER 10001:10001
 WORKDIR /var/lib/wharf
 EXPOSE 5000
 VOLUME /var/lib/wharf
-# A config file mounted at /etc/wharf/wharf.toml is used when the command
-# names it: `docker run ... wharf serve --config /etc/wharf/wharf.toml`.
+# Settings come from WHARF_* variables (README "From the environment");
+# WHARF_CONFIG=/etc/wharf/wharf.toml names a mounted file. Flags win over both.
+ENV WHARF_ADDR=0.0.0.0:5000 WHARF_ROOT=/var/lib/wharf
+# Reads the same variables, so it asks the address actually served.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=10s \
-  CMD ["/usr/local/bin/wharf", "healthcheck", "--url", "127.0.0.1:5000"]
+  CMD ["/usr/local/bin/wharf", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/wharf"]
-CMD ["serve", "--addr", "0.0.0.0:5000", "--root", "/var/lib/wharf"]
+CMD ["serve"]

@@ -150,7 +150,12 @@ fn init_logging(log: &wharf::config::LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WHARF_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only for a person at a terminal: containers and journald
+    // keep the escape codes otherwise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     if log.format == "json" {
         builder.json().flatten_event(true).init();
     } else {

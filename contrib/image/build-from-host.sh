@@ -2,7 +2,8 @@
 # Builds Wharf's runtime image from a binary built on this machine, with no
 # base image: a root filesystem holding the binary, the shared libraries it
 # links (from ldd), CA certificates, a non-root user and the data folder,
-# handed to `docker import`. For machines that cannot pull images (CI, air
+# handed to `docker import`, then runtime.Dockerfile on top of it (health
+# check, environment, command) with the classic builder. For machines that cannot pull images (CI, air
 # gaps); where a registry is reachable the top-level Dockerfile does the same
 # from source.
 #
@@ -31,13 +32,11 @@ echo 'wharf:x:10001:' >"$root/etc/group"
 chown -R 10001:10001 "$root/var/lib/wharf"
 chmod 1777 "$root/tmp"
 
-tar -C "$root" --numeric-owner -c . | docker import \
-  --change 'USER 10001:10001' \
-  --change 'ENV WHARF_LOG=info' \
-  --change 'EXPOSE 5000' \
-  --change 'VOLUME /var/lib/wharf' \
-  --change 'WORKDIR /var/lib/wharf' \
-  --change 'ENTRYPOINT ["/usr/local/bin/wharf"]' \
-  --change 'CMD ["serve", "--addr", "0.0.0.0:5000", "--root", "/var/lib/wharf"]' \
-  - "$tag" >/dev/null
+base="wharf-rootfs:$$"
+tar -C "$root" --numeric-owner -c . | docker import - "$base" >/dev/null
+trap 'rm -rf "$root"; docker rmi "$base" >/dev/null 2>&1 || true' EXIT
+DOCKER_BUILDKIT=0 docker build -q --build-arg "BASE=$base" -t "$tag" \
+  -f contrib/image/runtime.Dockerfile contrib/image >/dev/null 2>&1 \
+  || DOCKER_BUILDKIT=0 docker build --build-arg "BASE=$base" -t "$tag" \
+    -f contrib/image/runtime.Dockerfile contrib/image >&2
 echo "$tag"

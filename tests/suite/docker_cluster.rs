@@ -4,22 +4,12 @@
 //! and PostgreSQL through forwarders on the network's gateway. One node is
 //! cut off with `docker network disconnect` in the middle of a push.
 
+use crate::common::docker::{daemon_available, docker};
 use crate::common::services::{skip_without, Postgres, Seaweed, S3_KEY, S3_SECRET};
 use crate::common::*;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
-
-fn docker(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .map_err(|e| e.to_string())?;
-    match out.status.success() {
-        true => Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned()),
-        false => Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
-    }
-}
 
 /// A container's address on its (one) network.
 fn container_ip(name: &str) -> String {
@@ -122,8 +112,7 @@ async fn patch(c: &reqwest::Client, base: &str, loc: &str, from: usize, bytes: &
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_container_cut_off_mid_push_loses_nothing_and_the_others_serve() {
-    let have_docker = docker(&["info", "--format", "{{.ServerVersion}}"]).is_ok();
-    if skip_without("a Docker Engine", have_docker) {
+    if skip_without("a Docker Engine", daemon_available()) {
         return;
     }
     let (weed, pg) = (Seaweed::shared(), Postgres::shared());

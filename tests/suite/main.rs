@@ -17,6 +17,7 @@ mod cluster;
 mod configuration;
 mod crash;
 mod docker_cluster;
+mod docker_engine;
 mod engine;
 mod enospc;
 mod fsck;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod balancer;
+pub mod docker;
 pub mod pki;
 pub mod services;
 pub mod tls_front;

@@ -36,9 +36,14 @@ impl TestCa {
 
     /// A server certificate for localhost and 127.0.0.1: (chain PEM, key PEM).
     pub fn server_cert(&self) -> (String, String) {
+        self.server_cert_for(&["localhost", "127.0.0.1"])
+    }
+
+    /// A server certificate for these names and addresses.
+    pub fn server_cert_for(&self, names: &[&str]) -> (String, String) {
         let key = KeyPair::generate().unwrap();
-        let mut p =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
         p.distinguished_name.push(DnType::CommonName, "wharf test");
         let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
         (cert.pem(), key.serialize_pem())
