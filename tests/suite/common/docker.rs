@@ -102,7 +102,7 @@ impl DockerCli {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let tar = Command::new("tar")
+        let mut tar = Command::new("tar")
             .arg("-C")
             .arg(dir)
             .args(["-c", "."])
@@ -111,9 +111,10 @@ impl DockerCli {
             .unwrap();
         let out = self
             .command(&["import", "-", &tag])
-            .stdin(tar.stdout.unwrap())
+            .stdin(tar.stdout.take().unwrap())
             .output()
             .unwrap();
+        assert!(tar.wait().unwrap().success(), "tar of {}", dir.display());
         assert!(out.status.success(), "docker import: {out:?}");
         self.owns(&tag);
         tag
