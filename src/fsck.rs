@@ -1,14 +1,16 @@
-//! `wharf fsck`: an offline check of a data folder.
+//! `wharf fsck`: a check of a data folder.
 //!
 //! Owns: verifying every blob against its digest, every metadata reference
 //! against the blobs and rows it names, and finding leftovers; with
-//! `repair`, removing what is safe to remove.
-//! Must not: run beside a live server (the metadata database is opened
-//! exclusively, so it cannot), or delete a blob that is only suspect:
-//! corrupt blobs are moved to `<root>/quarantine/`.
+//! `repair`, removing what is safe to remove. Beside a running server
+//! (which holds the metadata database exclusively) it checks blob
+//! contents only, read-only.
+//! Must not: write anything while a server runs, or delete a blob that is
+//! only suspect: corrupt blobs are moved to `<root>/quarantine/`.
 
 use crate::meta::{MetaBackend, MetaError, MetaRead, MetaWrite, RedbBackend};
 use crate::oci::{Algorithm, Digest, RepoName};
+use crate::terminal::WorkProgress;
 use sha2::Digest as _;
 use std::collections::HashSet;
 use std::io::{self, Read};
@@ -20,6 +22,11 @@ pub enum FsckError {
     Meta(#[from] MetaError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error(
+        "a running server holds this data folder: --repair needs it stopped \
+         (without --repair, fsck checks blob contents read-only beside it)"
+    )]
+    RepairWhileLive,
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> FsckError + '_ {
@@ -29,9 +36,13 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> FsckError + '_ {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct FsckReport {
     pub blobs_checked: usize,
+    pub bytes_checked: u64,
+    /// False beside a running server: blob contents only (the metadata
+    /// database is the server's; staging and sessions are its work).
+    pub metadata_checked: bool,
     /// Damage: each makes fsck exit non-zero.
     pub problems: Vec<String>,
     /// Blobs nothing references: garbage collection's business, not damage.
@@ -68,15 +79,30 @@ fn hash_file(path: &Path, alg: Algorithm) -> io::Result<Digest> {
     })
 }
 
-pub fn run(root: &Path, repair: bool) -> Result<FsckReport, FsckError> {
+pub fn run(
+    root: &Path,
+    repair: bool,
+    progress: &dyn WorkProgress,
+) -> Result<FsckReport, FsckError> {
     let space = std::sync::Arc::new(crate::space::DiskSpace::unreserved(root));
-    let meta = RedbBackend::open(&root.join("meta.redb"), space)?;
+    let meta = match RedbBackend::open(&root.join("meta.redb"), space) {
+        Ok(m) => Some(m),
+        Err(e) if e.is_held_elsewhere() && repair => return Err(FsckError::RepairWhileLive),
+        Err(e) if e.is_held_elsewhere() => None,
+        Err(e) => return Err(e.into()),
+    };
+    let live = meta.is_none();
     let blobs_root = root.join("blobs");
-    let mut report = FsckReport::default();
+    let mut report = FsckReport {
+        metadata_checked: !live,
+        ..Default::default()
+    };
     let mut present: HashSet<String> = HashSet::new();
     let mut writes: Vec<MetaWrite> = Vec::new();
 
-    // Blob files: name, place and content.
+    // Blob files: name and place first (and their sizes, for progress),
+    // then content.
+    let mut found: Vec<(PathBuf, Digest, Algorithm, u64)> = Vec::new();
     for alg in [Algorithm::Sha256, Algorithm::Sha512] {
         let dir = blobs_root.join(alg.as_str());
         let Ok(prefixes) = std::fs::read_dir(&dir) else {
@@ -94,39 +120,58 @@ pub fn run(root: &Path, repair: bool) -> Result<FsckReport, FsckError> {
                 }
             };
             for f in files {
-                let path = f.map_err(io_at(&prefix))?.path();
+                let f = f.map_err(io_at(&prefix))?;
+                let path = f.path();
                 let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
                 let prefix_ok = prefix.file_name().and_then(|p| p.to_str()) == name.get(..2);
-                let digest = match Digest::parse(&format!("{}:{name}", alg.as_str())) {
-                    Ok(d) if prefix_ok => d,
-                    _ => {
-                        report
-                            .problems
-                            .push(format!("stray file {}", path.display()));
-                        continue;
+                match Digest::parse(&format!("{}:{name}", alg.as_str())) {
+                    Ok(d) if prefix_ok => {
+                        let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+                        found.push((path, d, alg, size));
                     }
-                };
-                report.blobs_checked += 1;
-                let actual = hash_file(&path, alg).map_err(io_at(&path))?;
-                if actual != digest {
-                    report.problems.push(format!(
-                        "blob {digest} is corrupt (content hashes to {actual})"
-                    ));
-                    if repair {
-                        let q = root.join("quarantine");
-                        std::fs::create_dir_all(&q).map_err(io_at(&q))?;
-                        let dest = q.join(format!("{}-{}", alg.as_str(), name));
-                        std::fs::rename(&path, &dest).map_err(io_at(&path))?;
-                        report
-                            .repaired
-                            .push(format!("moved corrupt {digest} to {}", dest.display()));
-                    }
-                    continue;
+                    _ => report
+                        .problems
+                        .push(format!("stray file {}", path.display())),
                 }
-                present.insert(digest.to_string());
             }
         }
     }
+    progress.start(found.len() as u64, found.iter().map(|f| f.3).sum());
+    for (path, digest, alg, size) in found {
+        let actual = match hash_file(&path, alg) {
+            Ok(a) => a,
+            // Garbage collection on the running server freed it meanwhile.
+            Err(e) if live && e.kind() == io::ErrorKind::NotFound => {
+                progress.advance(size);
+                continue;
+            }
+            Err(e) => return Err(io_at(&path)(e)),
+        };
+        progress.advance(size);
+        report.blobs_checked += 1;
+        report.bytes_checked += size;
+        if actual != digest {
+            report.problems.push(format!(
+                "blob {digest} is corrupt (content hashes to {actual})"
+            ));
+            if repair {
+                let q = root.join("quarantine");
+                std::fs::create_dir_all(&q).map_err(io_at(&q))?;
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                let dest = q.join(format!("{}-{}", alg.as_str(), name));
+                std::fs::rename(&path, &dest).map_err(io_at(&path))?;
+                report
+                    .repaired
+                    .push(format!("moved corrupt {digest} to {}", dest.display()));
+            }
+            continue;
+        }
+        present.insert(digest.to_string());
+    }
+    progress.finish();
+    let Some(meta) = meta else {
+        return Ok(report);
+    };
 
     // Leftovers of interrupted writes.
     let staging = blobs_root.join("staging");

@@ -50,7 +50,7 @@ pub struct GcOptions {
     pub dry_run: bool,
 }
 
-#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct GcReport {
     pub dry_run: bool,
     pub manifests_removed: usize,
@@ -63,11 +63,16 @@ impl std::fmt::Display for GcReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}{} manifests removed, {} blob links removed, {} blobs removed, {} bytes freed",
-            if self.dry_run { "dry run: " } else { "" },
+            "{}{} manifests, {} blob links and {} blobs removed, {} freed ({} bytes)",
+            if self.dry_run {
+                "dry run: would be "
+            } else {
+                ""
+            },
             self.manifests_removed,
             self.links_removed,
             self.blobs_removed,
+            crate::terminal::human_bytes(self.bytes_freed),
             self.bytes_freed
         )
     }

@@ -42,6 +42,7 @@ pub mod server;
 pub mod space;
 pub mod storage;
 pub mod store;
+pub mod terminal;
 pub mod tls;
 pub mod upload;
 

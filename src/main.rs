@@ -57,6 +57,9 @@ enum Command {
         /// Also remove manifests no tag reaches (gc_delete_untagged).
         #[arg(long)]
         delete_untagged: bool,
+        /// Print the report as JSON (exact counts and bytes), for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Apply the metadata schema migrations the PostgreSQL database lacks
     /// (nodes also do this at start, under the same lock).
@@ -73,10 +76,11 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
-    /// Check a stopped server's data folder (blob digests, metadata
-    /// references, leftovers), or, with a --config in object-store mode,
-    /// the bucket against PostgreSQL beside running nodes (read-only).
-    /// Exits 1 when it finds damage.
+    /// Check a data folder (blob digests, metadata references,
+    /// leftovers; beside a running server, blob digests only, read-only),
+    /// or, with a --config in object-store mode, the bucket against
+    /// PostgreSQL beside running nodes (read-only). Shows progress on a
+    /// terminal. Exits 1 when it finds damage.
     Fsck {
         #[arg(long, env = "WHARF_CONFIG")]
         config: Option<PathBuf>,
@@ -91,6 +95,9 @@ enum Command {
         /// (the data folder's check always does).
         #[arg(long)]
         deep: bool,
+        /// Print the report as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Work with the configuration.
     Config {
@@ -188,6 +195,7 @@ fn main() -> ExitCode {
             dry_run,
             grace_secs,
             delete_untagged,
+            json,
         } => {
             let mut cfg = match load_config(config) {
                 Ok(c) => c,
@@ -202,8 +210,8 @@ fn main() -> ExitCode {
             cfg.gc_delete_untagged |= delete_untagged;
             init_logging(&cfg.log);
             match url {
-                Some(u) => gc_online(&u, user.as_deref(), dry_run, grace_secs),
-                None => gc_offline(cfg, dry_run),
+                Some(u) => gc_online(&u, user.as_deref(), dry_run, grace_secs, json),
+                None => gc_offline(cfg, dry_run, json),
             }
         }
         Command::Migrate { config } => {
@@ -226,6 +234,7 @@ fn main() -> ExitCode {
             root,
             repair,
             deep,
+            json,
         } => {
             init_logging(&Default::default());
             let cfg = match config {
@@ -241,10 +250,10 @@ fn main() -> ExitCode {
                         eprintln!("wharf fsck: --repair works on a data folder only");
                         return ExitCode::from(2);
                     }
-                    fsck_bucket(&cfg, deep)
+                    fsck_bucket(&cfg, deep, json)
                 }
-                (Some(cfg), None) => fsck(&cfg.root, repair),
-                (_, Some(root)) => fsck(&root, repair),
+                (Some(cfg), None) => fsck(&cfg.root, repair, json),
+                (_, Some(root)) => fsck(&root, repair, json),
                 (None, None) => {
                     eprintln!("wharf fsck: give --root DIR or --config FILE");
                     ExitCode::from(2)
@@ -284,7 +293,7 @@ fn migrate(cfg: &Config) -> ExitCode {
 
 /// Object-store mode: the bucket checked against PostgreSQL, beside live
 /// nodes (read-only; `FsckReport` printed the same way).
-fn fsck_bucket(cfg: &Config, deep: bool) -> ExitCode {
+fn fsck_bucket(cfg: &Config, deep: bool, json: bool) -> ExitCode {
     if let Err(e) = cfg.validate() {
         eprintln!("wharf fsck: {e}");
         return ExitCode::from(2);
@@ -308,16 +317,20 @@ fn fsck_bucket(cfg: &Config, deep: bool) -> ExitCode {
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
         let blobs = wharf::s3::objects::ObjectBlobs::new(client, pool, 0, false);
-        blobs.check(deep).await.map_err(|e| e.to_string())
+        let bar = wharf::terminal::Bar::new("blobs");
+        blobs.check(deep, &bar).await.map_err(|e| e.to_string())
     });
     match result {
-        Ok((checked, problems)) => report_fsck(
+        Ok((checked, bytes, problems)) => report_fsck(
             &wharf::fsck::FsckReport {
                 blobs_checked: checked,
+                bytes_checked: bytes,
+                metadata_checked: true,
                 problems,
                 ..Default::default()
             },
             false,
+            json,
         ),
         Err(e) => {
             eprintln!("wharf fsck: {e}");
@@ -326,9 +339,9 @@ fn fsck_bucket(cfg: &Config, deep: bool) -> ExitCode {
     }
 }
 
-fn fsck(root: &std::path::Path, repair: bool) -> ExitCode {
-    match wharf::fsck::run(root, repair) {
-        Ok(r) => report_fsck(&r, repair),
+fn fsck(root: &std::path::Path, repair: bool, json: bool) -> ExitCode {
+    match wharf::fsck::run(root, repair, &wharf::terminal::Bar::new("blobs")) {
+        Ok(r) => report_fsck(&r, repair, json),
         Err(e) => {
             eprintln!("wharf fsck: {e}");
             ExitCode::from(2)
@@ -336,7 +349,15 @@ fn fsck(root: &std::path::Path, repair: bool) -> ExitCode {
     }
 }
 
-fn report_fsck(r: &wharf::fsck::FsckReport, repair: bool) -> ExitCode {
+fn report_fsck(r: &wharf::fsck::FsckReport, repair: bool, json: bool) -> ExitCode {
+    let code = match r.is_damaged() {
+        true => ExitCode::from(1),
+        false => ExitCode::SUCCESS,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+        return code;
+    }
     for p in &r.problems {
         println!("DAMAGE {p}");
     }
@@ -350,21 +371,25 @@ fn report_fsck(r: &wharf::fsck::FsckReport, repair: bool) -> ExitCode {
         println!("REPAIRED {f}");
     }
     println!(
-        "fsck: {} blobs checked, {} problems, {} leftovers, {} orphans{}",
+        "fsck: {} blobs checked ({}), {} problems, {} leftovers, {} orphans{}",
         r.blobs_checked,
+        wharf::terminal::human_bytes(r.bytes_checked),
         r.problems.len(),
         r.leftovers.len(),
         r.orphans.len(),
         if repair { ", repair done" } else { "" }
     );
-    match r.is_damaged() {
-        true => ExitCode::from(1),
-        false => ExitCode::SUCCESS,
+    if !r.metadata_checked {
+        println!(
+            "fsck: a running server holds this folder, so only blob contents were checked \
+             (read-only); stop it for the metadata check, leftovers and --repair"
+        );
     }
+    code
 }
 
 /// Runs garbage collection on a stopped server's folder.
-fn gc_offline(cfg: Config, dry_run: bool) -> ExitCode {
+fn gc_offline(cfg: Config, dry_run: bool, json: bool) -> ExitCode {
     let Some(rt) = runtime() else {
         return ExitCode::FAILURE;
     };
@@ -404,7 +429,7 @@ fn gc_offline(cfg: Config, dry_run: bool) -> ExitCode {
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         match result {
             Ok(report) => {
-                println!("wharf gc: {report}");
+                print_gc(&report, json);
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -479,7 +504,21 @@ fn healthcheck(cfg: &Config, url: Option<&str>) -> ExitCode {
     }
 }
 
-fn gc_online(host: &str, user: Option<&str>, dry_run: bool, grace_secs: Option<u64>) -> ExitCode {
+/// A collection's report: a sentence for people, or JSON with `--json`.
+fn print_gc(report: &wharf::gc::GcReport, json: bool) {
+    match json {
+        true => println!("{}", serde_json::to_string(report).unwrap_or_default()),
+        false => println!("wharf gc: {report}"),
+    }
+}
+
+fn gc_online(
+    host: &str,
+    user: Option<&str>,
+    dry_run: bool,
+    grace_secs: Option<u64>,
+    json: bool,
+) -> ExitCode {
     use base64::Engine as _;
     let host = host.trim_start_matches("http://").trim_end_matches('/');
     let mut path = format!("/_wharf/gc?dry_run={dry_run}");
@@ -503,11 +542,18 @@ fn gc_online(host: &str, user: Option<&str>, dry_run: bool, grace_secs: Option<u
     };
     let ok = response.starts_with("HTTP/1.1 200");
     let body = response.split("\r\n\r\n").nth(1).unwrap_or("");
-    println!("wharf gc: {body}");
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    match serde_json::from_str::<wharf::gc::GcReport>(body) {
+        Ok(report) if ok => {
+            print_gc(&report, json);
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!(
+                "wharf gc: {host}: {}: {body}",
+                response.lines().next().unwrap_or("")
+            );
+            ExitCode::FAILURE
+        }
     }
 }
 

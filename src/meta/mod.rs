@@ -57,6 +57,11 @@ pub enum MetaError {
 }
 
 impl MetaError {
+    /// Whether another process (a running server) holds the redb file.
+    pub fn is_held_elsewhere(&self) -> bool {
+        matches!(self, MetaError::Db(e) if matches!(**e, redb::Error::DatabaseAlreadyOpen))
+    }
+
     /// Whether this error leaves the database refusing further work until
     /// it is reopened (redb's rule after any failed write).
     pub fn closes_database(&self) -> bool {

@@ -267,8 +267,12 @@ impl ObjectBlobs {
     /// `wharf fsck` in this mode, beside live nodes: every stored blob's
     /// object exists with its size (and, `deep`, hashes to its digest), and
     /// no link, manifest or tag names content that is not there. Returns
-    /// (blobs checked, problems). Read-only.
-    pub async fn check(&self, deep: bool) -> Result<(usize, Vec<String>), RemoteUploadError> {
+    /// (blobs checked, their bytes, problems). Read-only.
+    pub async fn check(
+        &self,
+        deep: bool,
+        progress: &dyn crate::terminal::WorkProgress,
+    ) -> Result<(usize, u64, Vec<String>), RemoteUploadError> {
         let rows: Vec<(String, String, i64)> = self
             .sql(|c| {
                 let rows = c
@@ -284,6 +288,8 @@ impl ObjectBlobs {
             })
             .await?;
         let mut problems = Vec::new();
+        let bytes: u64 = rows.iter().map(|r| r.2.max(0) as u64).sum();
+        progress.start(rows.len() as u64, bytes);
         for (digest, key, size) in &rows {
             let found = self.s3.head_object(key).await?;
             let problem = match found {
@@ -300,7 +306,9 @@ impl ObjectBlobs {
                     problems.push(p);
                 }
             }
+            progress.advance(*size as u64);
         }
+        progress.finish();
         let dangling = self
             .sql(|c| {
                 let mut out = Vec::new();
@@ -332,7 +340,7 @@ impl ObjectBlobs {
             })
             .await?;
         problems.extend(dangling);
-        Ok((rows.len(), problems))
+        Ok((rows.len(), bytes, problems))
     }
 
     async fn rehash(&self, digest: &str, key: &str) -> Result<Option<String>, RemoteUploadError> {

@@ -5,11 +5,12 @@ use crate::common::*;
 use std::process::Command;
 
 fn fsck(root: &std::path::Path, repair: bool) -> (i32, String) {
+    fsck_with(root, if repair { &["--repair"] } else { &[] })
+}
+
+fn fsck_with(root: &std::path::Path, flags: &[&str]) -> (i32, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wharf"));
-    cmd.args(["fsck", "--root"]).arg(root);
-    if repair {
-        cmd.arg("--repair");
-    }
+    cmd.args(["fsck", "--root"]).arg(root).args(flags);
     let out = cmd.output().unwrap();
     (
         out.status.code().unwrap_or(-1),
@@ -36,13 +37,16 @@ async fn finds_damage_and_repairs_it() {
     assert_eq!(code, 0, "healthy store: {out}");
     assert!(out.contains("0 problems"), "{out}");
 
-    // A running server holds the database: fsck refuses rather than race it.
-    reg.restart().await;
-    let (code, out) = fsck(&root, false);
-    assert_eq!(code, 2, "{out}");
-    reg.server.take().unwrap().shutdown().await;
+    let (code, out) = fsck_with(&root, &["--json"]);
+    assert_eq!(code, 0, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let stored = blob_files(&root);
+    assert_eq!(report["blobs_checked"], stored.len(), "{out}");
+    assert_eq!(report["metadata_checked"], true);
+    let bytes_stored: u64 = stored.iter().map(|f| f.metadata().unwrap().len()).sum();
+    assert_eq!(report["bytes_checked"], bytes_stored);
 
-    // One flipped byte, one blob file gone, one staging leftover.
+    // One flipped byte.
     let path_of = |d: &str| {
         let hex = d.trim_start_matches("sha256:");
         root.join("blobs/sha256").join(&hex[..2]).join(hex)
@@ -51,6 +55,28 @@ async fn finds_damage_and_repairs_it() {
     let mut bytes = std::fs::read(&p).unwrap();
     bytes[1234] ^= 0x01;
     std::fs::write(&p, bytes).unwrap();
+
+    // Beside a running server (which holds the metadata database) fsck
+    // still re-hashes every blob, read-only, and says what it skipped;
+    // repairing waits for the server to stop.
+    reg.restart().await;
+    let (code, out) = fsck(&root, false);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("blob {victim_d} is corrupt")),
+        "{out}"
+    );
+    assert!(out.contains("only blob contents were checked"), "{out}");
+    let (code, out) = fsck(&root, true);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("--repair needs it stopped"), "{out}");
+    assert!(
+        reg.get_blob("g", &victim_d).await.status() == 200,
+        "nothing was moved"
+    );
+    reg.server.take().unwrap().shutdown().await;
+
+    // One blob file gone, one staging leftover.
     std::fs::remove_file(path_of(&missing_d)).unwrap();
     std::fs::write(root.join("blobs/staging/half-written"), b"x").unwrap();
 
@@ -79,4 +105,38 @@ async fn finds_damage_and_repairs_it() {
     let g = reg.get("/v2/f/manifests/v1").await;
     assert_eq!(g.bytes().await.unwrap(), m);
     assert_oci_error(reg.get_blob("g", &victim_d).await, 404, "BLOB_UNKNOWN").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_shows_on_a_terminal_and_never_in_logs() {
+    let mut reg = TestRegistry::start_with(|_| {}).await;
+    for i in 0..4 {
+        reg.push_mono("p", &payload(1 << 20, 50 + i)).await;
+    }
+    reg.server.take().unwrap().shutdown().await;
+    let root = reg.root.clone();
+    // Piped (a log, cron, CI): the report alone.
+    let (code, out) = fsck(&root, false);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("blobs ["), "{out}");
+    assert!(out.contains("4 blobs checked (4.0 MiB)"), "{out}");
+    // On a terminal (util-linux's script gives it one): the bar.
+    let command = format!(
+        "{} fsck --root {}",
+        env!("CARGO_BIN_EXE_wharf"),
+        root.display()
+    );
+    let Ok(tty) = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+    else {
+        eprintln!("skipped the terminal half: no script(1)");
+        return;
+    };
+    let text = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{text}");
+    assert!(
+        text.contains("4/4 blobs [") && text.contains("MiB/s"),
+        "{text}"
+    );
 }

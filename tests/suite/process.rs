@@ -208,7 +208,19 @@ fn gc_command_collects_through_a_running_server() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
-    assert!(text.contains("\"dry_run\":true"), "{text}");
+    assert!(
+        text.contains("dry run: would be") && text.contains("freed (0 bytes)"),
+        "{text}"
+    );
+    // Scripts get the exact figures as JSON.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["gc", "--url", &host, "--dry-run", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["dry_run"], true);
+    assert_eq!(report["bytes_freed"], 0);
     drop(wharf);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
         .args(["gc", "--url", &host])
