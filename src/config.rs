@@ -97,6 +97,40 @@ pub struct Config {
     pub metadata: MetadataConfig,
     /// Where blob bytes live: the data folder (default) or an S3 bucket.
     pub storage: StorageConfig,
+    /// Tag retention policies, run with garbage collection's schedule and
+    /// on `POST /_wharf/retention`; a repository follows the first that
+    /// matches it.
+    pub retention: Vec<RetentionConfig>,
+    /// Tags that can be neither moved nor deleted.
+    pub immutable: Vec<ImmutableConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Repository pattern, as in auth rules (`ci/**`).
+    pub repositories: String,
+    /// Keep the newest N tags by push time.
+    pub keep_last: Option<usize>,
+    /// Keep tags whose manifest was pulled within this many days.
+    pub keep_pulled_within_days: Option<u64>,
+    /// Keep tags matching any of these regular expressions.
+    #[serde(default)]
+    pub keep_tags: Vec<String>,
+    /// Delete manifests no tag or index reaches once this old.
+    pub delete_untagged_after_hours: Option<u64>,
+    /// Only report what would be deleted.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImmutableConfig {
+    /// Repository pattern (`release/**`).
+    pub repositories: String,
+    /// Regular expressions; a matching tag can be neither moved nor deleted.
+    pub tags: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -400,6 +434,8 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             metadata: MetadataConfig::default(),
             storage: StorageConfig::default(),
+            retention: Vec::new(),
+            immutable: Vec::new(),
         }
     }
 }
@@ -590,6 +626,7 @@ impl Config {
                 )))
             }
         }
+        crate::retention::Policies::new(&self.retention, &self.immutable)?;
         if !self.auth.rules.is_empty() && !self.auth_enabled() {
             return Err(ConfigError::Invalid(
                 "auth.rules need auth.htpasswd or auth.token".into(),

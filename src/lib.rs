@@ -37,6 +37,8 @@ pub mod meta;
 pub mod metrics;
 pub mod oci;
 pub mod ops;
+pub mod pull_log;
+pub mod retention;
 pub mod s3;
 pub mod server;
 pub mod space;

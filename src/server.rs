@@ -93,6 +93,10 @@ impl Server {
             None => None,
         };
         let budget_kib = (config.upload_memory_budget_mib * 1024) as usize;
+        let policies = Arc::new(crate::retention::Policies::new(
+            &config.retention,
+            &config.immutable,
+        )?);
         let rate_limiter = RateLimiter::new(
             config.limits.rate_limit_per_sec,
             config.limits.rate_limit_burst,
@@ -108,6 +112,8 @@ impl Server {
             metrics,
             draining: AtomicBool::new(false),
             space,
+            policies,
+            pulls: Default::default(),
         });
         let (stop, stopped) = oneshot::channel();
         let metrics_addr = ops_listener.as_ref().map(|(_, a)| *a);
@@ -223,6 +229,7 @@ async fn run(
     background.spawn(scheduled_gc(state.clone()));
     background.spawn(count_store(state.clone()));
     background.spawn(watch_disk_space(state.clone()));
+    background.spawn(flush_pulls(state.clone()));
     background.spawn(watch_reloadable(state.clone(), tls, hangup));
     if let Some(l) = ops_listener {
         background.spawn(crate::ops::serve(l, state.clone()));
@@ -268,6 +275,9 @@ async fn run(
     }
     connections.shutdown().await;
     background.shutdown().await;
+    if let Err(e) = state.pulls.flush(&state.meta).await {
+        tracing::warn!(error = %e, "pull times not recorded at shutdown");
+    }
     drop(ctx);
     match Arc::try_unwrap(state) {
         Ok(state) => {
@@ -418,6 +428,20 @@ async fn purge_idle_uploads(state: Arc<AppState>) {
     }
 }
 
+/// How often noted manifest pulls are written (one batch each time).
+const PULL_FLUSH: Duration = Duration::from_secs(30);
+
+async fn flush_pulls(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + PULL_FLUSH, PULL_FLUSH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = state.pulls.flush(&state.meta).await {
+            tracing::warn!(error = %e, "pull times not recorded; retrying at the next flush");
+        }
+    }
+}
+
 async fn scheduled_gc(state: Arc<AppState>) {
     if state.config.gc_interval_secs == 0 {
         return;
@@ -428,6 +452,21 @@ async fn scheduled_gc(state: Arc<AppState>) {
     loop {
         tick.tick().await;
         let _running = state.gc_running.lock().await;
+        // Retention first, so the collection frees what it unreferenced.
+        if state.policies.has_retention() {
+            if let Err(e) = state.pulls.flush(&state.meta).await {
+                tracing::warn!(error = %e, "pull times not recorded before retention");
+            }
+            match crate::retention::run(&state.meta, &state.policies, false).await {
+                Ok(r) => tracing::info!(
+                    tags = r.tags_deleted.iter().filter(|d| !d.dry_run).count(),
+                    manifests = r.manifests_deleted.iter().filter(|d| !d.dry_run).count(),
+                    would = r.tags_deleted.iter().filter(|d| d.dry_run).count(),
+                    "retention (scheduled)"
+                ),
+                Err(e) => tracing::error!(error = %e, "retention failed"),
+            }
+        }
         let result = crate::gc::collect(
             &state.meta,
             state.storage.as_ref(),

@@ -9,7 +9,7 @@
 
 pub mod access;
 mod htpasswd;
-mod pattern;
+pub mod pattern;
 mod token;
 
 pub use access::{Access, Action};

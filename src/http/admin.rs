@@ -2,7 +2,9 @@
 //! repository name can start with `_`, so none can collide).
 //!
 //! `POST /_wharf/gc[?dry_run=true][&grace_secs=N]` runs garbage collection
-//! now and answers its report as JSON.
+//! now and answers its report as JSON; `POST /_wharf/retention[?dry_run=true]`
+//! applies the retention policies (or only reports) and answers what was
+//! deleted and why.
 
 use super::body::Body;
 use super::error::ApiError;
@@ -32,7 +34,38 @@ pub(super) async fn gc(st: &AppState, method: &Method, query: &Query) -> HttpRes
     st.metrics.record_gc(&result);
     let report = result?;
     tracing::info!(%report, "garbage collection (requested)");
-    let body = serde_json::to_vec(&report).unwrap_or_default();
+    Ok(json_response(
+        serde_json::to_vec(&report).unwrap_or_default(),
+    ))
+}
+
+pub(super) async fn retention(st: &AppState, method: &Method, query: &Query) -> HttpResult {
+    if method != Method::POST {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    // Retention and collection share the lock: one decides what is
+    // unreferenced, the other frees it.
+    let Ok(_running) = st.gc_running.try_lock() else {
+        return Err(ApiError::Unavailable(
+            "garbage collection or retention is already running".into(),
+        ));
+    };
+    let dry_run = query.get("dry_run") == Some("true");
+    // Pulls noted so far count as pulls.
+    st.pulls.flush(&st.meta).await?;
+    let report = crate::retention::run(&st.meta, &st.policies, dry_run).await?;
+    tracing::info!(
+        dry_run,
+        tags = report.tags_deleted.len(),
+        manifests = report.manifests_deleted.len(),
+        "retention (requested)"
+    );
+    Ok(json_response(
+        serde_json::to_vec(&report).unwrap_or_default(),
+    ))
+}
+
+fn json_response(body: Vec<u8>) -> Response<Body> {
     let len = body.len();
     let mut r = Response::new(Body::full(body));
     r.headers_mut().insert(
@@ -41,5 +74,5 @@ pub(super) async fn gc(st: &AppState, method: &Method, query: &Query) -> HttpRes
     );
     r.headers_mut()
         .insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
-    Ok(r)
+    r
 }

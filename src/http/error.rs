@@ -54,6 +54,9 @@ pub enum ApiError {
     Unauthorized { challenge: String, message: String },
     #[error("requested access to the resource is denied")]
     Denied { challenge: Option<String> },
+    /// Refused by a registry policy (an immutable tag), whoever asks.
+    #[error("{0}")]
+    PolicyDenied(String),
     #[error("too many requests; retry in {retry_after_secs} s")]
     TooManyRequests { retry_after_secs: u64 },
     #[error("request headers are larger than {0} bytes")]
@@ -95,7 +98,7 @@ impl ApiError {
             StorageFull(_) => ("STORAGE_FULL", StatusCode::INSUFFICIENT_STORAGE),
             Internal(_) => ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR),
             Unauthorized { .. } => ("UNAUTHORIZED", StatusCode::UNAUTHORIZED),
-            Denied { .. } => ("DENIED", StatusCode::FORBIDDEN),
+            Denied { .. } | PolicyDenied(_) => ("DENIED", StatusCode::FORBIDDEN),
             TooManyRequests { .. } => ("TOOMANYREQUESTS", StatusCode::TOO_MANY_REQUESTS),
             HeadersTooLarge(_) => ("SIZE_INVALID", StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
         }

@@ -72,6 +72,7 @@ pub(super) async fn get(
     head_only: bool,
 ) -> HttpResult {
     let meta = st.meta.reader();
+    let repo = name.clone();
     let (name, reference) = (name.clone(), reference.clone());
     // Where the bytes are a file, they are read in the same trip.
     let reader = st.storage.manifest_reader().filter(|_| !head_only);
@@ -104,6 +105,10 @@ pub(super) async fn get(
             ))
         })?)
     };
+    if !head_only {
+        // Retention's "pulled within": clients HEAD to check, GET to pull.
+        st.pulls.note(&repo, &digest, unix_now());
+    }
     let body = bytes.map_or(Body::Empty, Body::Bytes);
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
@@ -195,28 +200,36 @@ pub(super) async fn put(
         annotations: parsed.annotations,
         blobs: parsed.blobs.iter().map(|d| d.to_string()).collect(),
         children: parsed.children.iter().map(|d| d.to_string()).collect(),
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        created: unix_now(),
     };
     let tag = match reference {
         Reference::Tag(t) => Some(t.clone()),
         Reference::Digest(_) => None,
     };
+    let immutable = tag
+        .as_deref()
+        .and_then(|t| st.policies.immutable_rule(name.as_str(), t));
     st.meta
         .write(vec![MetaWrite::PutManifest {
             repo: name.clone(),
             digest: digest.clone(),
             record,
-            tag,
+            tag: tag.clone(),
+            tag_immutable: immutable.is_some(),
         }])
         .await
-        .map_err(|e| match e {
+        .map_err(|e| match (e, &immutable, &tag) {
+            // The tag points at another manifest (checked in the commit,
+            // so two pushes racing for a new immutable tag cannot both win).
+            (MetaError::Conflict(why), Some(rule), Some(t)) if why.ends_with("is immutable") => {
+                ApiError::PolicyDenied(format!(
+                    "tag {t} of {name} is immutable ({rule}): it cannot be moved"
+                ))
+            }
             // A referenced blob was unlinked (garbage collection) between
             // the check above and the commit.
-            MetaError::Conflict(why) => ApiError::ManifestBlobUnknown(why),
-            e => e.into(),
+            (MetaError::Conflict(why), _, _) => ApiError::ManifestBlobUnknown(why),
+            (e, _, _) => e.into(),
         })?;
 
     let mut headers = vec![
@@ -236,20 +249,66 @@ pub(super) async fn delete(st: &AppState, name: &RepoName, reference: &Reference
         ));
     }
     let (repo, reference) = (name.clone(), reference.clone());
+    let policies = st.policies.clone();
     let op = st
         .meta
         .query(move |meta| {
-            Ok(match reference {
-                Reference::Tag(tag) => meta
-                    .tag(&repo, &tag)?
-                    .map(|_| MetaWrite::DeleteTag { repo, tag }),
-                Reference::Digest(digest) => meta
-                    .manifest(&repo, &digest)?
-                    .map(|_| MetaWrite::DeleteManifest { repo, digest }),
-            })
+            Ok(Some(match reference {
+                Reference::Tag(tag) => match meta.tag(&repo, &tag)? {
+                    Some(_) => match policies.immutable_rule(repo.as_str(), &tag) {
+                        Some(rule) => Err(format!("tag {tag} of {repo} is immutable ({rule})")),
+                        None => Ok(MetaWrite::DeleteTag { repo, tag }),
+                    },
+                    None => return Ok(None),
+                },
+                Reference::Digest(digest) => {
+                    if meta.manifest(&repo, &digest)?.is_none() {
+                        return Ok(None);
+                    }
+                    // Deleting a manifest deletes its tags.
+                    match immutable_tag_on(meta, &policies, &repo, &digest)? {
+                        Some(why) => Err(why),
+                        None => Ok(MetaWrite::DeleteManifest { repo, digest }),
+                    }
+                }
+            }))
         })
         .await?
-        .ok_or(ApiError::ManifestUnknown)?;
+        .ok_or(ApiError::ManifestUnknown)?
+        .map_err(ApiError::PolicyDenied)?;
     st.meta.write(vec![op]).await?;
     Ok(empty_response(StatusCode::ACCEPTED, &[]))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// An immutable tag on `digest` in `repo`, described, if there is one.
+fn immutable_tag_on(
+    meta: &dyn crate::meta::MetaRead,
+    policies: &crate::retention::Policies,
+    repo: &RepoName,
+    digest: &Digest,
+) -> Result<Option<String>, MetaError> {
+    let mut after: Option<String> = None;
+    loop {
+        let page = meta.tags(repo, after.as_deref(), 1000)?;
+        for t in &page.items {
+            if let Some(rule) = policies.immutable_rule(repo.as_str(), t) {
+                if meta.tag(repo, t)?.as_ref() == Some(digest) {
+                    return Ok(Some(format!(
+                        "manifest {digest} carries tag {t}, which is immutable ({rule})"
+                    )));
+                }
+            }
+        }
+        match (page.more, page.items.last()) {
+            (true, Some(last)) => after = Some(last.clone()),
+            _ => return Ok(None),
+        }
+    }
 }

@@ -57,6 +57,10 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// Free space and the full-disk mode: write endpoints ask it first.
     pub space: Arc<crate::space::DiskSpace>,
+    /// Retention policies and immutable tags, compiled.
+    pub policies: Arc<crate::retention::Policies>,
+    /// Manifest pulls not yet written (retention's "pulled within").
+    pub pulls: crate::pull_log::PullLog,
 }
 
 impl AppState {
@@ -308,15 +312,24 @@ async fn dispatch(
             });
         }
     }
-    if req.uri().path() == "/_wharf/gc" {
-        facts.route = "admin_gc";
+    let admin_route = match req.uri().path() {
+        "/_wharf/gc" => Some("admin_gc"),
+        "/_wharf/retention" => Some("admin_retention"),
+        _ => None,
+    };
+    if let Some(route) = admin_route {
+        facts.route = route;
         if let Some(auth) = &st.auth {
             let who = authorize(auth, &req, &Access::Login, facts).await?;
             if !auth.is_admin(&who) {
                 return Err(ApiError::Denied { challenge: None });
             }
         }
-        return admin::gc(st, req.method(), &Query::parse(req.uri().query())).await;
+        let query = Query::parse(req.uri().query());
+        return match route {
+            "admin_gc" => admin::gc(st, req.method(), &query).await,
+            _ => admin::retention(st, req.method(), &query).await,
+        };
     }
     let endpoint = match route::parse(req.uri().path()) {
         Ok(e) => e,

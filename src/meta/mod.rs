@@ -142,6 +142,9 @@ pub enum MetaWrite {
         digest: Digest,
         record: ManifestRecord,
         tag: Option<String>,
+        /// The tag is immutable: fail if it points at another manifest
+        /// (checked in the transaction, so two pushes cannot both win).
+        tag_immutable: bool,
     },
     /// Removes a manifest, every tag on it, and its referrer entry.
     DeleteManifest {
@@ -151,6 +154,18 @@ pub enum MetaWrite {
     DeleteTag {
         repo: RepoName,
         tag: String,
+    },
+    /// Retention: remove a tag only if it still points at `digest` (a tag
+    /// moved since the policy looked is a new push, not a candidate).
+    RetireTag {
+        repo: RepoName,
+        tag: String,
+        digest: Digest,
+    },
+    /// When manifests were last pulled (unix seconds), batched by the
+    /// pull log; a later time wins over an earlier one.
+    RecordPulls {
+        pulls: Vec<(RepoName, Digest, u64)>,
     },
     /// Garbage collection: unlink a blob no manifest of `repo` references,
     /// if the link is older than `cutoff` (unix seconds).
@@ -199,6 +214,8 @@ pub trait MetaRead: Send + Sync + 'static {
     fn all_manifests(&self) -> Result<Vec<(String, String, ManifestRecord)>, MetaError>;
     /// Every tag as (repository, tag, digest).
     fn all_tags(&self) -> Result<Vec<(String, String, String)>, MetaError>;
+    /// When each manifest was last pulled: (repository, digest, unix s).
+    fn all_pulls(&self) -> Result<Vec<(String, String, u64)>, MetaError>;
 }
 
 /// A whole database: the reads, and `commit`, which only the writer thread

@@ -145,6 +145,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX blob_links_by_digest ON blob_links (digest);
     CREATE INDEX manifests_by_digest ON manifests (digest);
     "#,
+    // 3: when each manifest was last pulled, for retention policies
+    // (written in batches by each node's pull log, never per pull).
+    r#"
+    CREATE TABLE pulls (
+        repo      text COLLATE "C" NOT NULL,
+        digest    text COLLATE "C" NOT NULL,
+        pulled_at bigint NOT NULL,
+        PRIMARY KEY (repo, digest)
+    );
+    "#,
 ];
 
 /// Key of the session advisory lock held while migrating ("wharf" in ASCII).
@@ -457,6 +467,17 @@ impl MetaRead for PostgresBackend {
             .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect())
     }
+
+    fn all_pulls(&self) -> Result<Vec<(String, String, u64)>, MetaError> {
+        let rows = self
+            .conn()?
+            .query("SELECT repo, digest, pulled_at FROM pulls", &[])
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get::<_, i64>(2).max(0) as u64))
+            .collect())
+    }
 }
 
 impl MetaBackend for PostgresBackend {
@@ -528,6 +549,36 @@ fn precondition(
             .is_none()
             .then(|| format!("blob {d} is no longer in repository {from}"))
         }
+        MetaWrite::PutManifest {
+            repo,
+            digest,
+            tag: Some(t),
+            tag_immutable: true,
+            ..
+        } if {
+            // FOR UPDATE cannot lock a row that does not exist yet: two
+            // nodes creating one immutable tag would both see no row and the
+            // later upsert would move it. A lock on the name serialises them.
+            txn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || $2, 0))",
+                &[&repo.as_str(), t],
+            )?;
+            txn.query_opt(
+                "SELECT 1 FROM tags WHERE repo = $1 AND tag = $2 AND digest <> $3",
+                &[&repo.as_str(), t, &digest.to_string()],
+            )?
+            .is_some()
+        } =>
+        {
+            Some(format!("tag {t} is immutable"))
+        }
+        MetaWrite::RetireTag { repo, tag, digest } => txn
+            .query_opt(
+                "SELECT 1 FROM tags WHERE repo = $1 AND tag = $2 AND digest = $3 FOR UPDATE",
+                &[&repo.as_str(), tag, &digest.to_string()],
+            )?
+            .is_none()
+            .then(|| format!("tag {tag} moved or went since retention looked")),
         MetaWrite::PutManifest { repo, record, .. } => {
             let r = repo.as_str();
             let found: Vec<String> = txn
@@ -679,6 +730,7 @@ fn apply(txn: &mut Transaction<'_>, op: &MetaWrite, now: i64) -> Result<(), post
             digest,
             record,
             tag,
+            ..
         } => {
             let (r, d) = (repo.as_str(), digest.to_string());
             // A re-push replaces the record and its index entries; its tags stay.
@@ -723,11 +775,26 @@ fn apply(txn: &mut Transaction<'_>, op: &MetaWrite, now: i64) -> Result<(), post
                 "DELETE FROM tags WHERE repo = $1 AND digest = $2",
                 &[&r, &d],
             )?;
+            txn.execute(
+                "DELETE FROM pulls WHERE repo = $1 AND digest = $2",
+                &[&r, &d],
+            )?;
         }
-        MetaWrite::DeleteTag { repo, tag } => {
+        MetaWrite::DeleteTag { repo, tag } | MetaWrite::RetireTag { repo, tag, .. } => {
             txn.execute(
                 "DELETE FROM tags WHERE repo = $1 AND tag = $2",
                 &[&repo.as_str(), tag],
+            )?;
+        }
+        MetaWrite::RecordPulls { pulls } => {
+            let repos: Vec<&str> = pulls.iter().map(|p| p.0.as_str()).collect();
+            let digests: Vec<String> = pulls.iter().map(|p| p.1.to_string()).collect();
+            let times: Vec<i64> = pulls.iter().map(|p| p.2 as i64).collect();
+            // Only manifests that still exist; a later time wins. Sorted,
+            // so two nodes' batches lock rows in one order.
+            txn.execute(
+                "INSERT INTO pulls (repo, digest, pulled_at)                  SELECT p.r, p.d, max(p.t) FROM unnest($1::text[], $2::text[], $3::bigint[]) AS p(r, d, t)                  JOIN manifests m ON m.repo = p.r AND m.digest = p.d                  GROUP BY p.r, p.d ORDER BY p.r, p.d                  ON CONFLICT (repo, digest) DO UPDATE                  SET pulled_at = GREATEST(pulls.pulled_at, EXCLUDED.pulled_at)",
+                &[&repos, &digests, &times],
             )?;
         }
     }

@@ -8,6 +8,7 @@
 //! referrers   (repo, subject, referrer)  -> ()
 //! refs        (digest, repo, manifest)   -> ()   blob or child manifest
 //!                                               `digest` is used by `manifest`
+//! pulls       (repo, digest)             -> last pulled (unix s)
 //! ```
 //! Keys sort bytewise, so tag and repository listings are range scans in
 //! order, with no directory walk and no sort per request.
@@ -27,6 +28,7 @@ const MANIFESTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("ma
 const TAGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("tags");
 const REFERRERS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("referrers");
 const REFS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("refs");
+const PULLS: TableDefinition<(&str, &str), u64> = TableDefinition::new("pulls");
 
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
@@ -83,6 +85,7 @@ impl RedbBackend {
         txn.open_table(TAGS)?;
         txn.open_table(REFERRERS)?;
         txn.open_table(REFS)?;
+        txn.open_table(PULLS)?;
         txn.commit()?;
         Ok(RedbBackend {
             path: path.to_path_buf(),
@@ -322,6 +325,19 @@ impl MetaRead for RedbBackend {
             Ok(out)
         })
     }
+
+    fn all_pulls(&self) -> Result<Vec<(String, String, u64)>, MetaError> {
+        self.read(|txn| {
+            let t = txn.open_table(PULLS)?;
+            let mut out = Vec::new();
+            for entry in t.iter()? {
+                let (k, v) = entry?;
+                let (repo, digest) = k.value();
+                out.push((repo.to_owned(), digest.to_owned(), v.value()));
+            }
+            Ok(out)
+        })
+    }
 }
 
 impl MetaBackend for RedbBackend {
@@ -363,6 +379,7 @@ fn commit_jobs(
             tags: txn.open_table(TAGS)?,
             referrers: txn.open_table(REFERRERS)?,
             refs: txn.open_table(REFS)?,
+            pulls: txn.open_table(PULLS)?,
             now: unix_now(),
         };
         for job in jobs {
@@ -402,6 +419,7 @@ struct Tables<'t> {
     tags: redb::Table<'t, (&'static str, &'static str), &'static str>,
     referrers: redb::Table<'t, (&'static str, &'static str, &'static str), ()>,
     refs: redb::Table<'t, (&'static str, &'static str, &'static str), ()>,
+    pulls: redb::Table<'t, (&'static str, &'static str), u64>,
     now: u64,
 }
 
@@ -427,6 +445,26 @@ impl Tables<'_> {
                 self.linked(from.as_str(), &d)?
                     .is_none()
                     .then(|| format!("blob {d} is no longer in repository {from}"))
+            }
+            MetaWrite::PutManifest {
+                repo,
+                digest,
+                tag: Some(t),
+                tag_immutable: true,
+                ..
+            } if self
+                .tags
+                .get((repo.as_str(), t.as_str()))?
+                .is_some_and(|v| v.value() != digest.to_string()) =>
+            {
+                Some(format!("tag {t} is immutable"))
+            }
+            MetaWrite::RetireTag { repo, tag, digest } => {
+                let d = digest.to_string();
+                match self.tags.get((repo.as_str(), tag.as_str()))? {
+                    Some(v) if v.value() == d => None,
+                    _ => Some(format!("tag {tag} moved or went since retention looked")),
+                }
             }
             MetaWrite::PutManifest { repo, record, .. } => {
                 let r = repo.as_str();
@@ -527,6 +565,7 @@ impl Tables<'_> {
                 digest,
                 record,
                 tag,
+                ..
             } => {
                 let (r, d) = (repo.as_str(), digest.to_string());
                 // A re-push replaces the record: drop the old index entries.
@@ -553,10 +592,25 @@ impl Tables<'_> {
             }
             MetaWrite::DeleteManifest { repo, digest }
             | MetaWrite::GcDeleteManifest { repo, digest, .. } => {
-                self.delete_manifest(repo.as_str(), &digest.to_string())?;
+                let d = digest.to_string();
+                self.delete_manifest(repo.as_str(), &d)?;
+                self.pulls.remove((repo.as_str(), d.as_str()))?;
             }
-            MetaWrite::DeleteTag { repo, tag } => {
+            MetaWrite::DeleteTag { repo, tag } | MetaWrite::RetireTag { repo, tag, .. } => {
                 self.tags.remove((repo.as_str(), tag.as_str()))?;
+            }
+            MetaWrite::RecordPulls { pulls } => {
+                for (repo, digest, at) in pulls {
+                    let (r, d) = (repo.as_str(), digest.to_string());
+                    // Only for manifests that still exist, and never back in time.
+                    if self.manifests.get((r, d.as_str()))?.is_none() {
+                        continue;
+                    }
+                    let before = self.pulls.get((r, d.as_str()))?.map(|v| v.value());
+                    if before.is_none_or(|b| b < *at) {
+                        self.pulls.insert((r, d.as_str()), *at)?;
+                    }
+                }
             }
         }
         Ok(())

@@ -217,6 +217,7 @@ fn the_protocol_suite_passes_through_three_object_store_nodes() {
         "limits::",
         "metrics::",
         "oci_client::",
+        "retention::",
         "security::",
         "slow_clients::",
     ];

@@ -27,6 +27,7 @@ mod manifests;
 mod metrics;
 mod oci_client;
 mod process;
+mod retention;
 mod s3_client;
 mod secure_clients;
 mod security;
