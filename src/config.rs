@@ -103,6 +103,20 @@ pub struct Config {
     pub retention: Vec<RetentionConfig>,
     /// Tags that can be neither moved nor deleted.
     pub immutable: Vec<ImmutableConfig>,
+    /// The read-only web UI at `/ui/`.
+    pub ui: UiConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UiConfig {
+    pub enabled: bool,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        UiConfig { enabled: true }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -436,6 +450,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             retention: Vec::new(),
             immutable: Vec::new(),
+            ui: UiConfig::default(),
         }
     }
 }

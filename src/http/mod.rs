@@ -14,6 +14,7 @@ mod listing;
 mod manifests;
 pub mod query;
 pub mod route;
+mod ui;
 mod uploads;
 
 use crate::auth::{Access, Action, Authenticator, Decision, Identity};
@@ -311,6 +312,27 @@ async fn dispatch(
                 retry_after_secs: wait.as_secs().max(1),
             });
         }
+    }
+    let path = req.uri().path();
+    if st.config.ui.enabled && (path == "/ui" || path.starts_with("/ui/")) {
+        facts.route = "ui";
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        let who = match &st.auth {
+            // Basic credentials through the browser's own prompt.
+            Some(auth) => Some((auth, authorize(auth, &req, &Access::Login, facts).await?)),
+            None => None,
+        };
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+            .unwrap_or_else(|| st.config.addr.to_string());
+        let query = Query::parse(req.uri().query());
+        return ui::serve(st, path, &query, ui::Viewer { who, host }).await;
     }
     let admin_route = match req.uri().path() {
         "/_wharf/gc" => Some("admin_gc"),

@@ -216,6 +216,9 @@ pub trait MetaRead: Send + Sync + 'static {
     fn all_tags(&self) -> Result<Vec<(String, String, String)>, MetaError>;
     /// When each manifest was last pulled: (repository, digest, unix s).
     fn all_pulls(&self) -> Result<Vec<(String, String, u64)>, MetaError>;
+    /// A repository's tag count and the bytes of the blobs it links (the
+    /// web UI's repository list).
+    fn repo_stats(&self, repo: &str) -> Result<(u64, u64), MetaError>;
 }
 
 /// A whole database: the reads, and `commit`, which only the writer thread

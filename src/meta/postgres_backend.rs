@@ -468,6 +468,21 @@ impl MetaRead for PostgresBackend {
             .collect())
     }
 
+    fn repo_stats(&self, repo: &str) -> Result<(u64, u64), MetaError> {
+        let row = self
+            .conn()?
+            .query_one(
+                "SELECT (SELECT count(*) FROM tags WHERE repo = $1), \
+                        (SELECT coalesce(sum(size), 0)::bigint FROM blob_links WHERE repo = $1)",
+                &[&repo],
+            )
+            .map_err(db)?;
+        Ok((
+            row.get::<_, i64>(0).max(0) as u64,
+            row.get::<_, i64>(1).max(0) as u64,
+        ))
+    }
+
     fn all_pulls(&self) -> Result<Vec<(String, String, u64)>, MetaError> {
         let rows = self
             .conn()?

@@ -326,6 +326,23 @@ impl MetaRead for RedbBackend {
         })
     }
 
+    fn repo_stats(&self, repo: &str) -> Result<(u64, u64), MetaError> {
+        self.read(|txn| {
+            let tags = txn.open_table(TAGS)?;
+            let mut n = 0;
+            for entry in tags.range((repo, "")..(repo, AFTER_ALL))? {
+                entry?;
+                n += 1;
+            }
+            let links = txn.open_table(BLOB_LINKS)?;
+            let mut bytes = 0;
+            for entry in links.range((repo, "")..(repo, AFTER_ALL))? {
+                bytes += entry?.1.value().0;
+            }
+            Ok((n, bytes))
+        })
+    }
+
     fn all_pulls(&self) -> Result<Vec<(String, String, u64)>, MetaError> {
         self.read(|txn| {
             let t = txn.open_table(PULLS)?;

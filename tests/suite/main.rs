@@ -34,3 +34,4 @@ mod security;
 mod slow_clients;
 mod storage;
 mod tls;
+mod web_ui;
