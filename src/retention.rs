@@ -317,59 +317,65 @@ pub async fn run(meta: &Meta, p: &Policies, force_dry: bool) -> Result<Retention
         })
         .await?;
     let mut report = plan(p, &snap, unix_now(), force_dry);
-    let mut applied = Vec::new();
-    for d in std::mem::take(&mut report.tags_deleted) {
-        if !d.dry_run {
-            let (Ok(repo), Ok(digest)) = (RepoName::parse(&d.repository), Digest::parse(&d.digest))
-            else {
-                continue;
-            };
-            let op = MetaWrite::RetireTag {
-                repo,
-                tag: d.tag.clone(),
-                digest,
-            };
-            match meta.write(vec![op]).await {
-                Ok(()) => {}
-                Err(MetaError::Conflict(why)) => {
-                    report
-                        .skipped
-                        .push(format!("{}:{}: {why}", d.repository, d.tag));
-                    continue;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        applied.push(d);
-    }
-    report.tags_deleted = applied;
-    let mut applied = Vec::new();
-    for d in std::mem::take(&mut report.manifests_deleted) {
-        if !d.dry_run {
-            let (Ok(repo), Ok(digest)) = (RepoName::parse(&d.repository), Digest::parse(&d.digest))
-            else {
-                continue;
-            };
-            let op = MetaWrite::GcDeleteManifest {
-                repo,
-                digest,
-                cutoff: d.cutoff,
-            };
-            match meta.write(vec![op]).await {
-                Ok(()) => {}
-                Err(MetaError::Conflict(why)) => {
-                    report
-                        .skipped
-                        .push(format!("{}@{}: {why}", d.repository, d.digest));
-                    continue;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        applied.push(d);
-    }
-    report.manifests_deleted = applied;
+    let tags = std::mem::take(&mut report.tags_deleted);
+    report.tags_deleted = apply(meta, tags, &mut report.skipped, |d| {
+        let (repo, digest) = (
+            RepoName::parse(&d.repository).ok()?,
+            Digest::parse(&d.digest).ok()?,
+        );
+        let op = MetaWrite::RetireTag {
+            repo,
+            tag: d.tag.clone(),
+            digest,
+        };
+        Some((!d.dry_run, op, format!("{}:{}", d.repository, d.tag)))
+    })
+    .await?;
+    let manifests = std::mem::take(&mut report.manifests_deleted);
+    report.manifests_deleted = apply(meta, manifests, &mut report.skipped, |d| {
+        let (repo, digest) = (
+            RepoName::parse(&d.repository).ok()?,
+            Digest::parse(&d.digest).ok()?,
+        );
+        let op = MetaWrite::GcDeleteManifest {
+            repo,
+            digest,
+            cutoff: d.cutoff,
+        };
+        Some((!d.dry_run, op, format!("{}@{}", d.repository, d.digest)))
+    })
+    .await?;
     Ok(report)
+}
+
+/// Commits each decision's write (`write` says whether to, which write,
+/// and how to name it) one at a time, in order; returns the decisions that
+/// stand. One the database refuses (its condition no longer holds) goes
+/// to `skipped` with the reason.
+async fn apply<D>(
+    meta: &Meta,
+    decisions: Vec<D>,
+    skipped: &mut Vec<String>,
+    write: impl Fn(&D) -> Option<(bool, MetaWrite, String)>,
+) -> Result<Vec<D>, MetaError> {
+    let mut stand = Vec::new();
+    for d in decisions {
+        let Some((commit, op, name)) = write(&d) else {
+            continue;
+        };
+        if commit {
+            match meta.write(vec![op]).await {
+                Ok(()) => {}
+                Err(MetaError::Conflict(why)) => {
+                    skipped.push(format!("{name}: {why}"));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        stand.push(d);
+    }
+    Ok(stand)
 }
 
 #[cfg(test)]

@@ -45,6 +45,20 @@ fn base_files(len: usize, seed: u64) -> tempfile::TempDir {
     root
 }
 
+/// A one-layer image pushed as `app`, removed locally with every layer,
+/// pulled back and compared by image ID.
+fn push_and_pull_back(cli: &DockerCli, app: &str, seed: u64) {
+    let files = base_files(1 << 20, seed);
+    let base = cli.import(files.path());
+    cli.run(&["tag", &base, app]).unwrap();
+    cli.owns(app);
+    let id = cli.inspect(app, "{{.Id}}");
+    cli.push(app).unwrap();
+    cli.remove(&[app, &base]);
+    cli.pull(app).unwrap();
+    assert_eq!(cli.inspect(app, "{{.Id}}"), id);
+}
+
 /// A manifest as the registry serves it: (digest header, JSON).
 async fn manifest(
     reg: &TestRegistry,
@@ -406,16 +420,7 @@ async fn docker_trusts_wharf_tls_through_certs_d_and_refuses_it_without() {
     std::fs::create_dir_all(&trusted.0).unwrap();
     std::fs::write(trusted.0.join("ca.crt"), &ca.cert_pem).unwrap();
     cli.login(&host, "ci", "s3cret").unwrap();
-    let files = base_files(1 << 20, 30);
-    let base = cli.import(files.path());
-    let app = format!("{host}/secure/app:1");
-    cli.run(&["tag", &base, &app]).unwrap();
-    cli.owns(&app);
-    let id = cli.inspect(&app, "{{.Id}}");
-    cli.push(&app).unwrap();
-    cli.remove(&[&app, &base]);
-    cli.pull(&app).unwrap();
-    assert_eq!(cli.inspect(&app, "{{.Id}}"), id);
+    push_and_pull_back(&cli, &format!("{host}/secure/app:1"), 30);
 }
 
 /// A container removed however the test ends.
@@ -478,16 +483,7 @@ async fn wharfs_image_runs_serves_docker_and_holds_a_copy_of_itself() {
     let published = docker(&["port", &container.0, "5000/tcp"]).unwrap();
     let host = published.lines().next().unwrap().trim().to_owned();
 
-    let files = base_files(1 << 20, 40);
-    let base = cli.import(files.path());
-    let app = format!("{host}/team/app:1");
-    cli.run(&["tag", &base, &app]).unwrap();
-    cli.owns(&app);
-    let app_id = cli.inspect(&app, "{{.Id}}");
-    cli.push(&app).unwrap();
-    cli.remove(&[&app, &base]);
-    cli.pull(&app).unwrap();
-    assert_eq!(cli.inspect(&app, "{{.Id}}"), app_id);
+    push_and_pull_back(&cli, &format!("{host}/team/app:1"), 40);
 
     // Wharf's own image, into the Wharf it is running, and back by digest.
     let own = format!("{host}/wharf/wharf:test");
