@@ -231,25 +231,24 @@ async fn repositories(st: &AppState, query: &Query, viewer: &Viewer<'_>) -> Http
     Ok(page("Repositories", &body))
 }
 
-/// Platforms an index lists (`linux/arm64/v8`), from its bytes.
+/// An index entry's platform (`linux/arm64/v8`), if it names one.
+fn platform(entry: &serde_json::Value) -> Option<String> {
+    let p = &entry["platform"];
+    let (os, arch) = (p["os"].as_str()?, p["architecture"].as_str()?);
+    Some(match p["variant"].as_str() {
+        Some(v) => format!("{os}/{arch}/{v}"),
+        None => format!("{os}/{arch}"),
+    })
+}
+
+/// Platforms an index lists, from its bytes.
 fn platforms(bytes: &[u8]) -> Vec<String> {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
         return Vec::new();
     };
     v["manifests"]
         .as_array()
-        .map(|ms| {
-            ms.iter()
-                .filter_map(|m| {
-                    let p = &m["platform"];
-                    let (os, arch) = (p["os"].as_str()?, p["architecture"].as_str()?);
-                    Some(match p["variant"].as_str() {
-                        Some(v) => format!("{os}/{arch}/{v}"),
-                        None => format!("{os}/{arch}"),
-                    })
-                })
-                .collect()
-        })
+        .map(|ms| ms.iter().filter_map(platform).collect())
         .unwrap_or_default()
 }
 
@@ -385,13 +384,11 @@ async fn manifest(st: &AppState, query: &Query, viewer: &Viewer<'_>) -> HttpResu
         body.push_str("<h2>Platforms</h2><table id=platforms><tr><th>Platform</th><th>Digest</th><th>Size</th></tr>");
         for c in children {
             let d = c["digest"].as_str().unwrap_or("");
-            let p = platforms(
-                &serde_json::to_vec(&serde_json::json!({"manifests": [c]})).unwrap_or_default(),
-            );
+            let p = platform(c).unwrap_or_default();
             let _ = write!(
                 body,
                 "<tr><td>{}</td><td><a href=\"/ui/manifest?name={}&amp;digest={}\"><code>{}</code></a></td><td class=n>{}</td></tr>",
-                esc(&p.join(", ")),
+                esc(&p),
                 enc(name.as_str()),
                 enc(d),
                 esc(&short(d)),

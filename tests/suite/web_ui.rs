@@ -56,7 +56,7 @@ fn browse(url: &str, name: &str) -> String {
 }
 
 /// An image, a two-platform index and a signature on the image, in `repo`.
-async fn populate(reg: &TestRegistry, repo: &str) -> (String, String) {
+async fn populate(reg: &TestRegistry, repo: &str) -> (String, String, String) {
     let image = serde_json::to_vec(&reg.image_manifest(repo, 1, 2).await).unwrap();
     let image_d = digest(&image);
     assert_eq!(
@@ -103,7 +103,7 @@ async fn populate(reg: &TestRegistry, repo: &str) -> (String, String) {
             .status(),
         201
     );
-    (image_d, digest(&sbom))
+    (image_d, digest(&sbom), digest(&index))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +112,7 @@ async fn a_browser_sees_repositories_tags_layers_and_referrers() {
         return;
     }
     let reg = TestRegistry::start().await;
-    let (image_d, sbom_d) = populate(&reg, "team/app").await;
+    let (image_d, sbom_d, index_d) = populate(&reg, "team/app").await;
     let base = &reg.base;
     let host = base.trim_start_matches("http://");
 
@@ -153,6 +153,21 @@ async fn a_browser_sees_repositories_tags_layers_and_referrers() {
     assert!(
         dom.contains(&format!("docker pull {host}/team/app@{image_d}")),
         "{dom}"
+    );
+    // The index's own page lists each platform beside its manifest.
+    let index_page = reg
+        .get(&format!("/ui/manifest?name=team/app&digest={index_d}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        index_page.contains("<td>linux/arm64/v8</td>"),
+        "{index_page}"
+    );
+    assert!(
+        index_page.contains(&format!("digest={image_d}")),
+        "{index_page}"
     );
     // Nothing is fetched from elsewhere: no external script or style.
     assert!(
