@@ -105,6 +105,42 @@ pub struct Config {
     pub immutable: Vec<ImmutableConfig>,
     /// The read-only web UI at `/ui/`.
     pub ui: UiConfig,
+    /// Pull-through caches: `<prefix>/<name>` is the upstream's `<name>`.
+    pub proxy: Vec<ProxyConfig>,
+}
+
+/// One `[[proxy]]`: a pull-through cache of an upstream registry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Repositories under `<prefix>/` are served from the upstream.
+    pub prefix: String,
+    /// The upstream registry's base URL (`https://registry-1.docker.io`).
+    pub upstream: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// The password read from a file (a mounted secret).
+    pub password_file: Option<PathBuf>,
+    /// A tag's answer is trusted this long, then re-checked with a HEAD.
+    #[serde(default = "default_tag_ttl_secs")]
+    pub tag_ttl_secs: u64,
+    /// Extra roots for an https upstream.
+    pub ca_file: Option<PathBuf>,
+    /// Cached tags not pulled for this many days are retired (then GC
+    /// frees their content); unset: kept until deleted.
+    pub max_age_days: Option<u64>,
+    /// Deadline for an upstream answer's head, and for each pause in a
+    /// body.
+    #[serde(default = "default_upstream_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+fn default_tag_ttl_secs() -> u64 {
+    300
+}
+
+fn default_upstream_timeout_secs() -> u64 {
+    30
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -451,6 +487,7 @@ impl Default for Config {
             retention: Vec::new(),
             immutable: Vec::new(),
             ui: UiConfig::default(),
+            proxy: Vec::new(),
         }
     }
 }
@@ -516,6 +553,13 @@ impl Config {
             &mut self.metadata.url,
             &self.metadata.url_file,
         )?;
+        for (i, p) in self.proxy.iter_mut().enumerate() {
+            fill(
+                &format!("proxy[{i}].password"),
+                &mut p.password,
+                &p.password_file,
+            )?;
+        }
         if let Some(s3) = &mut self.storage.s3 {
             fill(
                 "storage.s3.access_key_id",
@@ -642,6 +686,7 @@ impl Config {
             }
         }
         crate::retention::Policies::new(&self.retention, &self.immutable)?;
+        crate::proxy::Mirrors::check(&self.proxy).map_err(ConfigError::Invalid)?;
         if !self.auth.rules.is_empty() && !self.auth_enabled() {
             return Err(ConfigError::Invalid(
                 "auth.rules need auth.htpasswd or auth.token".into(),

@@ -37,6 +37,7 @@ pub mod meta;
 pub mod metrics;
 pub mod oci;
 pub mod ops;
+pub mod proxy;
 pub mod pull_log;
 pub mod retention;
 pub mod s3;

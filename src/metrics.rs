@@ -30,6 +30,19 @@ pub struct Metrics {
     pub tls_reloads: IntCounterVec,
     pub disk_full: IntGauge,
     pub read_cache: ReadCacheMetrics,
+    pub proxy: ProxyMetrics,
+}
+
+/// What the pull-through cache reports, by `[[proxy]]` prefix.
+pub struct ProxyMetrics {
+    /// Manifest and blob requests under a prefix: result=hit (served from
+    /// what is cached), miss (fetched from upstream) or stale (served
+    /// cached while the upstream failed).
+    pub requests: IntCounterVec,
+    pub upstream_bytes: IntCounterVec,
+    /// Upstream calls that failed: kind=unavailable (down, 5xx, 429),
+    /// invalid (wrong digest, cut body, bad answer), denied (401/403).
+    pub upstream_errors: IntCounterVec,
 }
 
 /// What the object-store mode's read cache reports (see
@@ -155,7 +168,31 @@ impl Metrics {
             "1 while the data folder is full (uploads and manifests refused with 507).",
         )?;
         let read_cache = ReadCacheMetrics::new()?;
+        let proxy = ProxyMetrics {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "proxy_requests_total",
+                    "Manifest and blob reads under a [[proxy]] prefix: result=hit, miss or stale (cached copy served while the upstream failed).",
+                ),
+                &["prefix", "kind", "result"],
+            )?,
+            upstream_bytes: IntCounterVec::new(
+                Opts::new(
+                    "proxy_upstream_bytes_total",
+                    "Blob and manifest bytes received from upstream registries.",
+                ),
+                &["prefix"],
+            )?,
+            upstream_errors: IntCounterVec::new(
+                Opts::new(
+                    "proxy_upstream_errors_total",
+                    "Failed upstream calls: kind=unavailable (down, 5xx, 429), invalid (bad or cut answer, wrong digest) or denied (401, 403).",
+                ),
+                &["prefix", "kind"],
+            )?,
+        };
         let m = Metrics {
+            proxy,
             read_cache,
             registry,
             requests,
@@ -197,6 +234,9 @@ impl Metrics {
         r.register(Box::new(m.read_cache.reads.clone()))?;
         r.register(Box::new(m.read_cache.copies.clone()))?;
         r.register(Box::new(m.read_cache.bytes.clone()))?;
+        r.register(Box::new(m.proxy.requests.clone()))?;
+        r.register(Box::new(m.proxy.upstream_bytes.clone()))?;
+        r.register(Box::new(m.proxy.upstream_errors.clone()))?;
         Ok(m)
     }
 

@@ -395,6 +395,7 @@ mod tests {
             blobs: vec![],
             children: vec![],
             created,
+            mirrored: false,
         }
     }
 

@@ -7,7 +7,7 @@
 //! Must not: hold registry logic; that lives in `http` and below.
 
 use crate::auth::{AuthError, Authenticator};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::connection::{self, Connections};
 use crate::http::AppState;
 use crate::limits::{ConnectionLimiter, RateLimiter};
@@ -93,10 +93,25 @@ impl Server {
             None => None,
         };
         let budget_kib = (config.upload_memory_budget_mib * 1024) as usize;
+        let mut retention = crate::proxy::retention_rules(&config.proxy);
+        retention.extend(config.retention.iter().cloned());
         let policies = Arc::new(crate::retention::Policies::new(
-            &config.retention,
+            &retention,
             &config.immutable,
         )?);
+        let mirrors = Arc::new(
+            crate::proxy::Mirrors::new(&config.proxy, &root).map_err(ConfigError::Invalid)?,
+        );
+        if !mirrors.is_empty() {
+            // Spools of fetches a killed process left: nothing reads them.
+            mirrors
+                .fetches
+                .clear_spool()
+                .map_err(|source| ServerError::Root {
+                    path: root.join("proxy"),
+                    source,
+                })?;
+        }
         let rate_limiter = RateLimiter::new(
             config.limits.rate_limit_per_sec,
             config.limits.rate_limit_burst,
@@ -114,6 +129,7 @@ impl Server {
             space,
             policies,
             pulls: Default::default(),
+            mirrors,
         });
         let (stop, stopped) = oneshot::channel();
         let metrics_addr = ops_listener.as_ref().map(|(_, a)| *a);
@@ -275,6 +291,8 @@ async fn run(
     }
     connections.shutdown().await;
     background.shutdown().await;
+    // Fetches hold the storage: they end before it stops.
+    state.mirrors.stop().await;
     if let Err(e) = state.pulls.flush(&state.meta).await {
         tracing::warn!(error = %e, "pull times not recorded at shutdown");
     }

@@ -3,13 +3,14 @@
 //! renewed certificate takes effect without a restart (SIGHUP or a change
 //! of the files' modification time).
 //!
-//! Owns: the current certificate and the rustls server configuration.
+//! Owns: the current certificate and the rustls server configuration, and
+//! whom outgoing https connections trust (`client_trust`).
 //! Must not: accept connections (the server does) or watch files itself.
 
 use rustls::crypto::ring as provider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::ServerConfig;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
@@ -101,4 +102,64 @@ fn load_pair(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError
     ck.keys_match()
         .map_err(|e| key_err(format!("does not match the certificate: {e}")))?;
     Ok(ck)
+}
+
+fn client_builder() -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>, String> {
+    ClientConfig::builder_with_provider(Arc::new(provider::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))
+}
+
+/// A client configuration for plain-http endpoints (never used to verify).
+pub fn client_trusting_nothing() -> Result<ClientConfig, String> {
+    Ok(client_builder()?
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth())
+}
+
+/// Trust for an outgoing https connection (an object store, an upstream
+/// registry): the system's roots (SSL_CERT_FILE and SSL_CERT_DIR are
+/// honoured), plus `ca_file` (the setting named `setting`) or else the
+/// bundle the variable `env_bundle` names. A `ca_file` that cannot be read
+/// is a configuration error; an unreadable variable's bundle is only
+/// warned about, since it is set machine-wide for other tools and must not
+/// stop the registry.
+pub fn client_trust(
+    ca_file: Option<&Path>,
+    setting: &str,
+    env_bundle: Option<&str>,
+) -> Result<ClientConfig, String> {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    let (added, _) = roots.add_parsable_certificates(native.certs);
+    let extra = |path: &Path| -> Result<Vec<CertificateDer<'static>>, String> {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        match certs.is_empty() {
+            true => Err(format!("{}: no PEM certificate in it", path.display())),
+            false => Ok(certs),
+        }
+    };
+    let mut extra_added = 0;
+    if let Some(path) = ca_file {
+        let certs = extra(path).map_err(|e| format!("{setting}: {e}"))?;
+        extra_added = roots.add_parsable_certificates(certs).0;
+    } else if let Some(path) = env_bundle
+        .and_then(std::env::var_os)
+        .filter(|p| !p.is_empty())
+    {
+        match extra(Path::new(&path)) {
+            Ok(certs) => extra_added = roots.add_parsable_certificates(certs).0,
+            Err(e) => tracing::warn!(error = %e, "{} not used", env_bundle.unwrap_or("")),
+        }
+    }
+    if added + extra_added == 0 {
+        return Err(format!(
+            "https endpoint but no trusted certificate found (install ca-certificates or set {setting})"
+        ));
+    }
+    Ok(client_builder()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }

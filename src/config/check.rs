@@ -63,6 +63,11 @@ pub fn redacted(cfg: &Config) -> String {
     if let Some(url) = &mut shown.metadata.url {
         *url = without_password(url);
     }
+    for p in &mut shown.proxy {
+        if p.password.is_some() {
+            p.password = Some(HIDDEN.into());
+        }
+    }
     toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
 }
 

@@ -6,7 +6,8 @@ use super::{empty_response, AppState, HttpResult};
 use crate::meta::MetaWrite;
 use crate::oci::range::ByteRange;
 use crate::oci::{Digest, RepoName};
-use crate::storage::BlobContent;
+use crate::proxy::fetch::FetchJob;
+use crate::storage::{BlobContent, StorageError};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 pub(super) async fn get(
@@ -21,7 +22,30 @@ pub(super) async fn get(
         .get(http::header::RANGE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let read = st.storage.read_blob(name, digest, range, head_only).await?;
+    let read = match st.mirrors.route(name) {
+        None => st.storage.read_blob(name, digest, range, head_only).await?,
+        Some(route) => {
+            let read = st
+                .storage
+                .read_blob(name, digest, range.clone(), head_only)
+                .await;
+            let result = match &read {
+                Err(StorageError::BlobUnknown) => "miss",
+                _ => "hit",
+            };
+            st.metrics
+                .proxy
+                .requests
+                .with_label_values(&[&route.mirror.prefix, "blob", result])
+                .inc();
+            match read {
+                Err(StorageError::BlobUnknown) => {
+                    return from_upstream(st, route, name, digest, range, head_only).await
+                }
+                read => read?,
+            }
+        }
+    };
     let body = match read.content {
         BlobContent::Empty => Body::Empty,
         BlobContent::Mapped(b) => Body::Bytes(b),
@@ -45,6 +69,48 @@ pub(super) async fn get(
         false => StatusCode::OK,
     };
     Ok(blob_response(body, status, digest, read.slice, read.size))
+}
+
+/// A blob a pull-through repository lacks: joins (or starts) its fetch
+/// and streams it as it arrives.
+async fn from_upstream(
+    st: &AppState,
+    route: crate::proxy::Route,
+    name: &RepoName,
+    digest: &Digest,
+    range: Option<String>,
+    head_only: bool,
+) -> HttpResult {
+    // Full mode: answered here (507), not by a fetch that cannot commit.
+    st.storage.check_writable()?;
+    let wait = route.mirror.upstream.timeout * 2;
+    let (fetch, _) = st.mirrors.fetches.join_or_start(FetchJob {
+        route,
+        repo: name.clone(),
+        digest: digest.clone(),
+        storage: st.storage.clone(),
+        metrics: st.metrics.clone(),
+    });
+    let size = fetch
+        .size(wait)
+        .await
+        .map_err(|e| ApiError::from_proxy(&e, ApiError::BlobUnknown))?;
+    let (slice, partial) = crate::storage::slice_of(range.as_deref(), size)?;
+    let body = match head_only || slice.is_empty() {
+        true => Body::Empty,
+        false => {
+            let idle = std::time::Duration::from_secs(st.config.limits.body_idle_timeout_secs);
+            Body::Feed {
+                rx: fetch.stream(slice, idle),
+                left: slice.len(),
+            }
+        }
+    };
+    let status = match partial {
+        true => StatusCode::PARTIAL_CONTENT,
+        false => StatusCode::OK,
+    };
+    Ok(blob_response(body, status, digest, slice, size))
 }
 
 fn blob_response(

@@ -1,6 +1,7 @@
 //! Response bodies: nothing, a small buffer, a blob handed to hyper in
 //! slices of its mapping (each slice is a refcount, not a copy), or an
-//! object store's answer passed through frame by frame.
+//! object store's answer passed through frame by frame, or a pull-through
+//! cache's blob as it arrives.
 
 use crate::storage::read_cache::CacheFill;
 use bytes::Bytes;
@@ -26,6 +27,13 @@ pub enum Body {
         /// The node's read-cache copy, fed each frame as it passes; given
         /// up (dropped) as soon as it cannot keep up.
         fill: Option<CacheFill>,
+    },
+    /// A blob arriving from a pull-through cache's upstream, read from its
+    /// spool as it is written: `left` bytes are expected; the channel
+    /// closing early cuts the response.
+    Feed {
+        rx: tokio::sync::mpsc::Receiver<Bytes>,
+        left: u64,
     },
 }
 
@@ -73,6 +81,14 @@ impl http_body::Body for Body {
                     other => Poll::Ready(other),
                 }
             }
+            Body::Feed { left: 0, .. } => Poll::Ready(None),
+            Body::Feed { rx, left } => match std::task::ready!(rx.poll_recv(cx)) {
+                Some(data) => {
+                    *left = left.saturating_sub(data.len() as u64);
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                None => Poll::Ready(None),
+            },
         }
     }
 
@@ -80,7 +96,7 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => true,
             Body::Bytes(b) => b.is_empty(),
-            Body::Stream { left, .. } => *left == 0,
+            Body::Stream { left, .. } | Body::Feed { left, .. } => *left == 0,
         }
     }
 
@@ -88,7 +104,7 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => SizeHint::with_exact(0),
             Body::Bytes(b) => SizeHint::with_exact(b.len() as u64),
-            Body::Stream { left, .. } => SizeHint::with_exact(*left),
+            Body::Stream { left, .. } | Body::Feed { left, .. } => SizeHint::with_exact(*left),
         }
     }
 }

@@ -46,6 +46,9 @@ pub enum ApiError {
     RangeNotSatisfiable { size: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// A pull-through cache's upstream answered wrongly or refused us.
+    #[error("{0}")]
+    UpstreamFailed(String),
     #[error("storage is full: {0}")]
     StorageFull(String),
     #[error("internal error: {0}")]
@@ -95,6 +98,7 @@ impl ApiError {
             // blob does not have.
             RangeNotSatisfiable { .. } => ("SIZE_INVALID", StatusCode::RANGE_NOT_SATISFIABLE),
             Unavailable(_) => ("UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE),
+            UpstreamFailed(_) => ("UNAVAILABLE", StatusCode::BAD_GATEWAY),
             StorageFull(_) => ("STORAGE_FULL", StatusCode::INSUFFICIENT_STORAGE),
             Internal(_) => ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR),
             Unauthorized { .. } => ("UNAUTHORIZED", StatusCode::UNAUTHORIZED),
@@ -234,6 +238,36 @@ impl From<crate::storage::StorageError> for ApiError {
             E::RangeNotSatisfiable { size } => ApiError::RangeNotSatisfiable { size },
             e @ (E::Inconsistent(_) | E::Config(_)) => ApiError::Internal(e.to_string()),
             e @ E::Task(_) => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::proxy::ProxyError> for ApiError {
+    fn from(e: crate::proxy::ProxyError) -> Self {
+        use crate::proxy::ProxyError as E;
+        match e {
+            E::Storage(s) => s.into(),
+            E::Meta(m) => m.into(),
+            e @ E::Upstream(_) => ApiError::from_proxy(&e, ApiError::NotFound),
+        }
+    }
+}
+
+impl ApiError {
+    /// A pull-through failure shared by several requests (one fetch);
+    /// `unknown` answers "the upstream has no such thing".
+    pub fn from_proxy(e: &crate::proxy::ProxyError, unknown: ApiError) -> ApiError {
+        use crate::proxy::upstream::UpstreamError as U;
+        use crate::proxy::ProxyError as E;
+        match e {
+            E::Upstream(U::NotFound(_)) => unknown,
+            E::Upstream(u @ U::Unavailable(_)) => ApiError::Unavailable(u.to_string()),
+            E::Upstream(u @ (U::Denied(_) | U::Invalid(_))) => {
+                ApiError::UpstreamFailed(u.to_string())
+            }
+            e @ (E::Storage(_) | E::Meta(_)) => ApiError::Unavailable(format!(
+                "the pull-through cache could not store the upstream's answer: {e}"
+            )),
         }
     }
 }

@@ -71,6 +71,10 @@ pub(super) async fn get(
     reference: &Reference,
     head_only: bool,
 ) -> HttpResult {
+    let stale = match st.mirrors.route(name) {
+        Some(route) => mirror_refresh(st, &route, name, reference).await?,
+        None => None,
+    };
     let meta = st.meta.reader();
     let repo = name.clone();
     let (name, reference) = (name.clone(), reference.clone());
@@ -122,7 +126,54 @@ pub(super) async fn get(
     if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
         h.insert(http::header::ETAG, v);
     }
+    if stale.is_some() {
+        h.insert(
+            http::header::WARNING,
+            HeaderValue::from_static("110 wharf \"Response is Stale\""),
+        );
+    }
     Ok(resp)
+}
+
+/// Brings a pull-through repository's answer for `reference` up to date
+/// with its upstream; `Some(why)` when the cached answer is served because
+/// the upstream could not confirm it.
+async fn mirror_refresh(
+    st: &AppState,
+    route: &crate::proxy::Route,
+    name: &RepoName,
+    reference: &Reference,
+) -> Result<Option<String>, ApiError> {
+    use crate::proxy::manifest::{refresh, Context, Freshness};
+    let cx = Context {
+        mirrors: &st.mirrors,
+        storage: &st.storage,
+        meta: &st.meta,
+        metrics: &st.metrics,
+        max_manifest_bytes: st.config.max_manifest_bytes,
+    };
+    let freshness = refresh(&cx, route, name, reference)
+        .await
+        .map_err(|e| match e {
+            e @ crate::proxy::ProxyError::Upstream(_) => {
+                ApiError::from_proxy(&e, ApiError::ManifestUnknown)
+            }
+            e => e.into(),
+        })?;
+    let (result, stale) = match freshness {
+        Freshness::Current { fetched: false } => ("hit", None),
+        Freshness::Current { fetched: true } => ("miss", None),
+        Freshness::Stale(why) => {
+            tracing::warn!(repository = %name, %reference, upstream = %route.mirror.upstream_url, error = %why, "serving a cached manifest the upstream could not confirm");
+            ("stale", Some(why))
+        }
+    };
+    st.metrics
+        .proxy
+        .requests
+        .with_label_values(&[&route.mirror.prefix, "manifest", result])
+        .inc();
+    Ok(stale)
 }
 
 pub(super) async fn put(
@@ -192,16 +243,8 @@ pub(super) async fn put(
         st.metrics.store_bytes.add(body.len() as i64);
         st.metrics.store_blobs.inc();
     }
-    let record = ManifestRecord {
-        media_type: parsed.media_type,
-        size: body.len() as u64,
-        subject: parsed.subject.as_ref().map(|s| s.to_string()),
-        artifact_type: parsed.artifact_type,
-        annotations: parsed.annotations,
-        blobs: parsed.blobs.iter().map(|d| d.to_string()).collect(),
-        children: parsed.children.iter().map(|d| d.to_string()).collect(),
-        created: unix_now(),
-    };
+    let subject = parsed.subject.clone();
+    let record = ManifestRecord::new(parsed, body.len() as u64, unix_now(), false);
     let tag = match reference {
         Reference::Tag(t) => Some(t.clone()),
         Reference::Digest(_) => None,
@@ -236,7 +279,7 @@ pub(super) async fn put(
         ("location", format!("/v2/{name}/manifests/{digest}")),
         ("docker-content-digest", digest.to_string()),
     ];
-    if let Some(s) = parsed.subject {
+    if let Some(s) = subject {
         headers.push(("oci-subject", s.to_string()));
     }
     Ok(empty_response(StatusCode::CREATED, &headers))

@@ -62,6 +62,8 @@ pub struct AppState {
     pub policies: Arc<crate::retention::Policies>,
     /// Manifest pulls not yet written (retention's "pulled within").
     pub pulls: crate::pull_log::PullLog,
+    /// Pull-through caches (`[[proxy]]`).
+    pub mirrors: Arc<crate::proxy::Mirrors>,
 }
 
 impl AppState {
@@ -214,6 +216,7 @@ fn status_label(status: u16) -> &'static str {
         429 => "429",
         431 => "431",
         500 => "500",
+        502 => "502",
         503 => "503",
         507 => "507",
         s if s < 300 => "2xx",
@@ -378,6 +381,16 @@ async fn dispatch(
             may_mount = auth.allows(&who, &Access::repo(from, Action::Pull));
         }
     }
+    if let Some(name) = endpoint.repo() {
+        if writes(&method, &endpoint) {
+            if let Some(route) = st.mirrors.route(name) {
+                return Err(ApiError::Unsupported(format!(
+                    "{name} is a pull-through cache of {}: it takes no pushes or deletes",
+                    route.mirror.upstream_url
+                )));
+            }
+        }
+    }
     match (method, endpoint) {
         (Method::GET | Method::HEAD, Endpoint::Base) => Ok(json_response(StatusCode::OK, b"{}")),
         (Method::GET, Endpoint::Blob { name, digest }) => {
@@ -416,6 +429,21 @@ async fn dispatch(
             listing::referrers(st, name, digest, &query).await
         }
         _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+/// Whether a request would change a repository (refused under a proxy
+/// prefix).
+fn writes(method: &Method, ep: &Endpoint) -> bool {
+    match ep {
+        Endpoint::UploadStart { .. } | Endpoint::Upload { .. } => true,
+        Endpoint::Blob { .. } | Endpoint::Manifest { .. } => {
+            matches!(
+                *method,
+                Method::PUT | Method::DELETE | Method::POST | Method::PATCH
+            )
+        }
+        _ => false,
     }
 }
 

@@ -282,9 +282,9 @@ async fn repository(st: &AppState, query: &Query, viewer: &Viewer<'_>) -> HttpRe
         // An image's size is its config and layers; an index lists
         // platforms instead.
         let bytes = st.storage.manifest_bytes(digest).await?.unwrap_or_default();
-        let (size, plats) = match rec.children.is_empty() {
-            true => (human(image_size(&bytes)), String::new()),
-            false => (String::new(), platforms(&bytes).join(", ")),
+        let (size, plats) = match crate::oci::manifest::is_index_type(&rec.media_type) {
+            false => (human(image_size(&bytes)), String::new()),
+            true => (String::new(), platforms(&bytes).join(", ")),
         };
         let _ = write!(
             body,
@@ -384,14 +384,29 @@ async fn manifest(st: &AppState, query: &Query, viewer: &Viewer<'_>) -> HttpResu
         body.push_str("<h2>Platforms</h2><table id=platforms><tr><th>Platform</th><th>Digest</th><th>Size</th></tr>");
         for c in children {
             let d = c["digest"].as_str().unwrap_or("");
-            let p = platform(c).unwrap_or_default();
+            let media_type = c["mediaType"].as_str().unwrap_or("");
+            // BuildKit's cache index lists blobs, which have no page.
+            let (p, digest_cell) = if crate::oci::manifest::names_a_manifest(media_type) {
+                (
+                    platform(c).unwrap_or_default(),
+                    format!(
+                        "<a href=\"/ui/manifest?name={}&amp;digest={}\"><code>{}</code></a>",
+                        enc(name.as_str()),
+                        enc(d),
+                        esc(&short(d))
+                    ),
+                )
+            } else {
+                (
+                    media_type.to_owned(),
+                    format!("<code>{}</code>", esc(&short(d))),
+                )
+            };
             let _ = write!(
                 body,
-                "<tr><td>{}</td><td><a href=\"/ui/manifest?name={}&amp;digest={}\"><code>{}</code></a></td><td class=n>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td class=n>{}</td></tr>",
                 esc(&p),
-                enc(name.as_str()),
-                enc(d),
-                esc(&short(d)),
+                digest_cell,
                 human(c["size"].as_u64().unwrap_or(0))
             );
         }

@@ -102,6 +102,35 @@ pub struct ManifestRecord {
     /// Unix seconds of the push: garbage collection spares younger ones.
     #[serde(default)]
     pub created: u64,
+    /// A pull-through cache's copy of an upstream manifest: what it
+    /// references is fetched when a client asks for it, so it need not be
+    /// in the repository (the commit does not require it, fsck does not
+    /// report it missing).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mirrored: bool,
+}
+
+impl ManifestRecord {
+    /// The record of a manifest parsed from `size` bytes, pushed (or, if
+    /// `mirrored`, cached from an upstream) at `created`.
+    pub fn new(
+        parsed: crate::oci::manifest::ParsedManifest,
+        size: u64,
+        created: u64,
+        mirrored: bool,
+    ) -> ManifestRecord {
+        ManifestRecord {
+            media_type: parsed.media_type,
+            size,
+            subject: parsed.subject.as_ref().map(|s| s.to_string()),
+            artifact_type: parsed.artifact_type,
+            annotations: parsed.annotations,
+            blobs: parsed.blobs.iter().map(|d| d.to_string()).collect(),
+            children: parsed.children.iter().map(|d| d.to_string()).collect(),
+            created,
+            mirrored,
+        }
+    }
 }
 
 /// A repository's link to a blob.

@@ -594,6 +594,7 @@ fn precondition(
             )?
             .is_none()
             .then(|| format!("tag {tag} moved or went since retention looked")),
+        MetaWrite::PutManifest { record, .. } if record.mirrored => None,
         MetaWrite::PutManifest { repo, record, .. } => {
             let r = repo.as_str();
             let found: Vec<String> = txn

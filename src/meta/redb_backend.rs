@@ -483,6 +483,7 @@ impl Tables<'_> {
                     _ => Some(format!("tag {tag} moved or went since retention looked")),
                 }
             }
+            MetaWrite::PutManifest { record, .. } if record.mirrored => None,
             MetaWrite::PutManifest { repo, record, .. } => {
                 let r = repo.as_str();
                 for b in &record.blobs {

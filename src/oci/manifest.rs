@@ -86,12 +86,20 @@ impl RawDescriptor {
     }
 }
 
-fn is_index_type(mt: &str) -> bool {
+pub fn is_index_type(mt: &str) -> bool {
     mt == OCI_INDEX || mt == DOCKER_LIST
 }
 
 fn is_known_type(mt: &str) -> bool {
     [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST].contains(&mt)
+}
+
+/// Whether an index entry of this media type is a manifest (the registry
+/// must hold it as one) rather than a blob. BuildKit's registry cache
+/// lists layers and its `application/vnd.buildkit.cacheconfig.v0` config
+/// directly in an index, as distribution accepts.
+pub fn names_a_manifest(media_type: &str) -> bool {
+    is_known_type(bare_type(media_type))
 }
 
 /// Strips parameters (`; charset=...`) from a Content-Type.
@@ -149,7 +157,12 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, 
             return invalid("an index must list its manifests");
         };
         for (i, m) in manifests.iter().enumerate() {
-            children.push(m.check(&format!("manifests[{i}]"))?);
+            let d = m.check(&format!("manifests[{i}]"))?;
+            if names_a_manifest(m.media_type.as_deref().unwrap_or("")) {
+                children.push(d);
+            } else {
+                blobs.push(d);
+            }
         }
         raw.artifact_type.clone()
     } else {
@@ -238,6 +251,29 @@ mod tests {
         assert!(m.is_index);
         assert_eq!(m.children.len(), 1);
         assert!(m.blobs.is_empty());
+    }
+
+    #[test]
+    fn buildkit_cache_index_lists_blobs() {
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[
+              {{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{}","size":7,"annotations":{{"buildkit/createdat":"2026-01-01T00:00:00Z"}}}},
+              {{"mediaType":"application/vnd.buildkit.cacheconfig.v0","digest":"{}","size":9}},
+              {{"mediaType":"{DOCKER_MANIFEST}","digest":"{}","size":3}}]}}"#,
+            d('a'),
+            d('b'),
+            d('c')
+        );
+        let m = parse(body.as_bytes(), Some(OCI_INDEX)).unwrap();
+        assert!(m.is_index);
+        assert_eq!(
+            m.blobs,
+            vec![
+                Digest::parse(&d('a')).unwrap(),
+                Digest::parse(&d('b')).unwrap()
+            ]
+        );
+        assert_eq!(m.children, vec![Digest::parse(&d('c')).unwrap()]);
     }
 
     #[test]

@@ -19,14 +19,10 @@ use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -159,11 +155,16 @@ impl S3Client {
         connector.set_keepalive(Some(Duration::from_secs(30)));
         connector.enforce_http(false);
         let tls = match https {
-            true => tls_config(s.ca_file.as_deref())?,
+            true => crate::tls::client_trust(
+                s.ca_file.as_deref(),
+                "storage.s3.ca_file",
+                Some("AWS_CA_BUNDLE"),
+            ),
             // Never used for http://, so it trusts nothing and reads no file
             // (AWS_CA_BUNDLE is the machine's business, not this endpoint's).
-            false => tls_config_without_roots()?,
-        };
+            false => crate::tls::client_trusting_nothing(),
+        }
+        .map_err(|e| S3Error::Config(format!("storage.s3: {e}")))?;
         let connector = HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -443,56 +444,6 @@ fn with_causes(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     out
-}
-
-fn tls_builder() -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>, S3Error> {
-    ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| S3Error::Config(format!("tls: {e}")))
-}
-
-fn tls_config_without_roots() -> Result<ClientConfig, S3Error> {
-    Ok(tls_builder()?
-        .with_root_certificates(RootCertStore::empty())
-        .with_no_client_auth())
-}
-
-/// Trust for an https endpoint: the system's roots (SSL_CERT_FILE and
-/// SSL_CERT_DIR are honoured), plus `ca_file` or else AWS_CA_BUNDLE. A
-/// `ca_file` that cannot be read is a configuration error; an unreadable
-/// AWS_CA_BUNDLE is only warned about, since it is set machine-wide for
-/// other tools and must not stop the registry.
-fn tls_config(ca_file: Option<&std::path::Path>) -> Result<ClientConfig, S3Error> {
-    let mut roots = RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    let (added, _) = roots.add_parsable_certificates(native.certs);
-    let extra = |path: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, String> {
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        match certs.is_empty() {
-            true => Err(format!("{}: no PEM certificate in it", path.display())),
-            false => Ok(certs),
-        }
-    };
-    let mut extra_added = 0;
-    if let Some(path) = ca_file {
-        let certs = extra(path).map_err(|e| S3Error::Config(format!("storage.s3.ca_file: {e}")))?;
-        extra_added = roots.add_parsable_certificates(certs).0;
-    } else if let Some(path) = std::env::var_os("AWS_CA_BUNDLE").filter(|p| !p.is_empty()) {
-        match extra(std::path::Path::new(&path)) {
-            Ok(certs) => extra_added = roots.add_parsable_certificates(certs).0,
-            Err(e) => tracing::warn!(error = %e, "AWS_CA_BUNDLE not used"),
-        }
-    }
-    if added + extra_added == 0 {
-        return Err(S3Error::Config(
-            "storage.s3: https endpoint but no trusted certificate found (install ca-certificates or set ca_file)".into(),
-        ));
-    }
-    Ok(tls_builder()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
 }
 
 fn complete_body(parts: &[(u16, String)]) -> String {

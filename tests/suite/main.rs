@@ -12,6 +12,7 @@ mod common;
 mod backends;
 
 mod blobs;
+mod build_cache;
 mod clients;
 mod cluster;
 mod configuration;
@@ -27,6 +28,7 @@ mod manifests;
 mod metrics;
 mod oci_client;
 mod process;
+mod proxy;
 mod retention;
 mod s3_client;
 mod secure_clients;

@@ -12,7 +12,7 @@ fn metric(text: &str, line_start: &str) -> f64 {
 }
 
 /// One metric's value in a fresh scrape of the ops listener at `ops`.
-async fn scraped(ops: &str, line_start: &str) -> f64 {
+pub(crate) async fn scraped(ops: &str, line_start: &str) -> f64 {
     let text = reqwest::get(format!("{ops}/metrics"))
         .await
         .unwrap()

@@ -11,7 +11,7 @@ use sha2::{Digest as _, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn skip() -> bool {
+pub(crate) fn skip() -> bool {
     if std::env::var_os("WHARF_SKIP_CLIENTS").is_some() {
         eprintln!("WHARF_SKIP_CLIENTS set: skipped");
         return true;
@@ -21,12 +21,12 @@ fn skip() -> bool {
 
 /// An isolated containers configuration (vfs storage, empty credentials,
 /// accept-anything policy) so the test touches nothing of the machine's.
-struct Clients {
+pub(crate) struct Clients {
     dir: PathBuf,
 }
 
 impl Clients {
-    fn new(dir: &Path) -> Clients {
+    pub(crate) fn new(dir: &Path) -> Clients {
         let cfg = dir.join("cfg");
         std::fs::create_dir_all(&cfg).unwrap();
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
@@ -81,7 +81,7 @@ impl Clients {
     }
 
     /// Runs and requires success.
-    fn ok(&self, program: &str, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, program: &str, args: &[&str]) -> String {
         let out = self.run(program, args);
         assert!(
             out.status.success(),
@@ -92,7 +92,7 @@ impl Clients {
     }
 
     /// Runs, requires failure, returns stderr in lower case.
-    fn fails(&self, program: &str, args: &[&str]) -> String {
+    pub(crate) fn fails(&self, program: &str, args: &[&str]) -> String {
         let out = self.run(program, args);
         assert!(!out.status.success(), "{program} {args:?} should fail");
         String::from_utf8_lossy(&out.stderr).to_lowercase()
@@ -105,7 +105,7 @@ fn sha(data: &[u8]) -> String {
 
 /// A one-layer OCI image layout with the tag `v1`: its directory and the
 /// config's sha256 hex (clients may recompress layers, never the config).
-fn oci_fixture(dir: &Path) -> (PathBuf, String) {
+pub(crate) fn oci_fixture(dir: &Path) -> (PathBuf, String) {
     let layout = dir.join("fx");
     let blobs = layout.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();

@@ -6,6 +6,7 @@ pub mod balancer;
 pub mod docker;
 pub mod pki;
 pub mod services;
+pub mod tap;
 pub mod tls_front;
 
 use sha2::{Digest as _, Sha256};
