@@ -107,6 +107,43 @@ pub struct Config {
     pub ui: UiConfig,
     /// Pull-through caches: `<prefix>/<name>` is the upstream's `<name>`.
     pub proxy: Vec<ProxyConfig>,
+    /// Webhooks: events POSTed in distribution's envelope.
+    pub notifications: Vec<NotificationConfig>,
+}
+
+/// One `[[notifications]]` endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationConfig {
+    pub url: String,
+    /// Which of push, pull, delete.
+    #[serde(default = "default_notification_events")]
+    pub events: Vec<String>,
+    /// Repository patterns, as in auth rules; empty: every repository.
+    #[serde(default)]
+    pub repositories: Vec<String>,
+    /// Sent with every request (an `Authorization` the receiver expects).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Deadline for the endpoint's answer.
+    #[serde(default = "default_notification_timeout_secs")]
+    pub timeout_secs: u64,
+    /// Events kept queued for the endpoint at most; later ones are
+    /// dropped and counted while it is down.
+    #[serde(default = "default_notification_max_pending")]
+    pub max_pending: u64,
+}
+
+fn default_notification_events() -> Vec<String> {
+    vec!["push".into(), "delete".into()]
+}
+
+fn default_notification_timeout_secs() -> u64 {
+    5
+}
+
+fn default_notification_max_pending() -> u64 {
+    10_000
 }
 
 /// One `[[proxy]]`: a pull-through cache of an upstream registry.
@@ -488,6 +525,7 @@ impl Default for Config {
             immutable: Vec::new(),
             ui: UiConfig::default(),
             proxy: Vec::new(),
+            notifications: Vec::new(),
         }
     }
 }
@@ -687,6 +725,7 @@ impl Config {
         }
         crate::retention::Policies::new(&self.retention, &self.immutable)?;
         crate::proxy::Mirrors::check(&self.proxy).map_err(ConfigError::Invalid)?;
+        crate::notify::Notifier::check(&self.notifications).map_err(ConfigError::Invalid)?;
         if !self.auth.rules.is_empty() && !self.auth_enabled() {
             return Err(ConfigError::Invalid(
                 "auth.rules need auth.htpasswd or auth.token".into(),

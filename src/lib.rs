@@ -27,6 +27,7 @@
 //! to the repository, and only then does the client get its 201.
 
 pub mod auth;
+pub mod calendar;
 pub mod config;
 pub mod connection;
 pub mod fsck;
@@ -35,6 +36,7 @@ pub mod http;
 pub mod limits;
 pub mod meta;
 pub mod metrics;
+pub mod notify;
 pub mod oci;
 pub mod ops;
 pub mod proxy;

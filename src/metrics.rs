@@ -6,8 +6,8 @@
 //! Must not: serve HTTP (the ops listener does) or decide anything.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -31,6 +31,15 @@ pub struct Metrics {
     pub disk_full: IntGauge,
     pub read_cache: ReadCacheMetrics,
     pub proxy: ProxyMetrics,
+    pub notifications: NotificationMetrics,
+}
+
+/// What webhook delivery reports, by endpoint URL.
+pub struct NotificationMetrics {
+    pub pending: IntGaugeVec,
+    pub dropped: IntGaugeVec,
+    pub delivered: IntCounterVec,
+    pub failed: IntCounterVec,
 }
 
 /// What the pull-through cache reports, by `[[proxy]]` prefix.
@@ -191,8 +200,39 @@ impl Metrics {
                 &["prefix", "kind"],
             )?,
         };
+        let notifications = NotificationMetrics {
+            pending: IntGaugeVec::new(
+                Opts::new(
+                    "notifications_pending",
+                    "Events queued for an endpoint (as of its last delivery round).",
+                ),
+                &["endpoint"],
+            )?,
+            dropped: IntGaugeVec::new(
+                Opts::new(
+                    "notifications_dropped",
+                    "Events dropped because the endpoint's queue was full (max_pending), since the queue was created.",
+                ),
+                &["endpoint"],
+            )?,
+            delivered: IntCounterVec::new(
+                Opts::new(
+                    "notifications_delivered_total",
+                    "Events an endpoint accepted (2xx).",
+                ),
+                &["endpoint"],
+            )?,
+            failed: IntCounterVec::new(
+                Opts::new(
+                    "notifications_failed_total",
+                    "Delivery attempts that failed (error, non-2xx, timeout); each is retried.",
+                ),
+                &["endpoint"],
+            )?,
+        };
         let m = Metrics {
             proxy,
+            notifications,
             read_cache,
             registry,
             requests,
@@ -237,6 +277,10 @@ impl Metrics {
         r.register(Box::new(m.proxy.requests.clone()))?;
         r.register(Box::new(m.proxy.upstream_bytes.clone()))?;
         r.register(Box::new(m.proxy.upstream_errors.clone()))?;
+        r.register(Box::new(m.notifications.pending.clone()))?;
+        r.register(Box::new(m.notifications.dropped.clone()))?;
+        r.register(Box::new(m.notifications.delivered.clone()))?;
+        r.register(Box::new(m.notifications.failed.clone()))?;
         Ok(m)
     }
 

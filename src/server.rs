@@ -112,6 +112,16 @@ impl Server {
                     source,
                 })?;
         }
+        let notifier = Arc::new(
+            crate::notify::Notifier::new(
+                &config.notifications,
+                addr.to_string(),
+                config.tls.is_some(),
+            )
+            .map_err(ConfigError::Invalid)?,
+        );
+        // Queues of endpoints taken out of the configuration go with them.
+        meta.write(vec![notifier.forget_others()]).await?;
         let rate_limiter = RateLimiter::new(
             config.limits.rate_limit_per_sec,
             config.limits.rate_limit_burst,
@@ -130,6 +140,7 @@ impl Server {
             policies,
             pulls: Default::default(),
             mirrors,
+            notifier,
         });
         let (stop, stopped) = oneshot::channel();
         let metrics_addr = ops_listener.as_ref().map(|(_, a)| *a);
@@ -246,6 +257,14 @@ async fn run(
     background.spawn(count_store(state.clone()));
     background.spawn(watch_disk_space(state.clone()));
     background.spawn(flush_pulls(state.clone()));
+    for i in 0..state.notifier.endpoint_count() {
+        background.spawn(crate::notify::deliver(
+            state.meta.clone(),
+            state.notifier.clone(),
+            i,
+            state.metrics.clone(),
+        ));
+    }
     background.spawn(watch_reloadable(state.clone(), tls, hangup));
     if let Some(l) = ops_listener {
         background.spawn(crate::ops::serve(l, state.clone()));

@@ -48,6 +48,12 @@ pub fn problems(cfg: &Config) -> Vec<String> {
             Err(e) => found.push(e.to_string()),
         }
     }
+    for p in &cfg.proxy {
+        // Reads ca_file and builds the client, sending nothing.
+        if let Err(e) = crate::proxy::upstream::Upstream::new(p) {
+            found.push(e);
+        }
+    }
     found
 }
 

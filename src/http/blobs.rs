@@ -154,7 +154,12 @@ fn blob_response(
 
 /// Unlinks the blob from this repository. The bytes stay until garbage
 /// collection finds no repository or manifest using them.
-pub(super) async fn delete(st: &AppState, name: &RepoName, digest: &Digest) -> HttpResult {
+pub(super) async fn delete(
+    st: &AppState,
+    name: &RepoName,
+    digest: &Digest,
+    origin: &crate::notify::Origin,
+) -> HttpResult {
     if !st.config.delete_enabled {
         return Err(ApiError::Unsupported(
             "deletes are disabled on this registry".into(),
@@ -169,12 +174,28 @@ pub(super) async fn delete(st: &AppState, name: &RepoName, digest: &Digest) -> H
     {
         return Err(ApiError::BlobUnknown);
     }
-    st.meta
-        .write(vec![MetaWrite::UnlinkBlob {
+    let target = crate::notify::Target {
+        repository: name.as_str(),
+        digest: Some(digest),
+        media_type: None,
+        size: None,
+        tag: None,
+    };
+    let mut ops = st
+        .notifier
+        .events(crate::notify::Action::Delete, &target, origin);
+    let events = !ops.is_empty();
+    ops.insert(
+        0,
+        MetaWrite::UnlinkBlob {
             repo: name.clone(),
             digest: digest.clone(),
-        }])
-        .await?;
+        },
+    );
+    st.meta.write(ops).await?;
+    if events {
+        st.notifier.wake();
+    }
     Ok(empty_response(
         StatusCode::ACCEPTED,
         &[("docker-content-digest", digest.to_string())],

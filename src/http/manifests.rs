@@ -5,6 +5,7 @@ use super::body::Body;
 use super::error::ApiError;
 use super::{empty_response, off_worker, AppState, HttpResult};
 use crate::meta::{ManifestRecord, MetaError, MetaRead, MetaWrite};
+use crate::notify::{Action, Target};
 use crate::oci::manifest;
 use crate::oci::{Algorithm, Digest, Reference, RepoName};
 use bytes::Bytes;
@@ -70,10 +71,15 @@ pub(super) async fn get(
     name: &RepoName,
     reference: &Reference,
     head_only: bool,
+    pull_event: Option<&crate::notify::Origin>,
 ) -> HttpResult {
     let stale = match st.mirrors.route(name) {
         Some(route) => mirror_refresh(st, &route, name, reference).await?,
         None => None,
+    };
+    let pulled_tag = match reference {
+        Reference::Tag(t) => Some(t.clone()),
+        Reference::Digest(_) => None,
     };
     let meta = st.meta.reader();
     let repo = name.clone();
@@ -112,6 +118,20 @@ pub(super) async fn get(
     if !head_only {
         // Retention's "pulled within": clients HEAD to check, GET to pull.
         st.pulls.note(&repo, &digest, unix_now());
+    }
+    if let Some(origin) = pull_event {
+        let target = Target {
+            repository: repo.as_str(),
+            digest: Some(&digest),
+            media_type: Some(&record.media_type),
+            size: Some(record.size),
+            tag: pulled_tag.as_deref(),
+        };
+        let events = st.notifier.events(Action::Pull, &target, origin);
+        if !events.is_empty() {
+            st.meta.write(events).await?;
+            st.notifier.wake();
+        }
     }
     let body = bytes.map_or(Body::Empty, Body::Bytes);
     let mut resp = Response::new(body);
@@ -181,6 +201,7 @@ pub(super) async fn put(
     name: &RepoName,
     reference: &Reference,
     req: Request<Incoming>,
+    origin: &crate::notify::Origin,
 ) -> HttpResult {
     let max = st.config.max_manifest_bytes;
     let content_type = req
@@ -252,14 +273,30 @@ pub(super) async fn put(
     let immutable = tag
         .as_deref()
         .and_then(|t| st.policies.immutable_rule(name.as_str(), t));
-    st.meta
-        .write(vec![MetaWrite::PutManifest {
+    let mut ops = st.notifier.events(
+        Action::Push,
+        &Target {
+            repository: name.as_str(),
+            digest: Some(&digest),
+            media_type: Some(&record.media_type),
+            size: Some(record.size),
+            tag: tag.as_deref(),
+        },
+        origin,
+    );
+    let events = !ops.is_empty();
+    ops.insert(
+        0,
+        MetaWrite::PutManifest {
             repo: name.clone(),
             digest: digest.clone(),
             record,
             tag: tag.clone(),
             tag_immutable: immutable.is_some(),
-        }])
+        },
+    );
+    st.meta
+        .write(ops)
         .await
         .map_err(|e| match (e, &immutable, &tag) {
             // The tag points at another manifest (checked in the commit,
@@ -274,6 +311,9 @@ pub(super) async fn put(
             (MetaError::Conflict(why), _, _) => ApiError::ManifestBlobUnknown(why),
             (e, _, _) => e.into(),
         })?;
+    if events {
+        st.notifier.wake();
+    }
 
     let mut headers = vec![
         ("location", format!("/v2/{name}/manifests/{digest}")),
@@ -285,12 +325,21 @@ pub(super) async fn put(
     Ok(empty_response(StatusCode::CREATED, &headers))
 }
 
-pub(super) async fn delete(st: &AppState, name: &RepoName, reference: &Reference) -> HttpResult {
+pub(super) async fn delete(
+    st: &AppState,
+    name: &RepoName,
+    reference: &Reference,
+    origin: &crate::notify::Origin,
+) -> HttpResult {
     if !st.config.delete_enabled {
         return Err(ApiError::Unsupported(
             "deletes are disabled on this registry".into(),
         ));
     }
+    let deleted_digest = match reference {
+        Reference::Digest(d) => Some(d.clone()),
+        Reference::Tag(_) => None,
+    };
     let (repo, reference) = (name.clone(), reference.clone());
     let policies = st.policies.clone();
     let op = st
@@ -319,7 +368,29 @@ pub(super) async fn delete(st: &AppState, name: &RepoName, reference: &Reference
         .await?
         .ok_or(ApiError::ManifestUnknown)?
         .map_err(ApiError::PolicyDenied)?;
-    st.meta.write(vec![op]).await?;
+    let target = match &op {
+        MetaWrite::DeleteTag { tag, .. } => Target {
+            repository: name.as_str(),
+            digest: None,
+            media_type: None,
+            size: None,
+            tag: Some(tag),
+        },
+        _ => Target {
+            repository: name.as_str(),
+            digest: deleted_digest.as_ref(),
+            media_type: None,
+            size: None,
+            tag: None,
+        },
+    };
+    let mut ops = st.notifier.events(Action::Delete, &target, origin);
+    let events = !ops.is_empty();
+    ops.insert(0, op);
+    st.meta.write(ops).await?;
+    if events {
+        st.notifier.wake();
+    }
     Ok(empty_response(StatusCode::ACCEPTED, &[]))
 }
 

@@ -64,6 +64,8 @@ pub struct AppState {
     pub pulls: crate::pull_log::PullLog,
     /// Pull-through caches (`[[proxy]]`).
     pub mirrors: Arc<crate::proxy::Mirrors>,
+    /// Webhooks (`[[notifications]]`): events to queue with changes.
+    pub notifier: Arc<crate::notify::Notifier>,
 }
 
 impl AppState {
@@ -400,7 +402,8 @@ async fn dispatch(
             blobs::get(st, &name, &digest, req.headers(), true).await
         }
         (Method::DELETE, Endpoint::Blob { name, digest }) => {
-            blobs::delete(st, &name, &digest).await
+            let origin = origin_of(&req, peer, facts);
+            blobs::delete(st, &name, &digest, &origin).await
         }
         (Method::POST, Endpoint::UploadStart { name }) => {
             uploads::start(st, &name, &query, req, may_mount).await
@@ -412,16 +415,22 @@ async fn dispatch(
         (Method::GET, Endpoint::Upload { name, id }) => uploads::status(st, &name, &id).await,
         (Method::DELETE, Endpoint::Upload { name, id }) => uploads::cancel(st, &name, &id).await,
         (Method::GET, Endpoint::Manifest { name, reference }) => {
-            manifests::get(st, &name, &reference, false).await
+            let origin = st
+                .notifier
+                .wants(crate::notify::Action::Pull)
+                .then(|| origin_of(&req, peer, facts));
+            manifests::get(st, &name, &reference, false, origin.as_ref()).await
         }
         (Method::HEAD, Endpoint::Manifest { name, reference }) => {
-            manifests::get(st, &name, &reference, true).await
+            manifests::get(st, &name, &reference, true, None).await
         }
         (Method::PUT, Endpoint::Manifest { name, reference }) => {
-            manifests::put(st, &name, &reference, req).await
+            let origin = origin_of(&req, peer, facts);
+            manifests::put(st, &name, &reference, req, &origin).await
         }
         (Method::DELETE, Endpoint::Manifest { name, reference }) => {
-            manifests::delete(st, &name, &reference).await
+            let origin = origin_of(&req, peer, facts);
+            manifests::delete(st, &name, &reference, &origin).await
         }
         (Method::GET, Endpoint::Tags { name }) => listing::tags(st, name, &query).await,
         (Method::GET, Endpoint::Catalog) => listing::catalog(st, &query).await,
@@ -429,6 +438,31 @@ async fn dispatch(
             listing::referrers(st, name, digest, &query).await
         }
         _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+/// Who made a change, for its notification event.
+fn origin_of(req: &Request<Incoming>, peer: IpAddr, facts: &RequestFacts) -> crate::notify::Origin {
+    let text = |h: http::header::HeaderName| {
+        req.headers()
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    crate::notify::Origin {
+        id: uuid::Uuid::new_v4().to_string(),
+        addr: peer.to_string(),
+        host: match text(http::header::HOST) {
+            h if h.is_empty() => req.uri().authority().map(|a| a.to_string()).unwrap_or(h),
+            h => h,
+        },
+        method: req.method().to_string(),
+        user_agent: text(http::header::USER_AGENT),
+        actor: match facts.user.as_str() {
+            "-" => String::new(),
+            user => user.to_owned(),
+        },
     }
 }
 

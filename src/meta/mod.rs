@@ -196,6 +196,32 @@ pub enum MetaWrite {
     RecordPulls {
         pulls: Vec<(RepoName, Digest, u64)>,
     },
+    /// A notification for `endpoint`, queued in the transaction of the
+    /// change it describes. Beyond `max_pending` queued for the endpoint
+    /// it is dropped and counted instead.
+    QueueEvent {
+        endpoint: String,
+        payload: Vec<u8>,
+        max_pending: u64,
+    },
+    /// The endpoint took every queued event up to `through` (a sequence
+    /// number `pending_events` gave).
+    AckEvents {
+        endpoint: String,
+        through: u64,
+    },
+    /// `node` delivers `endpoint`'s events until `until` (unix s): refused
+    /// while another node's claim is live, so one node at a time sends an
+    /// endpoint's events, in order.
+    ClaimDelivery {
+        endpoint: String,
+        node: String,
+        until: u64,
+    },
+    /// Forgets the queues of endpoints no longer configured.
+    ForgetEndpoints {
+        keep: Vec<String>,
+    },
     /// Garbage collection: unlink a blob no manifest of `repo` references,
     /// if the link is older than `cutoff` (unix seconds).
     GcUnlinkBlob {
@@ -248,6 +274,10 @@ pub trait MetaRead: Send + Sync + 'static {
     /// A repository's tag count and the bytes of the blobs it links (the
     /// web UI's repository list).
     fn repo_stats(&self, repo: &str) -> Result<(u64, u64), MetaError>;
+    /// The oldest `n` events queued for `endpoint`: (sequence, payload).
+    fn pending_events(&self, endpoint: &str, n: usize) -> Result<Vec<(u64, Vec<u8>)>, MetaError>;
+    /// Events queued for `endpoint`, and how many were dropped (full queue).
+    fn event_counts(&self, endpoint: &str) -> Result<(u64, u64), MetaError>;
 }
 
 /// A whole database: the reads, and `commit`, which only the writer thread

@@ -155,6 +155,25 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (repo, digest)
     );
     "#,
+    // 4: notification queues, written in the transaction of the change
+    // each event describes; one node at a time delivers an endpoint's.
+    r#"
+    CREATE TABLE events (
+        id       bigserial PRIMARY KEY,
+        endpoint text COLLATE "C" NOT NULL,
+        payload  bytea NOT NULL
+    );
+    CREATE INDEX events_by_endpoint ON events (endpoint, id);
+    CREATE TABLE event_drops (
+        endpoint text COLLATE "C" PRIMARY KEY,
+        dropped  bigint NOT NULL
+    );
+    CREATE TABLE event_leases (
+        endpoint text COLLATE "C" PRIMARY KEY,
+        node     text NOT NULL,
+        until    bigint NOT NULL
+    );
+    "#,
 ];
 
 /// Key of the session advisory lock held while migrating ("wharf" in ASCII).
@@ -483,6 +502,32 @@ impl MetaRead for PostgresBackend {
         ))
     }
 
+    fn pending_events(&self, endpoint: &str, n: usize) -> Result<Vec<(u64, Vec<u8>)>, MetaError> {
+        let rows = self
+            .conn()?
+            .query(
+                "SELECT id, payload FROM events WHERE endpoint = $1 ORDER BY id LIMIT $2",
+                &[&endpoint, &(n as i64)],
+            )
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, i64>(0) as u64, r.get(1)))
+            .collect())
+    }
+
+    fn event_counts(&self, endpoint: &str) -> Result<(u64, u64), MetaError> {
+        let row = self
+            .conn()?
+            .query_one(
+                "SELECT (SELECT count(*) FROM events WHERE endpoint = $1), \
+                 COALESCE((SELECT dropped FROM event_drops WHERE endpoint = $1), 0)",
+                &[&endpoint],
+            )
+            .map_err(db)?;
+        Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
+    }
+
     fn all_pulls(&self) -> Result<Vec<(String, String, u64)>, MetaError> {
         let rows = self
             .conn()?
@@ -587,6 +632,13 @@ fn precondition(
         {
             Some(format!("tag {t} is immutable"))
         }
+        MetaWrite::ClaimDelivery { endpoint, node, .. } => txn
+            .query_opt(
+                "SELECT node FROM event_leases WHERE endpoint = $1 AND node <> $2 \
+                 AND until > $3 FOR UPDATE",
+                &[endpoint, node, &unix_now()],
+            )?
+            .map(|row| format!("node {} delivers {endpoint}", row.get::<_, String>(0))),
         MetaWrite::RetireTag { repo, tag, digest } => txn
             .query_opt(
                 "SELECT 1 FROM tags WHERE repo = $1 AND tag = $2 AND digest = $3 FOR UPDATE",
@@ -801,6 +853,49 @@ fn apply(txn: &mut Transaction<'_>, op: &MetaWrite, now: i64) -> Result<(), post
                 "DELETE FROM tags WHERE repo = $1 AND tag = $2",
                 &[&repo.as_str(), tag],
             )?;
+        }
+        MetaWrite::QueueEvent {
+            endpoint,
+            payload,
+            max_pending,
+        } => {
+            let queued = txn.execute(
+                "INSERT INTO events (endpoint, payload) SELECT $1, $2 \
+                 WHERE (SELECT count(*) FROM events WHERE endpoint = $1) < $3",
+                &[endpoint, payload, &(*max_pending as i64)],
+            )?;
+            if queued == 0 {
+                txn.execute(
+                    "INSERT INTO event_drops (endpoint, dropped) VALUES ($1, 1) \
+                     ON CONFLICT (endpoint) DO UPDATE SET dropped = event_drops.dropped + 1",
+                    &[endpoint],
+                )?;
+            }
+        }
+        MetaWrite::AckEvents { endpoint, through } => {
+            txn.execute(
+                "DELETE FROM events WHERE endpoint = $1 AND id <= $2",
+                &[endpoint, &(*through as i64)],
+            )?;
+        }
+        MetaWrite::ClaimDelivery {
+            endpoint,
+            node,
+            until,
+        } => {
+            txn.execute(
+                "INSERT INTO event_leases (endpoint, node, until) VALUES ($1, $2, $3) \
+                 ON CONFLICT (endpoint) DO UPDATE SET node = $2, until = $3",
+                &[endpoint, node, &(*until as i64)],
+            )?;
+        }
+        MetaWrite::ForgetEndpoints { keep } => {
+            for table in ["events", "event_drops", "event_leases"] {
+                txn.execute(
+                    &format!("DELETE FROM {table} WHERE NOT (endpoint = ANY($1))"),
+                    &[keep],
+                )?;
+            }
         }
         MetaWrite::RecordPulls { pulls } => {
             let repos: Vec<&str> = pulls.iter().map(|p| p.0.as_str()).collect();

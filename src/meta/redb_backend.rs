@@ -29,6 +29,12 @@ const TAGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("tags");
 const REFERRERS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("referrers");
 const REFS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("refs");
 const PULLS: TableDefinition<(&str, &str), u64> = TableDefinition::new("pulls");
+/// Notification queues: (endpoint, sequence) -> event JSON.
+const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
+/// endpoint -> (events queued, events dropped on a full queue).
+const EVENT_COUNTS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("event_counts");
+/// endpoint -> (node delivering it, until unix s).
+const EVENT_LEASES: TableDefinition<&str, (&str, u64)> = TableDefinition::new("event_leases");
 
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
@@ -86,6 +92,9 @@ impl RedbBackend {
         txn.open_table(REFERRERS)?;
         txn.open_table(REFS)?;
         txn.open_table(PULLS)?;
+        txn.open_table(EVENTS)?;
+        txn.open_table(EVENT_COUNTS)?;
+        txn.open_table(EVENT_LEASES)?;
         txn.commit()?;
         Ok(RedbBackend {
             path: path.to_path_buf(),
@@ -343,6 +352,25 @@ impl MetaRead for RedbBackend {
         })
     }
 
+    fn pending_events(&self, endpoint: &str, n: usize) -> Result<Vec<(u64, Vec<u8>)>, MetaError> {
+        self.read(|txn| {
+            let t = txn.open_table(EVENTS)?;
+            let mut out = Vec::new();
+            for entry in t.range((endpoint, 0)..=(endpoint, u64::MAX))?.take(n) {
+                let (k, v) = entry?;
+                out.push((k.value().1, v.value().to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
+    fn event_counts(&self, endpoint: &str) -> Result<(u64, u64), MetaError> {
+        self.read(|txn| {
+            let t = txn.open_table(EVENT_COUNTS)?;
+            Ok(t.get(endpoint)?.map_or((0, 0), |v| v.value()))
+        })
+    }
+
     fn all_pulls(&self) -> Result<Vec<(String, String, u64)>, MetaError> {
         self.read(|txn| {
             let t = txn.open_table(PULLS)?;
@@ -397,6 +425,9 @@ fn commit_jobs(
             referrers: txn.open_table(REFERRERS)?,
             refs: txn.open_table(REFS)?,
             pulls: txn.open_table(PULLS)?,
+            events: txn.open_table(EVENTS)?,
+            event_counts: txn.open_table(EVENT_COUNTS)?,
+            event_leases: txn.open_table(EVENT_LEASES)?,
             now: unix_now(),
         };
         for job in jobs {
@@ -437,6 +468,9 @@ struct Tables<'t> {
     referrers: redb::Table<'t, (&'static str, &'static str, &'static str), ()>,
     refs: redb::Table<'t, (&'static str, &'static str, &'static str), ()>,
     pulls: redb::Table<'t, (&'static str, &'static str), u64>,
+    events: redb::Table<'t, (&'static str, u64), &'static [u8]>,
+    event_counts: redb::Table<'t, &'static str, (u64, u64)>,
+    event_leases: redb::Table<'t, &'static str, (&'static str, u64)>,
     now: u64,
 }
 
@@ -498,6 +532,9 @@ impl Tables<'_> {
                 }
                 None
             }
+            // One process holds the redb file: its claim always stands (a
+            // killed predecessor's lease must not delay the restart).
+            MetaWrite::ClaimDelivery { .. } => None,
             MetaWrite::GcUnlinkBlob {
                 repo,
                 digest,
@@ -617,6 +654,53 @@ impl Tables<'_> {
             MetaWrite::DeleteTag { repo, tag } | MetaWrite::RetireTag { repo, tag, .. } => {
                 self.tags.remove((repo.as_str(), tag.as_str()))?;
             }
+            MetaWrite::QueueEvent {
+                endpoint,
+                payload,
+                max_pending,
+            } => {
+                let e = endpoint.as_str();
+                let (queued, dropped) = self.event_counts.get(e)?.map_or((0, 0), |v| v.value());
+                if queued >= *max_pending {
+                    self.event_counts.insert(e, (queued, dropped + 1))?;
+                } else {
+                    let last = self
+                        .events
+                        .range((e, 0)..=(e, u64::MAX))?
+                        .next_back()
+                        .transpose()?
+                        .map_or(0, |(k, _)| k.value().1);
+                    self.events.insert((e, last + 1), payload.as_slice())?;
+                    self.event_counts.insert(e, (queued + 1, dropped))?;
+                }
+            }
+            MetaWrite::AckEvents { endpoint, through } => {
+                let e = endpoint.as_str();
+                let gone = self.remove_events(e, *through)?;
+                let (queued, dropped) = self.event_counts.get(e)?.map_or((0, 0), |v| v.value());
+                self.event_counts
+                    .insert(e, (queued.saturating_sub(gone), dropped))?;
+            }
+            MetaWrite::ClaimDelivery {
+                endpoint,
+                node,
+                until,
+            } => {
+                self.event_leases
+                    .insert(endpoint.as_str(), (node.as_str(), *until))?;
+            }
+            MetaWrite::ForgetEndpoints { keep } => {
+                let known: Vec<String> = self
+                    .event_counts
+                    .iter()?
+                    .map(|r| r.map(|(k, _)| k.value().to_owned()))
+                    .collect::<Result<_, _>>()?;
+                for e in known.iter().filter(|e| !keep.contains(e)) {
+                    self.remove_events(e, u64::MAX)?;
+                    self.event_counts.remove(e.as_str())?;
+                    self.event_leases.remove(e.as_str())?;
+                }
+            }
             MetaWrite::RecordPulls { pulls } => {
                 for (repo, digest, at) in pulls {
                     let (r, d) = (repo.as_str(), digest.to_string());
@@ -632,6 +716,19 @@ impl Tables<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Removes `endpoint`'s events up to sequence `through`; how many.
+    fn remove_events(&mut self, endpoint: &str, through: u64) -> Result<u64, MetaError> {
+        let seqs: Vec<u64> = self
+            .events
+            .range((endpoint, 0)..=(endpoint, through))?
+            .map(|r| r.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()?;
+        for seq in &seqs {
+            self.events.remove((endpoint, *seq))?;
+        }
+        Ok(seqs.len() as u64)
     }
 
     fn tags_on(&self, repo: &str, digest: &str) -> Result<Vec<String>, MetaError> {

@@ -93,7 +93,9 @@ impl Mirrors {
             }
             for other in &cfgs[..i] {
                 let both_empty = p.prefix.is_empty() && other.prefix.is_empty();
-                if both_empty || nested(&p.prefix, &other.prefix) || nested(&other.prefix, &p.prefix)
+                if both_empty
+                    || nested(&p.prefix, &other.prefix)
+                    || nested(&other.prefix, &p.prefix)
                 {
                     return Err(format!(
                         "{at}: overlaps the prefix {:?} of another [[proxy]]",
@@ -263,7 +265,10 @@ mod tests {
         assert_eq!(route("hub"), None);
         assert_eq!(route("team/app"), None);
         let everything = Mirrors::new(
-            &[cfg("", "https://registry-1.docker.io"), cfg("q", "https://quay.io")],
+            &[
+                cfg("", "https://registry-1.docker.io"),
+                cfg("q", "https://quay.io"),
+            ],
             dir,
         )
         .unwrap();
@@ -274,7 +279,10 @@ mod tests {
         };
         assert_eq!(route("alpine"), Some(("".into(), "library/alpine".into())));
         assert_eq!(route("q/x/y"), Some(("q".into(), "x/y".into())));
-        assert_eq!(route("grafana/loki"), Some(("".into(), "grafana/loki".into())));
+        assert_eq!(
+            route("grafana/loki"),
+            Some(("".into(), "grafana/loki".into()))
+        );
     }
 
     #[test]

@@ -211,11 +211,13 @@ fn the_protocol_suite_passes_through_three_object_store_nodes() {
     }
     let modules = [
         "blobs::",
+        "build_cache::",
         "manifests::",
         "engine::",
         "gc::",
         "limits::",
         "metrics::",
+        "notifications::",
         "oci_client::",
         "retention::",
         "security::",

@@ -26,6 +26,7 @@ mod gc;
 mod limits;
 mod manifests;
 mod metrics;
+mod notifications;
 mod oci_client;
 mod process;
 mod proxy;

@@ -5,6 +5,7 @@
 pub mod balancer;
 pub mod docker;
 pub mod pki;
+pub mod receiver;
 pub mod services;
 pub mod tap;
 pub mod tls_front;
@@ -75,6 +76,19 @@ impl TestRegistry {
         let mut r = Self::start_config(cfg).await;
         r._dir = Some(dir);
         r
+    }
+
+    /// A handle on a registry the test does not run in-process (a `wharf`
+    /// process), for the protocol helpers.
+    pub fn at(base: &str) -> Self {
+        TestRegistry {
+            server: None,
+            base: base.to_owned(),
+            root: PathBuf::new(),
+            client: reqwest::Client::new(),
+            _dir: None,
+            cluster: None,
+        }
     }
 
     pub async fn start_config(cfg: Config) -> Self {

@@ -1,0 +1,45 @@
+//! Unix time as calendar dates (UTC), for what people and receivers read:
+//! the web UI's times and notification timestamps. Pure code (Howard
+//! Hinnant's days-to-civil algorithm), no time-zone database.
+
+/// (year, month, day, hour, minute, second) of `secs` after the epoch.
+pub fn civil(secs: u64) -> (i64, u64, u64, u64, u64, u64) {
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u64;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u64;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, rest / 3600, rest % 3600 / 60, rest % 60)
+}
+
+/// RFC 3339 in UTC with nanoseconds, as distribution's events carry.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let (y, mo, d, h, mi, s) = civil(since.as_secs());
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:09}Z",
+        since.subsec_nanos()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn known_dates() {
+        assert_eq!(civil(0), (1970, 1, 1, 0, 0, 0));
+        assert_eq!(civil(951_782_400), (2000, 2, 29, 0, 0, 0));
+        assert_eq!(civil(1_798_761_599), (2026, 12, 31, 23, 59, 59));
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::new(1_764_633_600, 5)),
+            "2025-12-02T00:00:00.000000005Z"
+        );
+    }
+}
