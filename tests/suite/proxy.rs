@@ -337,6 +337,138 @@ async fn only_the_platform_asked_for_is_fetched_and_gc_keeps_the_cache() {
     assert_eq!(report["blobs_removed"], 0, "{report}");
     assert_eq!(pull(&mirror, "hub/library/multi", &digest(&amd)).await, amd);
     assert_eq!(tap.count("GET", "/v2/"), gets);
+
+    // fsck: a cached index without its other platform is not damage.
+    let mut mirror = mirror;
+    mirror.server.take().unwrap().shutdown().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["fsck", "--root"])
+        .arg(&mirror.root)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_age_retires_cached_tags_nobody_pulled() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = registry(&dir.path().join("up"), |_| {}).await;
+    push_image(&upstream, "library/a", "pulled", 40, &[1000]).await;
+    push_image(&upstream, "library/a", "looked-at", 41, &[1000]).await;
+    let mirror = registry(&dir.path().join("mirror"), |c| {
+        c.proxy = vec![ProxyConfig {
+            max_age_days: Some(7),
+            ..proxy("hub", &upstream.base)
+        }];
+    })
+    .await;
+    pull(&mirror, "hub/library/a", "pulled").await;
+    // A HEAD caches the tag but is no pull.
+    let r = mirror
+        .client
+        .head(mirror.url("/v2/hub/library/a/manifests/looked-at"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = mirror
+        .client
+        .post(mirror.url("/_wharf/retention"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let report: Value = r.json().await.unwrap();
+    let retired: Vec<&str> = report["tags_deleted"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["tag"].as_str())
+        .collect();
+    assert_eq!(retired, vec!["looked-at"], "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distribution_as_the_upstream_with_basic_auth() {
+    if std::process::Command::new("docker-registry")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("WHARF_REQUIRE_SERVICES").is_none(),
+            "docker-registry (Debian's distribution) is not installed"
+        );
+        eprintln!("docker-registry not installed: skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let users = htpasswd(dir.path(), &[("ci", "ci-pw")]);
+    let port = services::free_port();
+    let config = dir.path().join("dist.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog: {{level: error, accesslog: {{disabled: true}}}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\nauth:\n  htpasswd: {{realm: wharf-test, path: {}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n",
+            dir.path().join("dist").display(),
+            users.display()
+        ),
+    )
+    .unwrap();
+    let mut dist = std::process::Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut upstream = TestRegistry::at(&base);
+    let mut auth = reqwest::header::HeaderMap::new();
+    auth.insert(
+        "authorization",
+        format!("Basic {}", base64_of("ci:ci-pw")).parse().unwrap(),
+    );
+    upstream.client = reqwest::Client::builder()
+        .default_headers(auth)
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream
+        .client
+        .get(format!("{base}/v2/"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "docker-registry did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let manifest = push_image(&upstream, "library/ref", "2.8", 50, &[5 << 20, 700]).await;
+    let tap = Tap::start(base.clone()).await;
+    let mirror = registry(&dir.path().join("mirror"), |c| {
+        c.proxy = vec![ProxyConfig {
+            username: Some("ci".into()),
+            password: Some("ci-pw".into()),
+            ..proxy("hub", &tap.base())
+        }];
+    })
+    .await;
+    assert_eq!(pull(&mirror, "hub/library/ref", "2.8").await, manifest);
+    assert_eq!(pull(&mirror, "hub/library/ref", "2.8").await, manifest);
+    let m: Value = serde_json::from_slice(&manifest).unwrap();
+    let layer = m["layers"][0]["digest"].as_str().unwrap();
+    assert_eq!(tap.count("GET", &format!("/blobs/{layer}")), 1);
+    let _ = dist.kill();
+    let _ = dist.wait();
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
