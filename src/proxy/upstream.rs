@@ -247,7 +247,9 @@ impl Upstream {
                 "no answer within {} s",
                 self.timeout.as_secs()
             ))),
-            Ok(Err(e)) => Err(UpstreamError::Unavailable(with_causes(&e))),
+            Ok(Err(e)) => Err(UpstreamError::Unavailable(crate::s3::client::with_causes(
+                &e,
+            ))),
             Ok(Ok(r)) => Ok(r),
         }
     }
@@ -413,15 +415,4 @@ impl Upstream {
         // The token spec's default lifetime.
         Ok((token, Duration::from_secs(a.expires_in.unwrap_or(60))))
     }
-}
-
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
 }

@@ -435,7 +435,9 @@ impl S3Client {
 /// XML would read as markup is escaped all the same.
 /// An error and what caused it, so "client error (Connect)" says which
 /// connect failed and why (a refused port, an untrusted certificate).
-fn with_causes(e: &dyn std::error::Error) -> String {
+/// An error and its chain of causes on one line (hyper's own message is
+/// often just "client error (Connect)").
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

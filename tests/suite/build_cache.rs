@@ -145,14 +145,7 @@ async fn import(reg: &TestRegistry, repo: &str, tag: &str, manifest: &[u8]) {
 async fn gc(reg: &TestRegistry) -> Value {
     // Links and blobs must be older than a zero grace.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let r = reg
-        .client
-        .post(reg.url("/_wharf/gc?grace_secs=0"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
+    crate::gc::gc(reg, "grace_secs=0").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
-async fn gc(reg: &TestRegistry, query: &str) -> Value {
+pub(crate) async fn gc(reg: &TestRegistry, query: &str) -> Value {
     let r = reg
         .client
         .post(reg.url(&format!("/_wharf/gc?{query}")))

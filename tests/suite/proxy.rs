@@ -326,14 +326,7 @@ async fn only_the_platform_asked_for_is_fetched_and_gc_keeps_the_cache() {
     // manifest, which reaches its blobs); then it all serves with no
     // upstream call.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let r = mirror
-        .client
-        .post(mirror.url("/_wharf/gc?grace_secs=0"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let report: Value = r.json().await.unwrap();
+    let report = crate::gc::gc(&mirror, "grace_secs=0").await;
     assert_eq!(report["blobs_removed"], 0, "{report}");
     assert_eq!(pull(&mirror, "hub/library/multi", &digest(&amd)).await, amd);
     assert_eq!(tap.count("GET", "/v2/"), gets);
