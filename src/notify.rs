@@ -35,7 +35,7 @@ use tokio::sync::Notify;
 pub const MEDIA_TYPE: &str = "application/vnd.docker.distribution.events.v2+json";
 /// Events sent in one POST at most.
 const BATCH: usize = 64;
-/// How long a node's claim on an endpoint lasts (renewed each batch).
+/// How long a node's claim on an endpoint lasts.
 const LEASE: Duration = Duration::from_secs(30);
 /// How often a delivery task looks for events queued by other nodes.
 const POLL: Duration = Duration::from_secs(1);
@@ -290,26 +290,12 @@ pub async fn deliver(meta: Meta, notifier: Arc<Notifier>, index: usize, metrics:
     );
     let mut backoff = BACKOFF_MIN;
     let mut dropped_seen = 0;
+    // Until when this node's claim on the endpoint stands (unix s). It is
+    // renewed only when there is something to send and half of it has
+    // run, so an idle endpoint costs reads, never a commit per poll.
+    let mut claimed_until = 0;
     loop {
         let woken = notifier.queued.notified();
-        let claim = MetaWrite::ClaimDelivery {
-            endpoint: url.to_owned(),
-            node: notifier.instance.clone(),
-            until: unix_now() + LEASE.as_secs(),
-        };
-        match meta.write(vec![claim]).await {
-            Ok(()) => {}
-            // Another node delivers this endpoint; look again later.
-            Err(MetaError::Conflict(_)) => {
-                tokio::time::sleep(LEASE / 3).await;
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(endpoint = url, error = %e, "notification queue unreadable");
-                tokio::time::sleep(backoff).await;
-                continue;
-            }
-        }
         let e = url.to_owned();
         let read = meta
             .query(move |r| Ok((r.pending_events(&e, BATCH)?, r.event_counts(&e)?)))
@@ -340,6 +326,27 @@ pub async fn deliver(meta: Meta, notifier: Arc<Notifier>, index: usize, metrics:
             }
             continue;
         };
+        let now = unix_now();
+        if claimed_until <= now + LEASE.as_secs() / 2 {
+            let claim = MetaWrite::ClaimDelivery {
+                endpoint: url.to_owned(),
+                node: notifier.instance.clone(),
+                until: now + LEASE.as_secs(),
+            };
+            match meta.write(vec![claim]).await {
+                Ok(()) => claimed_until = now + LEASE.as_secs(),
+                // Another node delivers this endpoint; look again later.
+                Err(MetaError::Conflict(_)) => {
+                    tokio::time::sleep(LEASE / 3).await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = url, error = %e, "notification lease not taken");
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+            }
+        }
         let body = envelope(batch.iter().map(|(_, p)| p.as_slice()));
         match send(&client, endpoint, body).await {
             Ok(()) => {

@@ -622,3 +622,65 @@ fn skopeo_and_podman_pull_through_the_cache() {
     );
     assert_eq!(id.trim(), config_d);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_upstreams_beside_hosted_repositories_under_local_auth_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = registry(&dir.path().join("hub"), |_| {}).await;
+    let quay = registry(&dir.path().join("quay"), |_| {}).await;
+    let from_hub = push_image(&hub, "library/x", "1", 60, &[900]).await;
+    let from_quay = push_image(&quay, "org/y", "1", 61, &[901]).await;
+    let users = htpasswd(dir.path(), &[("alice", "a-pw"), ("bob", "b-pw")]);
+    let mirror = registry(&dir.path().join("mirror"), |c| {
+        c.auth.htpasswd = Some(users.clone());
+        c.auth.rules = vec![
+            wharf::config::RuleConfig {
+                repository: "hub/**".into(),
+                users: vec!["alice".into()],
+                actions: vec!["pull".into()],
+            },
+            wharf::config::RuleConfig {
+                repository: "quay/**".into(),
+                users: vec!["alice".into(), "bob".into()],
+                actions: vec!["pull".into()],
+            },
+            wharf::config::RuleConfig {
+                repository: "library/**".into(),
+                users: vec!["alice".into()],
+                actions: vec!["pull".into()],
+            },
+        ];
+        c.proxy = vec![proxy("hub", &hub.base), proxy("quay", &quay.base)];
+    })
+    .await;
+    let as_user = |user: &str, pw: &str| {
+        let mut r = TestRegistry::at(&mirror.base);
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            "authorization",
+            format!("Basic {}", base64_of(&format!("{user}:{pw}")))
+                .parse()
+                .unwrap(),
+        );
+        r.client = reqwest::Client::builder()
+            .default_headers(h)
+            .build()
+            .unwrap();
+        r
+    };
+    let (alice, bob) = (as_user("alice", "a-pw"), as_user("bob", "b-pw"));
+    // Each prefix reaches its own upstream.
+    assert_eq!(pull(&alice, "hub/library/x", "1").await, from_hub);
+    assert_eq!(pull(&alice, "quay/org/y", "1").await, from_quay);
+    assert_eq!(pull(&bob, "quay/org/y", "1").await, from_quay);
+    // The rules hold for cached repositories: bob may not pull hub/**,
+    // even what is cached; nobody anonymous may pull at all.
+    let r = bob.get("/v2/hub/library/x/manifests/1").await;
+    assert_oci_error(r, 403, "DENIED").await;
+    let r = mirror.get("/v2/quay/org/y/manifests/1").await;
+    assert_oci_error(r, 401, "UNAUTHORIZED").await;
+    // Outside the prefixes is a hosted repository: the upstreams never
+    // hear of it.
+    let r = alice.get("/v2/library/x/manifests/1").await;
+    assert_oci_error(r, 404, "MANIFEST_UNKNOWN").await;
+}
