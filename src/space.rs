@@ -27,6 +27,11 @@ use std::sync::Mutex;
 /// registry does not flap in and out of it a few megabytes at a time.
 const MIN_MARGIN: u64 = 16 << 20;
 
+/// Neither the reserve nor the margin may take more than this share of the
+/// filesystem: the default 64 MiB reserve on a 64 MiB volume would leave no
+/// room at all, and the registry would start full and never leave it.
+const MAX_SHARE_OF_DISK: u64 = 16;
+
 /// True for the errors a full disk or an exhausted quota gives.
 pub fn is_no_space(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
@@ -41,6 +46,8 @@ pub struct DiskSpace {
     root: PathBuf,
     reserve_path: PathBuf,
     reserve_bytes: u64,
+    /// Free space wanted beyond the reserve before full mode ends.
+    margin_bytes: u64,
     full: AtomicBool,
     /// Serialises taking and releasing the reserve file (both are file
     /// operations; no async code holds it).
@@ -58,12 +65,24 @@ impl std::fmt::Debug for DiskSpace {
 
 impl DiskSpace {
     /// Takes the reserve in `root` (a no-op when it is already there); a disk
-    /// too full for it starts the registry in full mode.
+    /// too full for it starts the registry in full mode. On a small
+    /// filesystem the reserve and the margin shrink to a sixteenth of it.
     pub fn open(root: &Path, reserve_bytes: u64) -> DiskSpace {
+        let cap = total_bytes(root).map_or(u64::MAX, |t| t / MAX_SHARE_OF_DISK);
+        let configured = reserve_bytes;
+        let (reserve_bytes, margin_bytes) = sized_for_disk(configured, cap);
+        if reserve_bytes < configured {
+            tracing::info!(
+                configured,
+                reserve_bytes,
+                "disk reserve shrunk to a sixteenth of the filesystem"
+            );
+        }
         let space = DiskSpace {
             root: root.to_path_buf(),
             reserve_path: root.join("reserve"),
             reserve_bytes,
+            margin_bytes,
             full: AtomicBool::new(false),
             reserve_lock: Mutex::new(()),
         };
@@ -81,6 +100,7 @@ impl DiskSpace {
             root: root.to_path_buf(),
             reserve_path: root.join("reserve"),
             reserve_bytes: 0,
+            margin_bytes: MIN_MARGIN,
             full: AtomicBool::new(false),
             reserve_lock: Mutex::new(()),
         }
@@ -137,9 +157,8 @@ impl DiskSpace {
         if !self.is_full() {
             return false;
         }
-        let margin = self.reserve_bytes.max(MIN_MARGIN);
         match available_bytes(&self.root) {
-            Ok(free) if free >= self.reserve_bytes + margin => {}
+            Ok(free) if free >= self.reserve_bytes + self.margin_bytes => {}
             _ => return true,
         }
         match self.take_reserve() {
@@ -199,8 +218,24 @@ pub fn allocate(f: &mut File, len: u64) -> io::Result<()> {
     f.sync_data()
 }
 
+/// The reserve and the margin for a configured reserve on a filesystem
+/// where neither may exceed `cap` bytes.
+fn sized_for_disk(configured: u64, cap: u64) -> (u64, u64) {
+    let reserve = configured.min(cap);
+    (reserve, reserve.max(MIN_MARGIN.min(cap)))
+}
+
 /// Bytes an unprivileged writer may still use on the filesystem of `path`.
 fn available_bytes(path: &Path) -> io::Result<u64> {
+    statvfs(path).map(|st| st.f_bavail * st.f_frsize)
+}
+
+/// The size of the filesystem holding `path`.
+fn total_bytes(path: &Path) -> io::Result<u64> {
+    statvfs(path).map(|st| st.f_blocks * st.f_frsize)
+}
+
+fn statvfs(path: &Path) -> io::Result<libc::statvfs> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::other("path contains a NUL byte"))?;
@@ -209,7 +244,7 @@ fn available_bytes(path: &Path) -> io::Result<u64> {
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    Ok(st)
 }
 
 #[cfg(test)]
@@ -240,6 +275,17 @@ mod tests {
         assert!(!space.probe());
         assert!(!space.is_full());
         assert_eq!(std::fs::metadata(&reserve).unwrap().len(), 1 << 20);
+    }
+
+    #[test]
+    fn a_small_disk_gets_a_small_reserve_and_margin() {
+        const MIB: u64 = 1 << 20;
+        // 64 MiB volume, default 64 MiB reserve: a sixteenth each.
+        assert_eq!(sized_for_disk(64 * MIB, 4 * MIB), (4 * MIB, 4 * MIB));
+        // A big disk keeps what was configured, and the 16 MiB floor.
+        assert_eq!(sized_for_disk(64 * MIB, 1 << 40), (64 * MIB, 64 * MIB));
+        assert_eq!(sized_for_disk(4 * MIB, 1 << 40), (4 * MIB, 16 * MIB));
+        assert_eq!(sized_for_disk(0, 1 << 40), (0, 16 * MIB));
     }
 
     #[test]

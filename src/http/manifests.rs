@@ -129,8 +129,12 @@ pub(super) async fn get(
         };
         let events = st.notifier.events(Action::Pull, &target, origin);
         if !events.is_empty() {
-            st.meta.write(events).await?;
-            st.notifier.wake();
+            // A pull must not fail for its event: reads go on while the
+            // disk is full or the metadata store refuses writes.
+            match st.meta.write(events).await {
+                Ok(_) => st.notifier.wake(),
+                Err(e) => tracing::warn!(error = %e, %digest, "pull event not queued"),
+            }
         }
     }
     let body = bytes.map_or(Body::Empty, Body::Bytes);

@@ -212,6 +212,7 @@ fn the_protocol_suite_passes_through_three_object_store_nodes() {
     let modules = [
         "blobs::",
         "build_cache::",
+        "conformance::",
         "manifests::",
         "engine::",
         "gc::",

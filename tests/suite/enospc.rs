@@ -141,7 +141,9 @@ async fn assert_reads_back(reg: &TestRegistry, pushed: &[Pushed]) {
 async fn full_disk_answers_507_frees_space_through_the_api_and_recovers() {
     let Some(mnt) = tmpfs(64) else { return };
     let mut cfg = config_for(mnt.path.join("root"));
-    cfg.disk_reserve_mib = 4;
+    // The default reserve (64 MiB) on this 64 MiB volume: it must shrink to
+    // fit, or the registry would start full and never leave full mode.
+    assert_eq!(cfg.disk_reserve_mib, 64);
     cfg.metrics.addr = Some("127.0.0.1:0".parse().unwrap());
     let reg = std::sync::Arc::new(TestRegistry::start_config(cfg).await);
     assert_eq!(disk_full_gauge(&reg).await, "wharf_disk_full 0");
@@ -371,6 +373,7 @@ async fn metadata_store_recovers_from_enospc_without_restart() {
     .await;
     // Reads still answer.
     let r = reg.get("/v2/full/manifests/first").await;
+    assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap(), m);
 
     std::fs::remove_file(&filler).unwrap();

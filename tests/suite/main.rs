@@ -16,6 +16,7 @@ mod build_cache;
 mod clients;
 mod cluster;
 mod configuration;
+mod conformance;
 mod crash;
 mod docker_cluster;
 mod docker_engine;
