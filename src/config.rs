@@ -80,8 +80,9 @@ pub struct Config {
     /// Run garbage collection this often while serving (0: never; it can
     /// still be run with `wharf gc`).
     pub gc_interval_secs: u64,
-    /// Garbage collection spares anything pushed, linked or committed more
-    /// recently than this. Keep it well above the longest build push.
+    /// Garbage collection spares links and manifests younger than this
+    /// (bytes nothing names go at the next run). Keep it well above the
+    /// longest build push.
     pub gc_grace_secs: u64,
     /// Garbage collection also removes manifests no tag reaches.
     pub gc_delete_untagged: bool,

@@ -11,16 +11,18 @@
 //!    references, linked before the cutoff: unlinked the same way (a
 //!    manifest PUT re-checks its blobs in its own transaction, so it either
 //!    commits first and keeps the link, or fails with MANIFEST_BLOB_UNKNOWN);
-//! 3. blob bytes that nothing links or names as a manifest, last committed
-//!    before the cutoff: the storage's `sweep`. In the data folder each
-//!    file is unlinked by the digest's shard actor, which also serialises
-//!    commits (a commit that finds the blob present refreshes its mtime, so
-//!    a push that deduplicated onto it keeps it); in the object store each
-//!    `blobs` row is locked and re-checked in PostgreSQL, and its object is
-//!    deleted later by the purge.
+//! 3. blob bytes that nothing links or names as a manifest: the storage's
+//!    `sweep`. In the data folder each file last committed before this run
+//!    started is unlinked by the digest's shard actor, which also
+//!    serialises commits and pins what a push stored until its link or
+//!    manifest row is written (so no grace is needed, and space deleted
+//!    through the API comes back at once); in the object store each
+//!    `blobs` row older than the cutoff is locked and re-checked in
+//!    PostgreSQL, and its object is deleted later by the purge.
 //!
 //! Must not: block pushes for long (every write is a small transaction
-//! batched with the others), or delete anything younger than the grace.
+//! batched with the others), or remove a link or manifest younger than
+//! the grace.
 
 use crate::meta::{Meta, MetaError, MetaWrite};
 use crate::oci::{Digest, RepoName};
@@ -41,8 +43,8 @@ pub enum GcError {
 
 #[derive(Debug, Clone)]
 pub struct GcOptions {
-    /// Nothing committed, linked or pushed more recently than this is
-    /// touched. Must exceed the longest a push takes between uploading a
+    /// No link made or manifest pushed more recently than this is removed
+    /// (nor, in the object store, bytes committed). Must exceed the longest a push takes between uploading a
     /// layer and pushing the manifest that names it.
     pub grace: Duration,
     /// Also remove manifests that no tag reaches.
@@ -222,6 +224,7 @@ pub async fn collect(
     // 3. Bytes nothing links or names as a manifest.
     let plan = SweepPlan {
         cutoff: cutoff_time,
+        started: now,
         dry_run: opts.dry_run,
         gone_links,
         gone_manifests,

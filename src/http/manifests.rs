@@ -264,7 +264,9 @@ pub(super) async fn put(
     })
     .await?;
 
-    if st.storage.put_manifest(&digest, body.clone()).await? == crate::store::Commit::Stored {
+    // Held until the manifest's row is written (garbage collection).
+    let (commit, _hold) = st.storage.put_manifest(&digest, body.clone()).await?;
+    if commit == crate::store::Commit::Stored {
         st.metrics.store_bytes.add(body.len() as i64);
         st.metrics.store_blobs.inc();
     }

@@ -254,7 +254,8 @@ async fn fetch(
     let parsed = manifest::parse(&bytes, content_type.as_deref())
         .map_err(|e| UpstreamError::Invalid(format!("the upstream's manifest {reference}: {e}")))?;
     cx.storage.check_writable()?;
-    if cx.storage.put_manifest(&actual, bytes.clone()).await? == crate::store::Commit::Stored {
+    let (commit, _hold) = cx.storage.put_manifest(&actual, bytes.clone()).await?;
+    if commit == crate::store::Commit::Stored {
         cx.metrics.store_bytes.add(bytes.len() as i64);
         cx.metrics.store_blobs.inc();
     }

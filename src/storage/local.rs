@@ -8,7 +8,7 @@
 //! the blocking pool in one trip), or hold a session's bytes itself.
 
 use super::{
-    slice_of, BlobContent, BlobRead, BlobStorage, Committed, ManifestReader, StorageError,
+    slice_of, BlobContent, BlobRead, BlobStorage, Committed, Hold, ManifestReader, StorageError,
     SweepPlan, UploadWriter,
 };
 use crate::meta::Meta;
@@ -142,8 +142,13 @@ impl BlobStorage for LocalStorage {
         .await
     }
 
-    async fn put_manifest(&self, digest: &Digest, bytes: Bytes) -> Result<Commit, StorageError> {
-        Ok(self.store.put_bytes(digest, bytes).await?)
+    async fn put_manifest(
+        &self,
+        digest: &Digest,
+        bytes: Bytes,
+    ) -> Result<(Commit, Hold), StorageError> {
+        let (commit, pin) = self.store.put_bytes(digest, bytes).await?;
+        Ok((commit, pin.into()))
     }
 
     async fn manifest_bytes(&self, digest: &Digest) -> Result<Option<Bytes>, StorageError> {
@@ -177,13 +182,13 @@ impl BlobStorage for LocalStorage {
         let (mut blobs, mut bytes) = (0, 0);
         let files = self.store.list().await.map_err(StoreError::Io)?;
         for (digest, size, mtime) in files {
-            if alive.contains(&digest.to_string()) || mtime >= plan.cutoff {
+            if alive.contains(&digest.to_string()) || mtime >= plan.started {
                 continue;
             }
             if plan.dry_run {
                 blobs += 1;
                 bytes += size;
-            } else if let Some(freed) = self.store.delete_if_older(&digest, plan.cutoff).await? {
+            } else if let Some(freed) = self.store.delete_if_older(&digest, plan.started).await? {
                 blobs += 1;
                 bytes += freed;
             }
@@ -270,7 +275,8 @@ impl UploadWriter for LocalWriter {
     async fn commit(mut self: Box<Self>, digest: &Digest) -> Result<Committed, StorageError> {
         self.settle().await?;
         let sealed = self.session.seal(digest).await?;
-        let commit = match self.store.commit(digest, sealed.staged).await {
+        // The pin lives until the link is written.
+        let (commit, _pin) = match self.store.commit(digest, sealed.staged).await {
             Ok(c) => c,
             Err(e) => {
                 let _ = self.session.unseal().await;

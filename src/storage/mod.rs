@@ -84,8 +84,34 @@ pub enum BlobContent {
 /// links or names as a manifest, last written before `cutoff`. A dry run
 /// counts instead, leaving out what the earlier (not applied) steps would
 /// have removed.
+/// Keeps bytes just stored out of garbage collection's reach until the
+/// metadata naming them is written: the caller drops it after that write.
+/// The data folder pins the blob in its shard; the object store needs
+/// nothing (its sweep re-checks rows in the database's transaction).
+pub struct Hold {
+    _pin: Option<crate::store::Pin>,
+}
+
+impl Hold {
+    pub fn none() -> Hold {
+        Hold { _pin: None }
+    }
+}
+
+impl From<crate::store::Pin> for Hold {
+    fn from(pin: crate::store::Pin) -> Hold {
+        Hold { _pin: Some(pin) }
+    }
+}
+
 pub struct SweepPlan {
+    /// Links and manifests younger than this stay (the grace).
     pub cutoff: SystemTime,
+    /// When the collection started. The data folder frees bytes that
+    /// nothing links or names if they were last committed before it:
+    /// commits racing the sweep are pinned, so no grace is needed there,
+    /// and space freed through the API comes back at the next collection.
+    pub started: SystemTime,
     pub dry_run: bool,
     pub gone_links: HashSet<(String, String)>,
     pub gone_manifests: HashSet<(String, String)>,
@@ -141,8 +167,13 @@ pub trait BlobStorage: Send + Sync + 'static {
         head_only: bool,
     ) -> Result<BlobRead, StorageError>;
 
-    /// Stores a manifest's bytes under their digest (kept once).
-    async fn put_manifest(&self, digest: &Digest, bytes: Bytes) -> Result<Commit, StorageError>;
+    /// Stores a manifest's bytes under their digest (kept once). Hold the
+    /// answer's [`Hold`] until the manifest's row is written.
+    async fn put_manifest(
+        &self,
+        digest: &Digest,
+        bytes: Bytes,
+    ) -> Result<(Commit, Hold), StorageError>;
 
     /// A stored manifest's bytes.
     async fn manifest_bytes(&self, digest: &Digest) -> Result<Option<Bytes>, StorageError>;

@@ -10,7 +10,8 @@
 
 use super::read_cache::ReadCache;
 use super::{
-    slice_of, BlobContent, BlobRead, BlobStorage, Committed, StorageError, SweepPlan, UploadWriter,
+    slice_of, BlobContent, BlobRead, BlobStorage, Committed, Hold, StorageError, SweepPlan,
+    UploadWriter,
 };
 use crate::meta::Meta;
 use crate::oci::{Digest, RepoName};
@@ -136,11 +137,16 @@ impl BlobStorage for BucketStorage {
         })
     }
 
-    async fn put_manifest(&self, digest: &Digest, bytes: Bytes) -> Result<Commit, StorageError> {
-        Ok(match self.objects.blobs.put_small(digest, bytes).await? {
+    async fn put_manifest(
+        &self,
+        digest: &Digest,
+        bytes: Bytes,
+    ) -> Result<(Commit, Hold), StorageError> {
+        let commit = match self.objects.blobs.put_small(digest, bytes).await? {
             true => Commit::Stored,
             false => Commit::Deduplicated,
-        })
+        };
+        Ok((commit, Hold::none()))
     }
 
     async fn manifest_bytes(&self, digest: &Digest) -> Result<Option<Bytes>, StorageError> {

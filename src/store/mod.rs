@@ -20,6 +20,7 @@ mod blob;
 mod shard;
 
 pub use blob::BlobBytes;
+pub use shard::Pin;
 
 use crate::oci::Digest;
 use crate::space::DiskSpace;
@@ -115,8 +116,13 @@ impl ContentStore {
     }
 
     /// Moves a staged file (bytes already synced and verified to hash to
-    /// `digest`) into place, or drops it if the blob already exists.
-    pub async fn commit(&self, digest: &Digest, staged: PathBuf) -> Result<Commit, StoreError> {
+    /// `digest`) into place, or drops it if the blob already exists. Hold
+    /// the pin until the metadata naming the blob is written.
+    pub async fn commit(
+        &self,
+        digest: &Digest,
+        staged: PathBuf,
+    ) -> Result<(Commit, Pin), StoreError> {
         let target = self.blob_path(digest);
         let r = self
             .call_shard(digest, |reply| ShardMsg::Commit {
@@ -131,8 +137,8 @@ impl ContentStore {
         r
     }
 
-    /// Removes a blob last committed before `cutoff`, serialised with
-    /// commits of the same digest; returns the bytes freed.
+    /// Removes a blob last committed before `cutoff` and not pinned,
+    /// serialised with commits of the same digest; returns the bytes freed.
     pub async fn delete_if_older(
         &self,
         digest: &Digest,
@@ -175,21 +181,21 @@ impl ContentStore {
 
     /// Stores a small in-memory blob (a manifest) whose digest the caller
     /// has computed: written to staging, synced, then committed like an
-    /// upload.
+    /// upload, and pinned the same way.
     pub async fn put_bytes(
         &self,
         digest: &Digest,
         bytes: bytes::Bytes,
-    ) -> Result<Commit, StoreError> {
+    ) -> Result<(Commit, Pin), StoreError> {
         // Through the shard, not a plain existence check: a manifest pushed
-        // again while garbage collection runs must refresh the blob's mtime
-        // (or find it gone and write it anew), as an upload's commit does.
+        // again while garbage collection runs must pin the blob (or find it
+        // gone and write it anew), as an upload's commit does.
         let target = self.blob_path(digest);
-        if self
+        if let Some(pin) = self
             .call_shard(digest, |reply| ShardMsg::Touch { target, reply })
             .await?
         {
-            return Ok(Commit::Deduplicated);
+            return Ok((Commit::Deduplicated, pin));
         }
         self.space.check_writable()?;
         let staged = self

@@ -1,8 +1,11 @@
 //! One content-store shard: an actor that serialises every commit of the
-//! digests routed to it, so a digest is renamed into place at most once.
+//! digests routed to it, so a digest is renamed into place at most once,
+//! and that keeps garbage collection off blobs whose metadata is still
+//! being written (pins).
 
 use super::Commit;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -13,24 +16,36 @@ pub struct ShardArgs {
     pub fsync: bool,
 }
 
+pub struct ShardState {
+    fsync: bool,
+    /// Blobs committed or touched whose [`Pin`] is still held: the
+    /// metadata naming them is not written yet.
+    pins: HashMap<PathBuf, u32>,
+}
+
 pub enum ShardMsg {
     Commit {
         staged: PathBuf,
         target: PathBuf,
-        reply: RpcReplyPort<io::Result<Commit>>,
+        reply: RpcReplyPort<io::Result<(Commit, Pin)>>,
     },
     /// A write of bytes that may already be stored (a manifest): if the
-    /// blob exists, refresh its mtime, exactly as a deduplicated commit
-    /// does, and answer true. Running on the shard orders it with garbage
-    /// collection's deletes of that digest: either the delete came first
-    /// and this answers false (the caller writes the bytes anew), or this
-    /// came first and the fresh mtime keeps the blob through the grace.
+    /// blob exists, refresh its mtime and pin it, exactly as a
+    /// deduplicated commit does. Running on the shard orders it with
+    /// garbage collection's deletes of that digest: either the delete came
+    /// first and this answers `None` (the caller writes the bytes anew), or
+    /// this came first and the pin keeps the blob.
     Touch {
         target: PathBuf,
-        reply: RpcReplyPort<io::Result<bool>>,
+        reply: RpcReplyPort<io::Result<Option<Pin>>>,
     },
-    /// Garbage collection: unlink the blob if it was last committed before
-    /// `cutoff`; answers the bytes freed (`None` when kept).
+    /// A [`Pin`] was dropped. The last one refreshes the blob's mtime, so
+    /// a collection whose snapshot predates the metadata write cannot take
+    /// the blob once the pin is gone.
+    Unpin { target: PathBuf },
+    /// Garbage collection: unlink the blob if it is not pinned and was
+    /// last committed before `cutoff`; answers the bytes freed (`None`
+    /// when kept).
     DeleteIfOlder {
         target: PathBuf,
         cutoff: SystemTime,
@@ -38,9 +53,47 @@ pub enum ShardMsg {
     },
 }
 
+/// Keeps a blob just committed or found present out of garbage
+/// collection's reach until the metadata that names it (a repository link,
+/// a manifest row) is written: the holder drops it after that write. Made
+/// by the shard inside its answer, so a caller that goes away before
+/// reading the answer still releases it.
+pub struct Pin {
+    shard: ActorRef<ShardMsg>,
+    target: PathBuf,
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let target = std::mem::take(&mut self.target);
+        // A stopped shard has no pins left to release.
+        let _ = self.shard.cast(ShardMsg::Unpin { target });
+    }
+}
+
+impl ShardState {
+    fn pin(&mut self, myself: &ActorRef<ShardMsg>, target: &Path) -> Pin {
+        *self.pins.entry(target.to_path_buf()).or_insert(0) += 1;
+        Pin {
+            shard: myself.clone(),
+            target: target.to_path_buf(),
+        }
+    }
+}
+
+/// Runs a blocking file operation off the async workers; the actor still
+/// awaits it, so the shard's work stays serialised.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e.to_string())))
+}
+
 impl Actor for Shard {
     type Msg = ShardMsg;
-    type State = ShardArgs;
+    type State = ShardState;
     type Arguments = ShardArgs;
 
     async fn pre_start(
@@ -48,12 +101,15 @@ impl Actor for Shard {
         _myself: ActorRef<Self::Msg>,
         args: ShardArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(args)
+        Ok(ShardState {
+            fsync: args.fsync,
+            pins: HashMap::new(),
+        })
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
@@ -63,29 +119,41 @@ impl Actor for Shard {
                 target,
                 reply,
             } => {
-                let fsync = state.fsync;
-                // The rename and directory sync block; keep them off the
-                // async workers. The actor still awaits, so commits of one
-                // shard stay serialised.
-                let result = tokio::task::spawn_blocking(move || commit(&staged, &target, fsync))
+                let (fsync, path) = (state.fsync, target.clone());
+                let result = blocking(move || commit(&staged, &path, fsync))
                     .await
-                    .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+                    .map(|c| (c, state.pin(&myself, &target)));
                 let _ = reply.send(result);
             }
             ShardMsg::Touch { target, reply } => {
-                let result = tokio::task::spawn_blocking(move || touch(&target))
+                let path = target.clone();
+                let result = blocking(move || touch(&path))
                     .await
-                    .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+                    .map(|found| found.then(|| state.pin(&myself, &target)));
                 let _ = reply.send(result);
+            }
+            ShardMsg::Unpin { target } => {
+                let Some(n) = state.pins.get_mut(&target) else {
+                    return Ok(());
+                };
+                *n -= 1;
+                if *n == 0 {
+                    state.pins.remove(&target);
+                    if let Err(e) = blocking(move || touch(&target)).await {
+                        tracing::warn!(error = %e, "cannot refresh a blob's mtime");
+                    }
+                }
             }
             ShardMsg::DeleteIfOlder {
                 target,
                 cutoff,
                 reply,
             } => {
-                let result = tokio::task::spawn_blocking(move || delete_if_older(&target, cutoff))
-                    .await
-                    .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+                let result = if state.pins.contains_key(&target) {
+                    Ok(None)
+                } else {
+                    blocking(move || delete_if_older(&target, cutoff)).await
+                };
                 let _ = reply.send(result);
             }
         }
@@ -95,8 +163,7 @@ impl Actor for Shard {
 
 /// Refreshes the mtime of an existing blob; false when there is none.
 /// The mtime is the blob's last commit: garbage collection spares a blob
-/// committed within its grace period, so a push that found its content
-/// already here cannot lose it before its link or manifest row is written.
+/// committed after it started.
 fn touch(target: &Path) -> io::Result<bool> {
     match std::fs::File::open(target) {
         Ok(f) => f.set_modified(SystemTime::now()).map(|()| true),

@@ -225,11 +225,11 @@ async fn contract(o: Opened) {
     let m = Bytes::from_static(br#"{"schemaVersion":2}"#);
     let md = Digest::parse(&digest(&m)).unwrap();
     assert_eq!(
-        s.put_manifest(&md, m.clone()).await.unwrap(),
+        s.put_manifest(&md, m.clone()).await.unwrap().0,
         Commit::Stored
     );
     assert_eq!(
-        s.put_manifest(&md, m.clone()).await.unwrap(),
+        s.put_manifest(&md, m.clone()).await.unwrap().0,
         Commit::Deduplicated
     );
     assert_eq!(s.manifest_bytes(&md).await.unwrap(), Some(m));
@@ -247,6 +247,7 @@ async fn contract(o: Opened) {
         .unwrap();
     let plan = |dry_run| SweepPlan {
         cutoff: SystemTime::now() + Duration::from_secs(5),
+        started: SystemTime::now() + Duration::from_secs(5),
         dry_run,
         gone_links: Default::default(),
         gone_manifests: Default::default(),
