@@ -25,7 +25,7 @@ use crate::oci::Digest;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Full};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use std::sync::Arc;
@@ -391,15 +391,8 @@ type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 fn http_client() -> Result<HttpClient, String> {
     let tls = crate::tls::client_trust(None, "notifications", None)
         .or_else(|_| crate::tls::client_trusting_nothing())?;
-    let mut connector = HttpConnector::new();
-    connector.enforce_http(false);
-    connector.set_connect_timeout(Some(Duration::from_secs(10)));
-    let connector = HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(connector);
-    Ok(Client::builder(TokioExecutor::new()).build(connector))
+    Ok(Client::builder(TokioExecutor::new())
+        .build(crate::tls::client_connector(tls, Duration::from_secs(10))))
 }
 
 async fn send(client: &HttpClient, endpoint: &Endpoint, body: Bytes) -> Result<(), String> {

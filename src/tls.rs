@@ -4,7 +4,8 @@
 //! of the files' modification time).
 //!
 //! Owns: the current certificate and the rustls server configuration, and
-//! whom outgoing https connections trust (`client_trust`).
+//! how outgoing connections are made: whom https trusts (`client_trust`)
+//! and the connector every outbound client shares (`client_connector`).
 //! Must not: accept connections (the server does) or watch files itself.
 
 use rustls::crypto::ring as provider;
@@ -108,6 +109,25 @@ fn client_builder() -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsV
     ClientConfig::builder_with_provider(Arc::new(provider::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("tls: {e}"))
+}
+
+/// The connector of every outbound client (object store, upstream
+/// registries, webhook receivers): http or https (verified with `tls`),
+/// HTTP/1.1, TCP_NODELAY, keepalive probes, a connect deadline.
+pub fn client_connector(
+    tls: ClientConfig,
+    connect_timeout: std::time::Duration,
+) -> hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector> {
+    let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+    tcp.set_connect_timeout(Some(connect_timeout));
+    tcp.set_nodelay(true);
+    tcp.set_keepalive(Some(std::time::Duration::from_secs(30)));
+    tcp.enforce_http(false);
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(tcp)
 }
 
 /// A client configuration for plain-http endpoints (never used to verify).

@@ -117,7 +117,11 @@ pub async fn refresh(
             if cached(cx, repo, d).await?.is_some() {
                 return Ok(Freshness::Current { fetched: false });
             }
-            fetch(cx, route, repo, &d.to_string(), Some(d), None).await?;
+            counted(
+                cx,
+                route,
+                fetch(cx, route, repo, &d.to_string(), Some(d), None).await,
+            )?;
             Ok(Freshness::Current { fetched: true })
         }
         Reference::Tag(tag) => {
@@ -130,7 +134,11 @@ pub async fn refresh(
             }
             let (r, t) = (repo.clone(), tag.clone());
             let local = cx.meta.query(move |m| m.tag(&r, &t)).await?;
-            match check_tag(cx, route, repo, tag, local.as_ref()).await {
+            match counted(
+                cx,
+                route,
+                check_tag(cx, route, repo, tag, local.as_ref()).await,
+            ) {
                 Ok(fetched) => {
                     cx.mirrors.confirm(repo, tag);
                     Ok(Freshness::Current { fetched })
@@ -163,8 +171,7 @@ async fn check_tag(
     let path = format!("/v2/{}/manifests/{tag}", route.upstream_name);
     let head = upstream
         .send(Method::HEAD, &path, Some(ACCEPT), &route.upstream_name)
-        .await
-        .inspect_err(|e| count_error(cx, route, e))?;
+        .await?;
     let announced = head
         .headers()
         .get("docker-content-digest")
@@ -222,21 +229,15 @@ async fn fetch(
 ) -> Result<(), ProxyError> {
     let upstream = &route.mirror.upstream;
     let path = format!("/v2/{}/manifests/{reference}", route.upstream_name);
-    let result = async {
-        let resp = upstream
-            .send(Method::GET, &path, Some(ACCEPT), &route.upstream_name)
-            .await?;
-        let content_type = resp
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let bytes = upstream.read_small(resp, cx.max_manifest_bytes).await?;
-        Ok::<_, UpstreamError>((content_type, bytes))
-    }
-    .await
-    .inspect_err(|e| count_error(cx, route, e));
-    let (content_type, bytes) = result?;
+    let resp = upstream
+        .send(Method::GET, &path, Some(ACCEPT), &route.upstream_name)
+        .await?;
+    let content_type = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let bytes = upstream.read_small(resp, cx.max_manifest_bytes).await?;
     cx.metrics
         .proxy
         .upstream_bytes
@@ -245,11 +246,10 @@ async fn fetch(
     let algorithm = expected.map_or(crate::oci::Algorithm::Sha256, |d| d.algorithm());
     let actual = Digest::of(algorithm, &bytes);
     if expected.is_some_and(|d| d != &actual) {
-        let e = UpstreamError::Invalid(format!(
+        return Err(UpstreamError::Invalid(format!(
             "manifest {reference} from the upstream hashes to {actual}"
-        ));
-        count_error(cx, route, &e);
-        return Err(e.into());
+        ))
+        .into());
     }
     let parsed = manifest::parse(&bytes, content_type.as_deref())
         .map_err(|e| UpstreamError::Invalid(format!("the upstream's manifest {reference}: {e}")))?;
@@ -282,12 +282,17 @@ async fn write(
     Ok(())
 }
 
-fn count_error(cx: &Context<'_>, route: &Route, e: &UpstreamError) {
-    cx.metrics
-        .proxy
-        .upstream_errors
-        .with_label_values(&[&route.mirror.prefix, e.kind()])
-        .inc();
+/// Counts an upstream failure once, where the refresh sees it (a cached
+/// tag served stale still counts the failure behind it).
+fn counted<T>(cx: &Context<'_>, route: &Route, r: Result<T, ProxyError>) -> Result<T, ProxyError> {
+    if let Err(ProxyError::Upstream(e)) = &r {
+        cx.metrics
+            .proxy
+            .upstream_errors
+            .with_label_values(&[&route.mirror.prefix, e.kind()])
+            .inc();
+    }
+    r
 }
 
 #[cfg(test)]

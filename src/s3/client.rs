@@ -16,7 +16,7 @@ use http::{Method, Request, StatusCode};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
@@ -149,11 +149,6 @@ impl S3Client {
         let bucket = Bucket::new(endpoint, style, s.bucket.clone(), s.region.clone())
             .map_err(|e| S3Error::Config(format!("storage.s3: {e}")))?;
         let credentials = Credentials::new(s.access_key_id.clone(), s.secret_access_key.clone());
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(s.timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(30)));
-        connector.enforce_http(false);
         let tls = match https {
             true => crate::tls::client_trust(
                 s.ca_file.as_deref(),
@@ -165,15 +160,10 @@ impl S3Client {
             false => crate::tls::client_trusting_nothing(),
         }
         .map_err(|e| S3Error::Config(format!("storage.s3: {e}")))?;
-        let connector = HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
-            .build(connector);
+            .build(crate::tls::client_connector(tls, s.timeout));
         Ok(S3Client {
             bucket,
             credentials,

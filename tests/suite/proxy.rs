@@ -36,6 +36,29 @@ fn proxy(prefix: &str, upstream: &str) -> ProxyConfig {
     }
 }
 
+/// `proxy` that logs in to its upstream as `user`.
+fn proxy_login(prefix: &str, upstream: &str, user: &str, password: &str) -> ProxyConfig {
+    ProxyConfig {
+        username: Some(user.into()),
+        password: Some(password.into()),
+        ..proxy(prefix, upstream)
+    }
+}
+
+/// A client of the registry at `base` sending Basic credentials.
+fn logged_in(base: &str, user: &str, password: &str) -> TestRegistry {
+    use base64::Engine as _;
+    let mut r = TestRegistry::at(base);
+    let mut h = reqwest::header::HeaderMap::new();
+    let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    h.insert("authorization", format!("Basic {pair}").parse().unwrap());
+    r.client = reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .unwrap();
+    r
+}
+
 /// Pushes a config and `layers` (sizes) to `repo`; returns the manifest.
 async fn push_image(
     reg: &TestRegistry,
@@ -119,11 +142,7 @@ async fn concurrent_misses_make_one_upstream_fetch_with_basic_auth() {
     let tap = Tap::start(upstream.base.clone()).await;
     let mirror = registry(&dir.path().join("mirror"), |c| {
         c.metrics.addr = Some("127.0.0.1:0".parse().unwrap());
-        c.proxy = vec![ProxyConfig {
-            username: Some("puller".into()),
-            password: Some("pw".into()),
-            ..proxy("hub", &tap.base())
-        }];
+        c.proxy = vec![proxy_login("hub", &tap.base(), "puller", "pw")];
     })
     .await;
 
@@ -236,9 +255,10 @@ async fn the_token_flow_is_followed_and_its_token_reused() {
     let key = SigningKey::ec();
     let public = write_file(dir.path(), "token.pub", &key.public_pem);
     let issuer = token_server(key, "alice", "alice-pw").await;
+    let issuer_tap = Tap::start(format!("http://{issuer}")).await;
     let upstream = registry(&dir.path().join("up"), |c| {
         c.auth.token = Some(wharf::config::TokenConfig {
-            realm: format!("http://{issuer}/token"),
+            realm: format!("{}/token", issuer_tap.base()),
             service: SERVICE.into(),
             issuer: ISSUER.into(),
             public_key: public.clone(),
@@ -247,25 +267,19 @@ async fn the_token_flow_is_followed_and_its_token_reused() {
     .await;
     let tap = Tap::start(upstream.base.clone()).await;
     let mirror = registry(&dir.path().join("mirror"), |c| {
-        c.proxy = vec![ProxyConfig {
-            username: Some("alice".into()),
-            password: Some("alice-pw".into()),
-            ..proxy("quay", &tap.base())
-        }];
+        c.proxy = vec![proxy_login("quay", &tap.base(), "alice", "alice-pw")];
     })
     .await;
     assert_eq!(pull(&mirror, "quay/org/tool", "v2").await, manifest);
-    // One challenge answered; the token served the rest (HEAD, GET, blobs).
+    // One token, asked for once, served the whole pull: the tag's HEAD,
+    // the manifest and every blob.
     let upstream_requests = tap.count("GET", "/v2/") + tap.count("HEAD", "/v2/");
     assert!(upstream_requests >= 4, "{upstream_requests}");
+    assert_eq!(issuer_tap.count("GET", "/token"), 1);
 
     // A wrong password: the token service refuses, the mirror says so.
     let wrong = registry(&dir.path().join("wrong"), |c| {
-        c.proxy = vec![ProxyConfig {
-            username: Some("alice".into()),
-            password: Some("nope".into()),
-            ..proxy("quay", &tap.base())
-        }];
+        c.proxy = vec![proxy_login("quay", &tap.base(), "alice", "nope")];
     })
     .await;
     let r = wrong.get("/v2/quay/org/tool/manifests/v2").await;
@@ -418,16 +432,7 @@ async fn distribution_as_the_upstream_with_basic_auth() {
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    let mut upstream = TestRegistry::at(&base);
-    let mut auth = reqwest::header::HeaderMap::new();
-    auth.insert(
-        "authorization",
-        format!("Basic {}", base64_of("ci:ci-pw")).parse().unwrap(),
-    );
-    upstream.client = reqwest::Client::builder()
-        .default_headers(auth)
-        .build()
-        .unwrap();
+    let upstream = logged_in(&base, "ci", "ci-pw");
     let deadline = Instant::now() + Duration::from_secs(10);
     while upstream
         .client
@@ -443,11 +448,7 @@ async fn distribution_as_the_upstream_with_basic_auth() {
     let manifest = push_image(&upstream, "library/ref", "2.8", 50, &[5 << 20, 700]).await;
     let tap = Tap::start(base.clone()).await;
     let mirror = registry(&dir.path().join("mirror"), |c| {
-        c.proxy = vec![ProxyConfig {
-            username: Some("ci".into()),
-            password: Some("ci-pw".into()),
-            ..proxy("hub", &tap.base())
-        }];
+        c.proxy = vec![proxy_login("hub", &tap.base(), "ci", "ci-pw")];
     })
     .await;
     assert_eq!(pull(&mirror, "hub/library/ref", "2.8").await, manifest);
@@ -457,11 +458,6 @@ async fn distribution_as_the_upstream_with_basic_auth() {
     assert_eq!(tap.count("GET", &format!("/blobs/{layer}")), 1);
     let _ = dist.kill();
     let _ = dist.wait();
-}
-
-fn base64_of(text: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -653,21 +649,7 @@ async fn two_upstreams_beside_hosted_repositories_under_local_auth_rules() {
         c.proxy = vec![proxy("hub", &hub.base), proxy("quay", &quay.base)];
     })
     .await;
-    let as_user = |user: &str, pw: &str| {
-        let mut r = TestRegistry::at(&mirror.base);
-        let mut h = reqwest::header::HeaderMap::new();
-        h.insert(
-            "authorization",
-            format!("Basic {}", base64_of(&format!("{user}:{pw}")))
-                .parse()
-                .unwrap(),
-        );
-        r.client = reqwest::Client::builder()
-            .default_headers(h)
-            .build()
-            .unwrap();
-        r
-    };
+    let as_user = |user: &str, pw: &str| logged_in(&mirror.base, user, pw);
     let (alice, bob) = (as_user("alice", "a-pw"), as_user("bob", "b-pw"));
     // Each prefix reaches its own upstream.
     assert_eq!(pull(&alice, "hub/library/x", "1").await, from_hub);
