@@ -384,6 +384,9 @@ pub async fn raw_request(base: &str, request: &str) -> (u16, String) {
     (status, text)
 }
 
+/// How many of [`ERROR_CODES`] are the OCI distribution spec's own.
+pub const SPEC_CODES: usize = 14;
+
 /// Error codes a Wharf error body may carry: the OCI distribution spec's
 /// set, then the extensions the README documents.
 pub const ERROR_CODES: &[&str] = &[
