@@ -44,8 +44,9 @@ pub enum GcError {
 #[derive(Debug, Clone)]
 pub struct GcOptions {
     /// No link made or manifest pushed more recently than this is removed
-    /// (nor, in the object store, bytes committed). Must exceed the longest a push takes between uploading a
-    /// layer and pushing the manifest that names it.
+    /// (nor, in the object store, bytes committed). Must exceed the
+    /// longest a push takes between uploading a layer and pushing the
+    /// manifest that names it.
     pub grace: Duration,
     /// Also remove manifests that no tag reaches.
     pub delete_untagged: bool,

@@ -130,6 +130,20 @@ pub fn client_connector(
         .wrap_connector(tcp)
 }
 
+/// An outbound request's error and its chain of causes on one line, so
+/// hyper's "client error (Connect)" says which connect failed and why (a
+/// refused port, an untrusted certificate).
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 /// A client configuration for plain-http endpoints (never used to verify).
 pub fn client_trusting_nothing() -> Result<ClientConfig, String> {
     Ok(client_builder()?

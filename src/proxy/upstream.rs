@@ -238,9 +238,7 @@ impl Upstream {
                 "no answer within {} s",
                 self.timeout.as_secs()
             ))),
-            Ok(Err(e)) => Err(UpstreamError::Unavailable(crate::s3::client::with_causes(
-                &e,
-            ))),
+            Ok(Err(e)) => Err(UpstreamError::Unavailable(crate::tls::with_causes(&e))),
             Ok(Ok(r)) => Ok(r),
         }
     }

@@ -201,7 +201,7 @@ impl S3Client {
                 "no answer within {} s",
                 deadline.as_secs()
             ))),
-            Ok(Err(e)) => Err(S3Error::Unavailable(with_causes(&e))),
+            Ok(Err(e)) => Err(S3Error::Unavailable(crate::tls::with_causes(&e))),
             Ok(Ok(r)) => Ok(r),
         }
     }
@@ -210,7 +210,7 @@ impl S3Client {
     async fn read_body(&self, resp: hyper::Response<Incoming>) -> Result<Bytes, S3Error> {
         match tokio::time::timeout(self.timeout, resp.into_body().collect()).await {
             Err(_) => Err(S3Error::Unavailable("answer body timed out".into())),
-            Ok(Err(e)) => Err(S3Error::Unavailable(with_causes(&e))),
+            Ok(Err(e)) => Err(S3Error::Unavailable(crate::tls::with_causes(&e))),
             Ok(Ok(b)) => Ok(b.to_bytes()),
         }
     }
@@ -423,21 +423,6 @@ impl S3Client {
 
 /// The CompleteMultipartUpload document. ETags are quoted hex; anything
 /// XML would read as markup is escaped all the same.
-/// An error and what caused it, so "client error (Connect)" says which
-/// connect failed and why (a refused port, an untrusted certificate).
-/// An error and its chain of causes on one line (hyper's own message is
-/// often just "client error (Connect)").
-pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
-}
-
 fn complete_body(parts: &[(u16, String)]) -> String {
     let mut out = String::from("<CompleteMultipartUpload>");
     for (n, etag) in parts {

@@ -80,10 +80,6 @@ pub enum BlobContent {
     Redirect(String),
 }
 
-/// What garbage collection's last step may free: blobs nothing in `meta`
-/// links or names as a manifest, last written before `cutoff`. A dry run
-/// counts instead, leaving out what the earlier (not applied) steps would
-/// have removed.
 /// Keeps bytes just stored out of garbage collection's reach until the
 /// metadata naming them is written: the caller drops it after that write.
 /// The data folder pins the blob in its shard; the object store needs
@@ -104,8 +100,13 @@ impl From<crate::store::Pin> for Hold {
     }
 }
 
+/// What garbage collection's last step may free: blobs nothing in `meta`
+/// links or names as a manifest, last written before `cutoff` (the object
+/// store) or before `started` (the data folder). A dry run
+/// counts instead, leaving out what the earlier (not applied) steps would
+/// have removed.
 pub struct SweepPlan {
-    /// Links and manifests younger than this stay (the grace).
+    /// The grace's cutoff.
     pub cutoff: SystemTime,
     /// When the collection started. The data folder frees bytes that
     /// nothing links or names if they were last committed before it:
