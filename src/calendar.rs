@@ -1,6 +1,16 @@
-//! Unix time as calendar dates (UTC), for what people and receivers read:
-//! the web UI's times and notification timestamps. Pure code (Howard
-//! Hinnant's days-to-civil algorithm), no time-zone database.
+//! Unix time: the one reading of the clock as unix seconds
+//! ([`unix_now`]), and unix time as calendar dates (UTC) for what people
+//! and receivers read (the web UI's times, notification timestamps). The
+//! conversions are pure code (Howard Hinnant's days-to-civil algorithm),
+//! with no time-zone database.
+
+/// Seconds since the epoch now (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
 /// (year, month, day, hour, minute, second) of `secs` after the epoch.
 pub fn civil(secs: u64) -> (i64, u64, u64, u64, u64, u64) {

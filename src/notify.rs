@@ -18,6 +18,7 @@
 //! memory between the queue and the endpoint beyond one batch.
 
 use crate::auth::pattern::RepoPattern;
+use crate::calendar::unix_now;
 use crate::config::NotificationConfig;
 use crate::meta::{Meta, MetaError, MetaWrite};
 use crate::metrics::Metrics;
@@ -422,13 +423,6 @@ async fn send(client: &HttpClient, endpoint: &Endpoint, body: Bytes) -> Result<(
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {} s", endpoint.timeout.as_secs())),
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! repositories it names); it may still delete untagged manifests.
 
 use crate::auth::pattern::RepoPattern;
+use crate::calendar::unix_now;
 use crate::config::{ConfigError, ImmutableConfig, RetentionConfig};
 use crate::meta::{ManifestRecord, Meta, MetaError, MetaWrite};
 use crate::oci::{Digest, RepoName};
@@ -296,13 +297,6 @@ pub fn plan(p: &Policies, snap: &Snapshot, now: u64, force_dry: bool) -> Retenti
         }
     }
     report
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Plans and applies retention; `force_dry` reports without deleting.

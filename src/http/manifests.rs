@@ -4,6 +4,7 @@
 use super::body::Body;
 use super::error::ApiError;
 use super::{empty_response, off_worker, AppState, HttpResult};
+use crate::calendar::unix_now;
 use crate::meta::{ManifestRecord, MetaError, MetaRead, MetaWrite};
 use crate::notify::{Action, Target};
 use crate::oci::manifest;
@@ -398,13 +399,6 @@ pub(super) async fn delete(
         st.notifier.wake();
     }
     Ok(empty_response(StatusCode::ACCEPTED, &[]))
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// An immutable tag on `digest` in `repo`, described, if there is one.

@@ -1,11 +1,13 @@
 //! The metadata store: repositories, which blobs each repository may read,
 //! manifests, tags and the referrers index.
 //!
-//! Owns: the `MetaBackend` trait (one implementation per database: the
-//! embedded redb default now, PostgreSQL for a multi-node deployment later)
-//! and the group-commit writer thread that serialises every write.
-//! Must not: hold blob or manifest bytes (the content store does), or block
-//! the async workers on a commit.
+//! Owns: the write jobs (`MetaWrite`) and their rules (`rules`, written
+//! once over the rows of a transaction), the `MetaRead`/`MetaBackend`
+//! traits with their two implementations (redb, the embedded default;
+//! PostgreSQL, shared by the nodes of a cluster), and the group-commit
+//! writer thread that serialises every write.
+//! Must not: hold blob or manifest bytes (the content store does), block
+//! the async workers on a commit, or let a backend decide a rule.
 //!
 //! Why redb: pure Rust (no C toolchain in CI), ACID with copy-on-write pages,
 //! MVCC reads that never wait for the writer, and one fsync pair per commit,
@@ -13,8 +15,12 @@
 //! previous commit is syncing (group commit).
 
 mod postgres_backend;
+mod postgres_rows;
+mod postgres_schema;
 mod redb_backend;
 mod redb_file;
+mod redb_rows;
+pub mod rules;
 mod writer;
 
 use crate::oci::{Digest, RepoName};
@@ -28,6 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use postgres_backend::{
     describe as pg_describe, unreachable as pg_unreachable, Pool as PgPool, PostgresBackend,
 };
+pub use postgres_rows::apply_in_transaction as apply_in_postgres;
 pub use redb_backend::RedbBackend;
 
 #[derive(Debug, thiserror::Error)]

@@ -1,17 +1,18 @@
 //! The shared backend: PostgreSQL, for any number of Wharf nodes on one
 //! database.
 //!
-//! Owns: the connection pool, the embedded schema migrations and the SQL
-//! behind [`MetaRead`] and [`MetaBackend`].
+//! Owns: the connection pool, running the migrations (`postgres_schema`),
+//! the SQL behind [`MetaRead`], and the commit loop around the rules
+//! (`postgres_rows` translates their rows).
 //! Must not: be called from an async worker (the `postgres` client blocks;
 //! callers are on the blocking pool or the writer thread), or hold a
 //! transaction open across anything but SQL.
 //!
 //! Races between nodes are closed with row locks inside each write's
-//! transaction, at READ COMMITTED: a manifest PUT takes `FOR SHARE` on the
-//! blob links and child manifests it references, and garbage collection
-//! takes `FOR UPDATE` on the row it is about to delete and only then looks
-//! for references. Whichever locks first wins; the other sees its result
+//! transaction, at READ COMMITTED, where the rules ask for a `Lock`: a
+//! manifest PUT takes `FOR SHARE` on the blob links and child manifests it
+//! references, and garbage collection takes `FOR UPDATE` on the row it is
+//! about to delete and only then looks for references. Whichever locks first wins; the other sees its result
 //! (the PUT finds the link gone and is refused, or GC finds the new
 //! reference and spares the row). A batch that loses a deadlock or
 //! serialization check is retried whole.
@@ -20,13 +21,15 @@
 //! synchronous by design (redb is), and every caller is already on a
 //! blocking thread; both crates are the maintained tokio-postgres family.
 
+use super::postgres_rows::{self, Failed};
+use super::postgres_schema::apply_migrations;
 use super::{BlobLink, ManifestRecord, MetaBackend, MetaError, MetaRead, MetaWrite, Page};
 use crate::oci::{Digest, RepoName};
 use postgres::error::SqlState;
-use postgres::{NoTls, Transaction};
+use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 type R2d2Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 pub type PooledConnection = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
@@ -59,122 +62,6 @@ impl Pool {
         }
     }
 }
-
-/// The schema, one step per entry, applied in order and recorded in
-/// `wharf_schema`. Never edit a step that has shipped: add one.
-const MIGRATIONS: &[&str] = &[
-    // 1: the same tables as the redb backend. "C" collation: listings
-    // sort bytewise, as the spec's pagination expects.
-    r#"
-    CREATE TABLE repos (
-        name    text COLLATE "C" PRIMARY KEY,
-        created bigint NOT NULL
-    );
-    CREATE TABLE blob_links (
-        repo      text COLLATE "C" NOT NULL,
-        digest    text COLLATE "C" NOT NULL,
-        size      bigint NOT NULL,
-        linked_at bigint NOT NULL,
-        PRIMARY KEY (repo, digest)
-    );
-    CREATE TABLE manifests (
-        repo    text COLLATE "C" NOT NULL,
-        digest  text COLLATE "C" NOT NULL,
-        record  text NOT NULL,
-        PRIMARY KEY (repo, digest)
-    );
-    CREATE TABLE tags (
-        repo   text COLLATE "C" NOT NULL,
-        tag    text COLLATE "C" NOT NULL,
-        digest text COLLATE "C" NOT NULL,
-        PRIMARY KEY (repo, tag)
-    );
-    CREATE INDEX tags_by_digest ON tags (repo, digest);
-    CREATE TABLE referrers (
-        repo     text COLLATE "C" NOT NULL,
-        subject  text COLLATE "C" NOT NULL,
-        referrer text COLLATE "C" NOT NULL,
-        PRIMARY KEY (repo, subject, referrer)
-    );
-    CREATE TABLE refs (
-        digest   text COLLATE "C" NOT NULL,
-        repo     text COLLATE "C" NOT NULL,
-        manifest text COLLATE "C" NOT NULL,
-        PRIMARY KEY (digest, repo, manifest)
-    );
-    "#,
-    // 2: blobs in an object store. `blobs` maps a digest to the one
-    // object kept for it (keys are chosen at upload start, never derived
-    // from the digest, so completing an upload is the commit). `uploads`
-    // and `upload_tail` are sessions any node continues; objects to remove
-    // wait in `object_deletions` until their time.
-    r#"
-    CREATE TABLE blobs (
-        digest     text COLLATE "C" PRIMARY KEY,
-        size       bigint NOT NULL,
-        object_key text NOT NULL,
-        created    bigint NOT NULL
-    );
-    CREATE TABLE uploads (
-        id           text PRIMARY KEY,
-        repo         text COLLATE "C" NOT NULL,
-        object_key   text NOT NULL,
-        multipart_id text,
-        size         bigint NOT NULL DEFAULT 0,
-        midstate     bytea NOT NULL,
-        part_numbers integer[] NOT NULL DEFAULT '{}',
-        part_etags   text[] NOT NULL DEFAULT '{}',
-        part_bytes   bigint NOT NULL DEFAULT 0,
-        next_part    integer NOT NULL DEFAULT 0,
-        version      bigint NOT NULL DEFAULT 0,
-        updated_at   bigint NOT NULL
-    );
-    CREATE INDEX uploads_by_age ON uploads (updated_at);
-    CREATE TABLE upload_tail (
-        id   text NOT NULL,
-        at   bigint NOT NULL,
-        data bytea NOT NULL,
-        PRIMARY KEY (id, at)
-    );
-    CREATE TABLE object_deletions (
-        object_key   text PRIMARY KEY,
-        multipart_id text,
-        not_before   bigint NOT NULL
-    );
-    CREATE INDEX object_deletions_due ON object_deletions (not_before);
-    CREATE INDEX blob_links_by_digest ON blob_links (digest);
-    CREATE INDEX manifests_by_digest ON manifests (digest);
-    "#,
-    // 3: when each manifest was last pulled, for retention policies
-    // (written in batches by each node's pull log, never per pull).
-    r#"
-    CREATE TABLE pulls (
-        repo      text COLLATE "C" NOT NULL,
-        digest    text COLLATE "C" NOT NULL,
-        pulled_at bigint NOT NULL,
-        PRIMARY KEY (repo, digest)
-    );
-    "#,
-    // 4: notification queues, written in the transaction of the change
-    // each event describes; one node at a time delivers an endpoint's.
-    r#"
-    CREATE TABLE events (
-        id       bigserial PRIMARY KEY,
-        endpoint text COLLATE "C" NOT NULL,
-        payload  bytea NOT NULL
-    );
-    CREATE INDEX events_by_endpoint ON events (endpoint, id);
-    CREATE TABLE event_drops (
-        endpoint text COLLATE "C" PRIMARY KEY,
-        dropped  bigint NOT NULL
-    );
-    CREATE TABLE event_leases (
-        endpoint text COLLATE "C" PRIMARY KEY,
-        node     text NOT NULL,
-        until    bigint NOT NULL
-    );
-    "#,
-];
 
 /// Key of the session advisory lock held while migrating ("wharf" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0077_6861_7266;
@@ -265,38 +152,6 @@ fn pool(url: &str, pool_size: u32, timeout: Duration) -> Result<Pool, MetaError>
     Ok(Pool(Arc::new(PoolOwner(Some(pool)))))
 }
 
-fn apply_migrations(conn: &mut postgres::Client) -> Result<usize, MetaError> {
-    conn.batch_execute(
-        "CREATE TABLE IF NOT EXISTS wharf_schema (
-            version    integer PRIMARY KEY,
-            applied_at timestamptz NOT NULL DEFAULT now()
-        )",
-    )
-    .map_err(db)?;
-    let row = conn
-        .query_one("SELECT coalesce(max(version), 0) FROM wharf_schema", &[])
-        .map_err(db)?;
-    let current: i32 = row.get(0);
-    let mut applied = 0;
-    for (i, sql) in MIGRATIONS.iter().enumerate() {
-        let version = i as i32 + 1;
-        if version <= current {
-            continue;
-        }
-        let mut txn = conn.transaction().map_err(db)?;
-        txn.batch_execute(sql).map_err(db)?;
-        txn.execute(
-            "INSERT INTO wharf_schema (version) VALUES ($1)",
-            &[&version],
-        )
-        .map_err(db)?;
-        txn.commit().map_err(db)?;
-        tracing::info!(version, "metadata schema migrated");
-        applied += 1;
-    }
-    Ok(applied)
-}
-
 /// Whether an error is about reaching the database (down, cut off,
 /// restarting, saturated, timed out): an answer of 503, retry later, as
 /// opposed to a fault in what was asked. The object-store modules use it
@@ -316,19 +171,23 @@ pub fn unreachable(e: &postgres::Error) -> bool {
 
 /// Maps a client error: anything about reaching the database is
 /// `Unavailable` (503, retry), the rest is a database fault.
-fn db(e: postgres::Error) -> MetaError {
-    if unreachable(&e) {
-        return MetaError::Unavailable(describe(&e));
+pub(super) fn db(e: postgres::Error) -> MetaError {
+    map_error(&e)
+}
+
+pub(super) fn map_error(e: &postgres::Error) -> MetaError {
+    if unreachable(e) {
+        return MetaError::Unavailable(describe(e));
     }
     match e.code() {
-        Some(c) if *c == SqlState::DISK_FULL => MetaError::NoSpace(describe(&e)),
-        _ => MetaError::CommitFailed(describe(&e)),
+        Some(c) if *c == SqlState::DISK_FULL => MetaError::NoSpace(describe(e)),
+        _ => MetaError::CommitFailed(describe(e)),
     }
 }
 
 /// Races between nodes that a rerun of the whole transaction settles: its
 /// preconditions are checked again against what the other node committed.
-fn retryable(e: &postgres::Error) -> bool {
+pub(super) fn retryable(e: &postgres::Error) -> bool {
     e.code().is_some_and(|c| {
         *c == SqlState::T_R_DEADLOCK_DETECTED
             || *c == SqlState::T_R_SERIALIZATION_FAILURE
@@ -352,13 +211,6 @@ fn page(mut items: Vec<String>, n: usize) -> Page {
     let more = items.len() > n;
     items.truncate(n);
     Page { items, more }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 impl MetaRead for PostgresBackend {
@@ -549,365 +401,34 @@ impl MetaBackend for PostgresBackend {
         let mut conn = self.conn()?;
         let mut attempt = 0;
         loop {
-            match commit_jobs(&mut conn, jobs, durable) {
+            match commit_once(&mut conn, jobs, durable) {
                 Ok(results) => return Ok(results),
-                Err(e) if retryable(&e) && attempt < RETRIES => {
+                Err(f) if f.retry && attempt < RETRIES => {
                     attempt += 1;
                     std::thread::sleep(Duration::from_millis(5 << attempt));
                 }
-                Err(e) => return Err(db(e)),
+                Err(f) => return Err(f.error),
             }
         }
     }
 }
 
-fn commit_jobs(
+/// One attempt at a batch, in one transaction.
+fn commit_once(
     conn: &mut postgres::Client,
     jobs: &[Vec<MetaWrite>],
     durable: bool,
-) -> Result<Vec<Result<(), MetaError>>, postgres::Error> {
-    let mut txn = conn.transaction()?;
+) -> Result<Vec<Result<(), MetaError>>, Failed> {
+    let failed = |e: postgres::Error| Failed {
+        retry: retryable(&e),
+        error: db(e),
+    };
+    let mut txn = conn.transaction().map_err(failed)?;
     if !durable {
-        txn.batch_execute("SET LOCAL synchronous_commit = off")?;
+        txn.batch_execute("SET LOCAL synchronous_commit = off")
+            .map_err(failed)?;
     }
-    let now = unix_now();
-    let mut results = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let mut refused = None;
-        for op in job {
-            if let Some(why) = precondition(&mut txn, op)? {
-                refused = Some(why);
-                break;
-            }
-        }
-        if let Some(why) = refused {
-            results.push(Err(MetaError::Conflict(why)));
-            continue;
-        }
-        for op in job {
-            apply(&mut txn, op, now)?;
-        }
-        results.push(Ok(()));
-    }
-    txn.commit()?;
+    let results = postgres_rows::apply_jobs(&mut txn, jobs)?;
+    txn.commit().map_err(failed)?;
     Ok(results)
-}
-
-/// Why `op` may not be applied now, if it may not. Locks the rows the
-/// decision rests on until the transaction ends.
-fn precondition(
-    txn: &mut Transaction<'_>,
-    op: &MetaWrite,
-) -> Result<Option<String>, postgres::Error> {
-    Ok(match op {
-        MetaWrite::MountBlob { from, digest, .. } => {
-            let d = digest.to_string();
-            txn.query_opt(
-                "SELECT 1 FROM blob_links WHERE repo = $1 AND digest = $2 FOR SHARE",
-                &[&from.as_str(), &d],
-            )?
-            .is_none()
-            .then(|| format!("blob {d} is no longer in repository {from}"))
-        }
-        MetaWrite::PutManifest {
-            repo,
-            digest,
-            tag: Some(t),
-            tag_immutable: true,
-            ..
-        } if {
-            // FOR UPDATE cannot lock a row that does not exist yet: two
-            // nodes creating one immutable tag would both see no row and the
-            // later upsert would move it. A lock on the name serialises them.
-            txn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || $2, 0))",
-                &[&repo.as_str(), t],
-            )?;
-            txn.query_opt(
-                "SELECT 1 FROM tags WHERE repo = $1 AND tag = $2 AND digest <> $3",
-                &[&repo.as_str(), t, &digest.to_string()],
-            )?
-            .is_some()
-        } =>
-        {
-            Some(format!("tag {t} is immutable"))
-        }
-        MetaWrite::ClaimDelivery { endpoint, node, .. } => txn
-            .query_opt(
-                "SELECT node FROM event_leases WHERE endpoint = $1 AND node <> $2 \
-                 AND until > $3 FOR UPDATE",
-                &[endpoint, node, &unix_now()],
-            )?
-            .map(|row| format!("node {} delivers {endpoint}", row.get::<_, String>(0))),
-        MetaWrite::RetireTag { repo, tag, digest } => txn
-            .query_opt(
-                "SELECT 1 FROM tags WHERE repo = $1 AND tag = $2 AND digest = $3 FOR UPDATE",
-                &[&repo.as_str(), tag, &digest.to_string()],
-            )?
-            .is_none()
-            .then(|| format!("tag {tag} moved or went since retention looked")),
-        MetaWrite::PutManifest { record, .. } if record.mirrored => None,
-        MetaWrite::PutManifest { repo, record, .. } => {
-            let r = repo.as_str();
-            let found: Vec<String> = txn
-                .query(
-                    "SELECT digest FROM blob_links WHERE repo = $1 AND digest = ANY($2) \
-                     ORDER BY digest FOR SHARE",
-                    &[&r, &record.blobs],
-                )?
-                .iter()
-                .map(|row| row.get(0))
-                .collect();
-            if let Some(b) = record.blobs.iter().find(|b| !found.contains(b)) {
-                return Ok(Some(format!("blob {b} is not in repository {r}")));
-            }
-            let found: Vec<String> = txn
-                .query(
-                    "SELECT digest FROM manifests WHERE repo = $1 AND digest = ANY($2) \
-                     ORDER BY digest FOR SHARE",
-                    &[&r, &record.children],
-                )?
-                .iter()
-                .map(|row| row.get(0))
-                .collect();
-            record
-                .children
-                .iter()
-                .find(|c| !found.contains(c))
-                .map(|c| format!("manifest {c} is not in repository {r}"))
-        }
-        MetaWrite::GcUnlinkBlob {
-            repo,
-            digest,
-            cutoff,
-        } => {
-            let (r, d) = (repo.as_str(), digest.to_string());
-            let linked = txn.query_opt(
-                "SELECT linked_at FROM blob_links WHERE repo = $1 AND digest = $2 FOR UPDATE",
-                &[&r, &d],
-            )?;
-            match linked.map(|row| row.get::<_, i64>(0)) {
-                None => Some("already unlinked".into()),
-                Some(at) if at as u64 >= *cutoff => Some("linked recently".into()),
-                Some(_) if referenced(txn, r, &d)? => Some("referenced".into()),
-                Some(_) => None,
-            }
-        }
-        MetaWrite::GcDeleteManifest {
-            repo,
-            digest,
-            cutoff,
-        } => {
-            let (r, d) = (repo.as_str(), digest.to_string());
-            let row = txn.query_opt(
-                "SELECT record FROM manifests WHERE repo = $1 AND digest = $2 FOR UPDATE",
-                &[&r, &d],
-            )?;
-            let record = match row.map(|row| decode_record(row.get(0))) {
-                None => return Ok(Some("already deleted".into())),
-                // An unreadable record is not GC's to judge: spare it.
-                Some(Err(e)) => return Ok(Some(e.to_string())),
-                Some(Ok(record)) => record,
-            };
-            if record.created >= *cutoff {
-                Some("pushed recently".into())
-            } else if referenced(txn, r, &d)? {
-                Some("referenced by an index".into())
-            } else if txn
-                .query_opt(
-                    "SELECT 1 FROM tags WHERE repo = $1 AND digest = $2 LIMIT 1",
-                    &[&r, &d],
-                )?
-                .is_some()
-            {
-                Some("tagged".into())
-            } else {
-                None
-            }
-        }
-        _ => None,
-    })
-}
-
-/// Is `digest` referenced by any manifest of `repo`?
-fn referenced(
-    txn: &mut Transaction<'_>,
-    repo: &str,
-    digest: &str,
-) -> Result<bool, postgres::Error> {
-    Ok(txn
-        .query_opt(
-            "SELECT 1 FROM refs WHERE digest = $1 AND repo = $2 LIMIT 1",
-            &[&digest, &repo],
-        )?
-        .is_some())
-}
-
-fn ensure_repo(txn: &mut Transaction<'_>, repo: &str, now: i64) -> Result<(), postgres::Error> {
-    txn.execute(
-        "INSERT INTO repos (name, created) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        &[&repo, &now],
-    )?;
-    Ok(())
-}
-
-/// Removes a manifest's record and the index entries made from it (not its
-/// tags: the caller decides).
-fn drop_record(txn: &mut Transaction<'_>, repo: &str, digest: &str) -> Result<(), postgres::Error> {
-    let removed = txn.execute(
-        "DELETE FROM manifests WHERE repo = $1 AND digest = $2",
-        &[&repo, &digest],
-    )?;
-    if removed == 0 {
-        return Ok(());
-    }
-    // Index entries are keyed by this manifest's digest, so they go
-    // without reading the old record.
-    txn.execute(
-        "DELETE FROM referrers WHERE repo = $1 AND referrer = $2",
-        &[&repo, &digest],
-    )?;
-    txn.execute(
-        "DELETE FROM refs WHERE repo = $1 AND manifest = $2",
-        &[&repo, &digest],
-    )?;
-    Ok(())
-}
-
-fn apply(txn: &mut Transaction<'_>, op: &MetaWrite, now: i64) -> Result<(), postgres::Error> {
-    match op {
-        MetaWrite::LinkBlob { repo, digest, size }
-        | MetaWrite::MountBlob {
-            repo, digest, size, ..
-        } => {
-            txn.execute(
-                "INSERT INTO blob_links (repo, digest, size, linked_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (repo, digest) DO UPDATE SET size = EXCLUDED.size, linked_at = EXCLUDED.linked_at",
-                &[&repo.as_str(), &digest.to_string(), &(*size as i64), &now],
-            )?;
-            ensure_repo(txn, repo.as_str(), now)?;
-        }
-        MetaWrite::UnlinkBlob { repo, digest } | MetaWrite::GcUnlinkBlob { repo, digest, .. } => {
-            txn.execute(
-                "DELETE FROM blob_links WHERE repo = $1 AND digest = $2",
-                &[&repo.as_str(), &digest.to_string()],
-            )?;
-        }
-        MetaWrite::PutManifest {
-            repo,
-            digest,
-            record,
-            tag,
-            ..
-        } => {
-            let (r, d) = (repo.as_str(), digest.to_string());
-            // A re-push replaces the record and its index entries; its tags stay.
-            drop_record(txn, r, &d)?;
-            // Cannot fail: every field is a string, a number or a
-            // string-keyed map.
-            let text = serde_json::to_string(record).unwrap_or_default();
-            // An upsert: another node re-pushing the same digest may have
-            // inserted the row after this transaction's delete looked.
-            txn.execute(
-                "INSERT INTO manifests (repo, digest, record) VALUES ($1, $2, $3) \
-                 ON CONFLICT (repo, digest) DO UPDATE SET record = EXCLUDED.record",
-                &[&r, &d, &text],
-            )?;
-            if let Some(s) = &record.subject {
-                txn.execute(
-                    "INSERT INTO referrers (repo, subject, referrer) VALUES ($1, $2, $3) \
-                     ON CONFLICT DO NOTHING",
-                    &[&r, s, &d],
-                )?;
-            }
-            let used: Vec<&String> = record.blobs.iter().chain(record.children.iter()).collect();
-            txn.execute(
-                "INSERT INTO refs (digest, repo, manifest) SELECT u, $2, $3 FROM unnest($1::text[]) AS u \
-                 ON CONFLICT DO NOTHING",
-                &[&used, &r, &d],
-            )?;
-            if let Some(t) = tag {
-                txn.execute(
-                    "INSERT INTO tags (repo, tag, digest) VALUES ($1, $2, $3) \
-                     ON CONFLICT (repo, tag) DO UPDATE SET digest = EXCLUDED.digest",
-                    &[&r, t, &d],
-                )?;
-            }
-            ensure_repo(txn, r, now)?;
-        }
-        MetaWrite::DeleteManifest { repo, digest }
-        | MetaWrite::GcDeleteManifest { repo, digest, .. } => {
-            let (r, d) = (repo.as_str(), digest.to_string());
-            drop_record(txn, r, &d)?;
-            txn.execute(
-                "DELETE FROM tags WHERE repo = $1 AND digest = $2",
-                &[&r, &d],
-            )?;
-            txn.execute(
-                "DELETE FROM pulls WHERE repo = $1 AND digest = $2",
-                &[&r, &d],
-            )?;
-        }
-        MetaWrite::DeleteTag { repo, tag } | MetaWrite::RetireTag { repo, tag, .. } => {
-            txn.execute(
-                "DELETE FROM tags WHERE repo = $1 AND tag = $2",
-                &[&repo.as_str(), tag],
-            )?;
-        }
-        MetaWrite::QueueEvent {
-            endpoint,
-            payload,
-            max_pending,
-        } => {
-            let queued = txn.execute(
-                "INSERT INTO events (endpoint, payload) SELECT $1, $2 \
-                 WHERE (SELECT count(*) FROM events WHERE endpoint = $1) < $3",
-                &[endpoint, payload, &(*max_pending as i64)],
-            )?;
-            if queued == 0 {
-                txn.execute(
-                    "INSERT INTO event_drops (endpoint, dropped) VALUES ($1, 1) \
-                     ON CONFLICT (endpoint) DO UPDATE SET dropped = event_drops.dropped + 1",
-                    &[endpoint],
-                )?;
-            }
-        }
-        MetaWrite::AckEvents { endpoint, through } => {
-            txn.execute(
-                "DELETE FROM events WHERE endpoint = $1 AND id <= $2",
-                &[endpoint, &(*through as i64)],
-            )?;
-        }
-        MetaWrite::ClaimDelivery {
-            endpoint,
-            node,
-            until,
-        } => {
-            txn.execute(
-                "INSERT INTO event_leases (endpoint, node, until) VALUES ($1, $2, $3) \
-                 ON CONFLICT (endpoint) DO UPDATE SET node = $2, until = $3",
-                &[endpoint, node, &(*until as i64)],
-            )?;
-        }
-        MetaWrite::ForgetEndpoints { keep } => {
-            for table in ["events", "event_drops", "event_leases"] {
-                txn.execute(
-                    &format!("DELETE FROM {table} WHERE NOT (endpoint = ANY($1))"),
-                    &[keep],
-                )?;
-            }
-        }
-        MetaWrite::RecordPulls { pulls } => {
-            let repos: Vec<&str> = pulls.iter().map(|p| p.0.as_str()).collect();
-            let digests: Vec<String> = pulls.iter().map(|p| p.1.to_string()).collect();
-            let times: Vec<i64> = pulls.iter().map(|p| p.2 as i64).collect();
-            // Only manifests that still exist; a later time wins. Sorted,
-            // so two nodes' batches lock rows in one order.
-            txn.execute(
-                "INSERT INTO pulls (repo, digest, pulled_at)                  SELECT p.r, p.d, max(p.t) FROM unnest($1::text[], $2::text[], $3::bigint[]) AS p(r, d, t)                  JOIN manifests m ON m.repo = p.r AND m.digest = p.d                  GROUP BY p.r, p.d ORDER BY p.r, p.d                  ON CONFLICT (repo, digest) DO UPDATE                  SET pulled_at = GREATEST(pulls.pulled_at, EXCLUDED.pulled_at)",
-                &[&repos, &digests, &times],
-            )?;
-        }
-    }
-    Ok(())
 }

@@ -14,27 +14,34 @@
 //! order, with no directory walk and no sort per request.
 
 use super::redb_file::SpaceAwareFile;
+use super::redb_rows::RedbRows;
+use super::rules;
 use super::{BlobLink, ManifestRecord, MetaBackend, MetaError, MetaRead, MetaWrite, Page};
 use crate::oci::{Digest, RepoName};
 use crate::space::DiskSpace;
 use redb::{Database, Durability, ReadTransaction, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-const REPOS: TableDefinition<&str, u64> = TableDefinition::new("repos");
-const BLOB_LINKS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("blob_links");
-const MANIFESTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("manifests");
-const TAGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("tags");
-const REFERRERS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("referrers");
-const REFS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("refs");
-const PULLS: TableDefinition<(&str, &str), u64> = TableDefinition::new("pulls");
+pub(super) const REPOS: TableDefinition<&str, u64> = TableDefinition::new("repos");
+pub(super) const BLOB_LINKS: TableDefinition<(&str, &str), (u64, u64)> =
+    TableDefinition::new("blob_links");
+pub(super) const MANIFESTS: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("manifests");
+pub(super) const TAGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("tags");
+pub(super) const REFERRERS: TableDefinition<(&str, &str, &str), ()> =
+    TableDefinition::new("referrers");
+pub(super) const REFS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("refs");
+pub(super) const PULLS: TableDefinition<(&str, &str), u64> = TableDefinition::new("pulls");
 /// Notification queues: (endpoint, sequence) -> event JSON.
-const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
+pub(super) const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 /// endpoint -> (events queued, events dropped on a full queue).
-const EVENT_COUNTS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("event_counts");
+pub(super) const EVENT_COUNTS: TableDefinition<&str, (u64, u64)> =
+    TableDefinition::new("event_counts");
 /// endpoint -> (node delivering it, until unix s).
-const EVENT_LEASES: TableDefinition<&str, (&str, u64)> = TableDefinition::new("event_leases");
+pub(super) const EVENT_LEASES: TableDefinition<&str, (&str, u64)> =
+    TableDefinition::new("event_leases");
 
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
@@ -173,9 +180,9 @@ fn open_database(path: &Path, space: &Arc<DiskSpace>) -> Result<Database, MetaEr
 }
 
 /// The largest string that sorts after every tag, digest or name (all ASCII).
-const AFTER_ALL: &str = "\u{7f}";
+pub(super) const AFTER_ALL: &str = "\u{7f}";
 
-fn decode_record(bytes: &[u8]) -> Result<ManifestRecord, MetaError> {
+pub(super) fn decode_record(bytes: &[u8]) -> Result<ManifestRecord, MetaError> {
     serde_json::from_slice(bytes).map_err(|e| MetaError::Record(e.to_string()))
 }
 
@@ -415,330 +422,10 @@ fn commit_jobs(
     } else {
         Durability::None
     });
-    let mut results = Vec::with_capacity(jobs.len());
-    {
-        let mut t = Tables {
-            repos: txn.open_table(REPOS)?,
-            links: txn.open_table(BLOB_LINKS)?,
-            manifests: txn.open_table(MANIFESTS)?,
-            tags: txn.open_table(TAGS)?,
-            referrers: txn.open_table(REFERRERS)?,
-            refs: txn.open_table(REFS)?,
-            pulls: txn.open_table(PULLS)?,
-            events: txn.open_table(EVENTS)?,
-            event_counts: txn.open_table(EVENT_COUNTS)?,
-            event_leases: txn.open_table(EVENT_LEASES)?,
-            now: unix_now(),
-        };
-        for job in jobs {
-            let mut refused = None;
-            for op in job {
-                if let Some(why) = t.precondition(op)? {
-                    refused = Some(why);
-                    break;
-                }
-            }
-            if let Some(why) = refused {
-                results.push(Err(MetaError::Conflict(why)));
-                continue;
-            }
-            for op in job {
-                t.apply(op)?;
-            }
-            results.push(Ok(()));
-        }
-    }
+    let results = {
+        let mut rows = RedbRows::open(&txn, crate::calendar::unix_now())?;
+        rules::apply_jobs(&mut rows, jobs)?
+    };
     txn.commit()?;
     Ok(results)
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// The tables of one write transaction.
-struct Tables<'t> {
-    repos: redb::Table<'t, &'static str, u64>,
-    links: redb::Table<'t, (&'static str, &'static str), (u64, u64)>,
-    manifests: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
-    tags: redb::Table<'t, (&'static str, &'static str), &'static str>,
-    referrers: redb::Table<'t, (&'static str, &'static str, &'static str), ()>,
-    refs: redb::Table<'t, (&'static str, &'static str, &'static str), ()>,
-    pulls: redb::Table<'t, (&'static str, &'static str), u64>,
-    events: redb::Table<'t, (&'static str, u64), &'static [u8]>,
-    event_counts: redb::Table<'t, &'static str, (u64, u64)>,
-    event_leases: redb::Table<'t, &'static str, (&'static str, u64)>,
-    now: u64,
-}
-
-impl Tables<'_> {
-    fn linked(&self, repo: &str, digest: &str) -> Result<Option<(u64, u64)>, MetaError> {
-        Ok(self.links.get((repo, digest))?.map(|v| v.value()))
-    }
-
-    /// Is `digest` referenced by any manifest of `repo`?
-    fn referenced(&self, repo: &str, digest: &str) -> Result<bool, MetaError> {
-        Ok(self
-            .refs
-            .range((digest, repo, "")..(digest, repo, AFTER_ALL))?
-            .next()
-            .is_some())
-    }
-
-    /// Why `op` may not be applied now, if it may not.
-    fn precondition(&self, op: &MetaWrite) -> Result<Option<String>, MetaError> {
-        Ok(match op {
-            MetaWrite::MountBlob { from, digest, .. } => {
-                let d = digest.to_string();
-                self.linked(from.as_str(), &d)?
-                    .is_none()
-                    .then(|| format!("blob {d} is no longer in repository {from}"))
-            }
-            MetaWrite::PutManifest {
-                repo,
-                digest,
-                tag: Some(t),
-                tag_immutable: true,
-                ..
-            } if self
-                .tags
-                .get((repo.as_str(), t.as_str()))?
-                .is_some_and(|v| v.value() != digest.to_string()) =>
-            {
-                Some(format!("tag {t} is immutable"))
-            }
-            MetaWrite::RetireTag { repo, tag, digest } => {
-                let d = digest.to_string();
-                match self.tags.get((repo.as_str(), tag.as_str()))? {
-                    Some(v) if v.value() == d => None,
-                    _ => Some(format!("tag {tag} moved or went since retention looked")),
-                }
-            }
-            MetaWrite::PutManifest { record, .. } if record.mirrored => None,
-            MetaWrite::PutManifest { repo, record, .. } => {
-                let r = repo.as_str();
-                for b in &record.blobs {
-                    if self.linked(r, b)?.is_none() {
-                        return Ok(Some(format!("blob {b} is not in repository {r}")));
-                    }
-                }
-                for c in &record.children {
-                    if self.manifests.get((r, c.as_str()))?.is_none() {
-                        return Ok(Some(format!("manifest {c} is not in repository {r}")));
-                    }
-                }
-                None
-            }
-            // One process holds the redb file: its claim always stands (a
-            // killed predecessor's lease must not delay the restart).
-            MetaWrite::ClaimDelivery { .. } => None,
-            MetaWrite::GcUnlinkBlob {
-                repo,
-                digest,
-                cutoff,
-            } => {
-                let (r, d) = (repo.as_str(), digest.to_string());
-                match self.linked(r, &d)? {
-                    None => Some("already unlinked".into()),
-                    Some((_, at)) if at >= *cutoff => Some("linked recently".into()),
-                    Some(_) if self.referenced(r, &d)? => Some("referenced".into()),
-                    Some(_) => None,
-                }
-            }
-            MetaWrite::GcDeleteManifest {
-                repo,
-                digest,
-                cutoff,
-            } => {
-                let (r, d) = (repo.as_str(), digest.to_string());
-                let record = match self.manifests.get((r, d.as_str()))? {
-                    Some(v) => decode_record(v.value())?,
-                    None => return Ok(Some("already deleted".into())),
-                };
-                if record.created >= *cutoff {
-                    Some("pushed recently".into())
-                } else if self.referenced(r, &d)? {
-                    Some("referenced by an index".into())
-                } else if !self.tags_on(r, &d)?.is_empty() {
-                    Some("tagged".into())
-                } else {
-                    None
-                }
-            }
-            _ => None,
-        })
-    }
-
-    fn ensure_repo(&mut self, repo: &str) -> Result<(), MetaError> {
-        if self.repos.get(repo)?.is_none() {
-            self.repos.insert(repo, self.now)?;
-        }
-        Ok(())
-    }
-
-    fn delete_manifest(&mut self, repo: &str, digest: &str) -> Result<(), MetaError> {
-        let old = self
-            .manifests
-            .remove((repo, digest))?
-            .map(|v| v.value().to_vec());
-        if let Some(old) = old {
-            let record = decode_record(&old)?;
-            if let Some(s) = &record.subject {
-                self.referrers.remove((repo, s.as_str(), digest))?;
-            }
-            for b in record.blobs.iter().chain(record.children.iter()) {
-                self.refs.remove((b.as_str(), repo, digest))?;
-            }
-        }
-        for t in self.tags_on(repo, digest)? {
-            self.tags.remove((repo, t.as_str()))?;
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, op: &MetaWrite) -> Result<(), MetaError> {
-        match op {
-            MetaWrite::LinkBlob { repo, digest, size }
-            | MetaWrite::MountBlob {
-                repo, digest, size, ..
-            } => {
-                let d = digest.to_string();
-                self.links
-                    .insert((repo.as_str(), d.as_str()), (*size, self.now))?;
-                self.ensure_repo(repo.as_str())?;
-            }
-            MetaWrite::UnlinkBlob { repo, digest }
-            | MetaWrite::GcUnlinkBlob { repo, digest, .. } => {
-                let d = digest.to_string();
-                self.links.remove((repo.as_str(), d.as_str()))?;
-            }
-            MetaWrite::PutManifest {
-                repo,
-                digest,
-                record,
-                tag,
-                ..
-            } => {
-                let (r, d) = (repo.as_str(), digest.to_string());
-                // A re-push replaces the record: drop the old index entries.
-                if self.manifests.get((r, d.as_str()))?.is_some() {
-                    let tags_kept = self.tags_on(r, &d)?;
-                    self.delete_manifest(r, &d)?;
-                    for t in tags_kept {
-                        self.tags.insert((r, t.as_str()), d.as_str())?;
-                    }
-                }
-                let bytes =
-                    serde_json::to_vec(record).map_err(|e| MetaError::Record(e.to_string()))?;
-                self.manifests.insert((r, d.as_str()), bytes.as_slice())?;
-                if let Some(s) = &record.subject {
-                    self.referrers.insert((r, s.as_str(), d.as_str()), ())?;
-                }
-                for b in record.blobs.iter().chain(record.children.iter()) {
-                    self.refs.insert((b.as_str(), r, d.as_str()), ())?;
-                }
-                if let Some(t) = tag {
-                    self.tags.insert((r, t.as_str()), d.as_str())?;
-                }
-                self.ensure_repo(r)?;
-            }
-            MetaWrite::DeleteManifest { repo, digest }
-            | MetaWrite::GcDeleteManifest { repo, digest, .. } => {
-                let d = digest.to_string();
-                self.delete_manifest(repo.as_str(), &d)?;
-                self.pulls.remove((repo.as_str(), d.as_str()))?;
-            }
-            MetaWrite::DeleteTag { repo, tag } | MetaWrite::RetireTag { repo, tag, .. } => {
-                self.tags.remove((repo.as_str(), tag.as_str()))?;
-            }
-            MetaWrite::QueueEvent {
-                endpoint,
-                payload,
-                max_pending,
-            } => {
-                let e = endpoint.as_str();
-                let (queued, dropped) = self.event_counts.get(e)?.map_or((0, 0), |v| v.value());
-                if queued >= *max_pending {
-                    self.event_counts.insert(e, (queued, dropped + 1))?;
-                } else {
-                    let last = self
-                        .events
-                        .range((e, 0)..=(e, u64::MAX))?
-                        .next_back()
-                        .transpose()?
-                        .map_or(0, |(k, _)| k.value().1);
-                    self.events.insert((e, last + 1), payload.as_slice())?;
-                    self.event_counts.insert(e, (queued + 1, dropped))?;
-                }
-            }
-            MetaWrite::AckEvents { endpoint, through } => {
-                let e = endpoint.as_str();
-                let gone = self.remove_events(e, *through)?;
-                let (queued, dropped) = self.event_counts.get(e)?.map_or((0, 0), |v| v.value());
-                self.event_counts
-                    .insert(e, (queued.saturating_sub(gone), dropped))?;
-            }
-            MetaWrite::ClaimDelivery {
-                endpoint,
-                node,
-                until,
-            } => {
-                self.event_leases
-                    .insert(endpoint.as_str(), (node.as_str(), *until))?;
-            }
-            MetaWrite::ForgetEndpoints { keep } => {
-                let known: Vec<String> = self
-                    .event_counts
-                    .iter()?
-                    .map(|r| r.map(|(k, _)| k.value().to_owned()))
-                    .collect::<Result<_, _>>()?;
-                for e in known.iter().filter(|e| !keep.contains(e)) {
-                    self.remove_events(e, u64::MAX)?;
-                    self.event_counts.remove(e.as_str())?;
-                    self.event_leases.remove(e.as_str())?;
-                }
-            }
-            MetaWrite::RecordPulls { pulls } => {
-                for (repo, digest, at) in pulls {
-                    let (r, d) = (repo.as_str(), digest.to_string());
-                    // Only for manifests that still exist, and never back in time.
-                    if self.manifests.get((r, d.as_str()))?.is_none() {
-                        continue;
-                    }
-                    let before = self.pulls.get((r, d.as_str()))?.map(|v| v.value());
-                    if before.is_none_or(|b| b < *at) {
-                        self.pulls.insert((r, d.as_str()), *at)?;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes `endpoint`'s events up to sequence `through`; how many.
-    fn remove_events(&mut self, endpoint: &str, through: u64) -> Result<u64, MetaError> {
-        let seqs: Vec<u64> = self
-            .events
-            .range((endpoint, 0)..=(endpoint, through))?
-            .map(|r| r.map(|(k, _)| k.value().1))
-            .collect::<Result<_, _>>()?;
-        for seq in &seqs {
-            self.events.remove((endpoint, *seq))?;
-        }
-        Ok(seqs.len() as u64)
-    }
-
-    fn tags_on(&self, repo: &str, digest: &str) -> Result<Vec<String>, MetaError> {
-        let mut out = Vec::new();
-        for entry in self.tags.range((repo, "")..(repo, AFTER_ALL))? {
-            let (k, v) = entry?;
-            if v.value() == digest {
-                out.push(k.value().1.to_owned());
-            }
-        }
-        Ok(out)
-    }
 }

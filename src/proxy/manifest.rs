@@ -259,7 +259,12 @@ async fn fetch(
         cx.metrics.store_bytes.add(bytes.len() as i64);
         cx.metrics.store_blobs.inc();
     }
-    let record = ManifestRecord::new(parsed, bytes.len() as u64, super::unix_now(), true);
+    let record = ManifestRecord::new(
+        parsed,
+        bytes.len() as u64,
+        crate::calendar::unix_now(),
+        true,
+    );
     write(cx, repo, &actual, record, tag).await
 }
 

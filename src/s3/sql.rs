@@ -3,7 +3,6 @@
 
 use super::uploads::RemoteUploadError;
 use crate::meta::PgPool;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Runs blocking database work on the blocking pool (the client blocks).
 pub(super) async fn blocking<T: Send + 'static>(
@@ -31,8 +30,5 @@ pub(super) fn db(e: postgres::Error) -> RemoteUploadError {
 }
 
 pub(super) fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    crate::calendar::unix_now() as i64
 }

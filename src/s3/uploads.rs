@@ -21,6 +21,7 @@
 
 use super::client::{PartBody, S3Client, S3Error};
 use super::sql::{db, now};
+use crate::meta::{MetaError, MetaWrite};
 use crate::oci::{Algorithm, Digest, RepoName};
 use crate::upload::midstate::Sha256Midstate;
 use bytes::Bytes;
@@ -653,15 +654,15 @@ impl SessionWriter {
         }
         let (id, repo, d, size) = (
             self.row.id.clone(),
-            self.repo.to_string(),
-            digest.to_string(),
-            self.size as i64,
+            self.repo.clone(),
+            digest.clone(),
+            self.size,
         );
         let duplicate = self
             .uploads
             .sql(move |c| {
                 let mut t = c.transaction().map_err(db)?;
-                let now = now();
+                let (digest_text, now) = (d.to_string(), now());
                 // The upsert locks the digest's row, so GC (which locks it
                 // before deleting) and this commit are ordered.
                 let kept: String = t
@@ -669,7 +670,7 @@ impl SessionWriter {
                         "INSERT INTO blobs (digest, size, object_key, created) VALUES ($1, $2, $3, $4) \
                          ON CONFLICT (digest) DO UPDATE SET created = greatest(blobs.created, EXCLUDED.created) \
                          RETURNING object_key",
-                        &[&d, &size, &key, &now],
+                        &[&digest_text, &(size as i64), &key, &now],
                     )
                     .map_err(db)?
                     .get(0);
@@ -677,17 +678,14 @@ impl SessionWriter {
                 if duplicate {
                     queue_deletion(&mut t, &key, None, 0)?;
                 }
-                t.execute(
-                    "INSERT INTO blob_links (repo, digest, size, linked_at) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (repo, digest) DO UPDATE SET size = EXCLUDED.size, linked_at = EXCLUDED.linked_at",
-                    &[&repo, &d, &size, &now],
-                )
-                .map_err(db)?;
-                t.execute(
-                    "INSERT INTO repos (name, created) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                    &[&repo, &now],
-                )
-                .map_err(db)?;
+                // The link is the metadata rules' to write, in this transaction.
+                let link = vec![MetaWrite::LinkBlob { repo, digest: d, size }];
+                crate::meta::apply_in_postgres(&mut t, link)
+                    .and_then(|applied| applied)
+                    .map_err(|e| match e {
+                        MetaError::Unavailable(m) => RemoteUploadError::Unavailable(m),
+                        e => RemoteUploadError::Db(e.to_string()),
+                    })?;
                 // Purged meanwhile (idle past the timeout): its object is
                 // queued for deletion, so it must not become the blob.
                 if t.execute("DELETE FROM uploads WHERE id = $1", &[&id]).map_err(db)? == 0 {

@@ -1,0 +1,304 @@
+//! The embedded backend's rows inside one write transaction: the redb
+//! tables as [`TxnRows`]. Translation only; the rules are in `rules`.
+//!
+//! One writer thread holds the file, so the rules' locks are no-ops here,
+//! and no other process can hold a live delivery lease.
+
+use super::redb_backend::{
+    decode_record, AFTER_ALL, BLOB_LINKS, EVENTS, EVENT_COUNTS, EVENT_LEASES, MANIFESTS, PULLS,
+    REFERRERS, REFS, REPOS, TAGS,
+};
+use super::rules::{Lock, TxnRows};
+use super::{ManifestRecord, MetaError};
+use crate::oci::{Digest, RepoName};
+use redb::{ReadableTable, WriteTransaction};
+
+/// The tables of one write transaction.
+pub(super) struct RedbRows<'t> {
+    repos: redb::Table<'t, &'static str, u64>,
+    links: redb::Table<'t, (&'static str, &'static str), (u64, u64)>,
+    manifests: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
+    tags: redb::Table<'t, (&'static str, &'static str), &'static str>,
+    referrers: redb::Table<'t, (&'static str, &'static str, &'static str), ()>,
+    refs: redb::Table<'t, (&'static str, &'static str, &'static str), ()>,
+    pulls: redb::Table<'t, (&'static str, &'static str), u64>,
+    events: redb::Table<'t, (&'static str, u64), &'static [u8]>,
+    /// endpoint -> (queued, dropped): the queue length without a scan.
+    event_counts: redb::Table<'t, &'static str, (u64, u64)>,
+    event_leases: redb::Table<'t, &'static str, (&'static str, u64)>,
+    now: u64,
+}
+
+impl<'t> RedbRows<'t> {
+    pub(super) fn open(txn: &'t WriteTransaction, now: u64) -> Result<Self, MetaError> {
+        Ok(RedbRows {
+            repos: txn.open_table(REPOS)?,
+            links: txn.open_table(BLOB_LINKS)?,
+            manifests: txn.open_table(MANIFESTS)?,
+            tags: txn.open_table(TAGS)?,
+            referrers: txn.open_table(REFERRERS)?,
+            refs: txn.open_table(REFS)?,
+            pulls: txn.open_table(PULLS)?,
+            events: txn.open_table(EVENTS)?,
+            event_counts: txn.open_table(EVENT_COUNTS)?,
+            event_leases: txn.open_table(EVENT_LEASES)?,
+            now,
+        })
+    }
+
+    fn counts(&self, endpoint: &str) -> Result<(u64, u64), MetaError> {
+        Ok(self
+            .event_counts
+            .get(endpoint)?
+            .map_or((0, 0), |v| v.value()))
+    }
+}
+
+impl TxnRows for RedbRows<'_> {
+    fn now(&self) -> u64 {
+        self.now
+    }
+
+    fn ensure_repo(&mut self, repo: &str) -> Result<(), MetaError> {
+        if self.repos.get(repo)?.is_none() {
+            self.repos.insert(repo, self.now)?;
+        }
+        Ok(())
+    }
+
+    fn link(&mut self, repo: &str, digest: &str, _: Lock) -> Result<Option<(u64, u64)>, MetaError> {
+        Ok(self.links.get((repo, digest))?.map(|v| v.value()))
+    }
+
+    fn links_present(
+        &mut self,
+        repo: &str,
+        digests: &[String],
+        _: Lock,
+    ) -> Result<Vec<String>, MetaError> {
+        let mut found = Vec::new();
+        for d in digests {
+            if self.links.get((repo, d.as_str()))?.is_some() {
+                found.push(d.clone());
+            }
+        }
+        Ok(found)
+    }
+
+    fn put_link(&mut self, repo: &str, digest: &str, size: u64, at: u64) -> Result<(), MetaError> {
+        self.links.insert((repo, digest), (size, at))?;
+        Ok(())
+    }
+
+    fn remove_link(&mut self, repo: &str, digest: &str) -> Result<(), MetaError> {
+        self.links.remove((repo, digest))?;
+        Ok(())
+    }
+
+    fn manifest(
+        &mut self,
+        repo: &str,
+        digest: &str,
+        _: Lock,
+    ) -> Result<Option<ManifestRecord>, MetaError> {
+        match self.manifests.get((repo, digest))? {
+            Some(v) => Ok(Some(decode_record(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn manifests_present(
+        &mut self,
+        repo: &str,
+        digests: &[String],
+        _: Lock,
+    ) -> Result<Vec<String>, MetaError> {
+        let mut found = Vec::new();
+        for d in digests {
+            if self.manifests.get((repo, d.as_str()))?.is_some() {
+                found.push(d.clone());
+            }
+        }
+        Ok(found)
+    }
+
+    fn put_manifest(
+        &mut self,
+        repo: &str,
+        digest: &str,
+        record: &ManifestRecord,
+    ) -> Result<(), MetaError> {
+        let bytes = serde_json::to_vec(record).map_err(|e| MetaError::Record(e.to_string()))?;
+        self.manifests.insert((repo, digest), bytes.as_slice())?;
+        Ok(())
+    }
+
+    fn remove_manifest(
+        &mut self,
+        repo: &str,
+        digest: &str,
+    ) -> Result<Option<ManifestRecord>, MetaError> {
+        let old = self
+            .manifests
+            .remove((repo, digest))?
+            .map(|v| v.value().to_vec());
+        old.map(|bytes| decode_record(&bytes)).transpose()
+    }
+
+    fn put_referrer(&mut self, repo: &str, subject: &str, referrer: &str) -> Result<(), MetaError> {
+        self.referrers.insert((repo, subject, referrer), ())?;
+        Ok(())
+    }
+
+    fn remove_referrer(
+        &mut self,
+        repo: &str,
+        subject: &str,
+        referrer: &str,
+    ) -> Result<(), MetaError> {
+        self.referrers.remove((repo, subject, referrer))?;
+        Ok(())
+    }
+
+    fn put_refs(&mut self, repo: &str, manifest: &str, used: &[&str]) -> Result<(), MetaError> {
+        for u in used {
+            self.refs.insert((*u, repo, manifest), ())?;
+        }
+        Ok(())
+    }
+
+    fn remove_refs(&mut self, repo: &str, manifest: &str, used: &[&str]) -> Result<(), MetaError> {
+        for u in used {
+            self.refs.remove((*u, repo, manifest))?;
+        }
+        Ok(())
+    }
+
+    fn referenced(&mut self, repo: &str, digest: &str) -> Result<bool, MetaError> {
+        Ok(self
+            .refs
+            .range((digest, repo, "")..(digest, repo, AFTER_ALL))?
+            .next()
+            .is_some())
+    }
+
+    fn tag(&mut self, repo: &str, tag: &str, _: Lock) -> Result<Option<String>, MetaError> {
+        Ok(self.tags.get((repo, tag))?.map(|v| v.value().to_owned()))
+    }
+
+    fn lock_tag_name(&mut self, _: &str, _: &str) -> Result<(), MetaError> {
+        Ok(())
+    }
+
+    fn tags_on(&mut self, repo: &str, digest: &str) -> Result<Vec<String>, MetaError> {
+        let mut out = Vec::new();
+        for entry in self.tags.range((repo, "")..(repo, AFTER_ALL))? {
+            let (k, v) = entry?;
+            if v.value() == digest {
+                out.push(k.value().1.to_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_tag(&mut self, repo: &str, tag: &str, digest: &str) -> Result<(), MetaError> {
+        self.tags.insert((repo, tag), digest)?;
+        Ok(())
+    }
+
+    fn remove_tag(&mut self, repo: &str, tag: &str) -> Result<(), MetaError> {
+        self.tags.remove((repo, tag))?;
+        Ok(())
+    }
+
+    fn raise_pulls(&mut self, pulls: &[(RepoName, Digest, u64)]) -> Result<(), MetaError> {
+        for (repo, digest, at) in pulls {
+            let (r, d) = (repo.as_str(), digest.to_string());
+            if self.manifests.get((r, d.as_str()))?.is_none() {
+                continue;
+            }
+            let before = self.pulls.get((r, d.as_str()))?.map(|v| v.value());
+            if before.is_none_or(|b| b < *at) {
+                self.pulls.insert((r, d.as_str()), *at)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_pull(&mut self, repo: &str, digest: &str) -> Result<(), MetaError> {
+        self.pulls.remove((repo, digest))?;
+        Ok(())
+    }
+
+    fn queued_events(&mut self, endpoint: &str) -> Result<u64, MetaError> {
+        Ok(self.counts(endpoint)?.0)
+    }
+
+    fn push_event(&mut self, endpoint: &str, payload: &[u8]) -> Result<(), MetaError> {
+        let last = self
+            .events
+            .range((endpoint, 0)..=(endpoint, u64::MAX))?
+            .next_back()
+            .transpose()?
+            .map_or(0, |(k, _)| k.value().1);
+        self.events.insert((endpoint, last + 1), payload)?;
+        let (queued, dropped) = self.counts(endpoint)?;
+        self.event_counts.insert(endpoint, (queued + 1, dropped))?;
+        Ok(())
+    }
+
+    fn count_dropped_event(&mut self, endpoint: &str) -> Result<(), MetaError> {
+        let (queued, dropped) = self.counts(endpoint)?;
+        self.event_counts.insert(endpoint, (queued, dropped + 1))?;
+        Ok(())
+    }
+
+    fn remove_events(&mut self, endpoint: &str, through: u64) -> Result<(), MetaError> {
+        let seqs: Vec<u64> = self
+            .events
+            .range((endpoint, 0)..=(endpoint, through))?
+            .map(|r| r.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()?;
+        for seq in &seqs {
+            self.events.remove((endpoint, *seq))?;
+        }
+        let (queued, dropped) = self.counts(endpoint)?;
+        self.event_counts.insert(
+            endpoint,
+            (queued.saturating_sub(seqs.len() as u64), dropped),
+        )?;
+        Ok(())
+    }
+
+    /// A lease in this file was taken by this process or a predecessor
+    /// that is gone: never another live node's (a killed predecessor's
+    /// lease must not delay the restart).
+    fn delivery_lease(&mut self, _: &str, _: Lock) -> Result<Option<(String, u64)>, MetaError> {
+        Ok(None)
+    }
+
+    fn put_delivery_lease(
+        &mut self,
+        endpoint: &str,
+        node: &str,
+        until: u64,
+    ) -> Result<(), MetaError> {
+        self.event_leases.insert(endpoint, (node, until))?;
+        Ok(())
+    }
+
+    fn endpoints(&mut self) -> Result<Vec<String>, MetaError> {
+        Ok(self
+            .event_counts
+            .iter()?
+            .map(|r| r.map(|(k, _)| k.value().to_owned()))
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn forget_endpoint(&mut self, endpoint: &str) -> Result<(), MetaError> {
+        self.remove_events(endpoint, u64::MAX)?;
+        self.event_counts.remove(endpoint)?;
+        self.event_leases.remove(endpoint)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,372 @@
+//! The metadata rules, written once: what each [`MetaWrite`] requires
+//! before it may be applied, and what applying it changes (the cascades of
+//! a manifest delete, the referrer and reverse-reference indexes, GC's
+//! re-checks, retention's conditional tag removal, the event queues).
+//!
+//! Owns: [`TxnRows`], the narrow interface a backend implements inside one
+//! write transaction (rows read, written, locked, scanned), and
+//! [`apply_jobs`], which runs a batch of jobs over it.
+//! Must not: know an engine. A backend translates rows; it never decides
+//! whether a write may happen or what else it changes.
+//!
+//! Races between processes sharing one database are closed where this
+//! file says [`Lock`]: a decision rests on rows read with `Share` or
+//! `Update`, which a shared backend (PostgreSQL) locks until the
+//! transaction ends. The embedded backend has one writer, so its locks are
+//! no-ops.
+
+use super::{ManifestRecord, MetaError, MetaWrite};
+use crate::oci::{Digest, RepoName};
+
+/// How a rule reads a row its decision rests on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    /// A plain read: nothing rests on it staying as read.
+    None,
+    /// The row must not go before this transaction ends (a manifest PUT
+    /// needs the blobs it names to stay linked).
+    Share,
+    /// The row is about to be changed or deleted on the strength of what
+    /// was read (GC, retention, a delivery claim).
+    Update,
+}
+
+/// The rows of one write transaction, as the rules see them. Strings are
+/// the registry's own (repository names, digests, tags, endpoint names),
+/// already validated. Every method may fail with the backend's trouble; a
+/// failure fails the whole batch.
+pub trait TxnRows {
+    /// The transaction's clock (unix seconds), one reading per batch.
+    fn now(&self) -> u64;
+
+    /// Records `repo` in the catalog if it is not there yet.
+    fn ensure_repo(&mut self, repo: &str) -> Result<(), MetaError>;
+
+    /// A blob link's (size, linked_at).
+    fn link(
+        &mut self,
+        repo: &str,
+        digest: &str,
+        lock: Lock,
+    ) -> Result<Option<(u64, u64)>, MetaError>;
+    /// Which of `digests` `repo` links, each found row locked with `lock`
+    /// (in digest order, so two transactions lock in one order).
+    fn links_present(
+        &mut self,
+        repo: &str,
+        digests: &[String],
+        lock: Lock,
+    ) -> Result<Vec<String>, MetaError>;
+    /// Inserts or replaces a link.
+    fn put_link(&mut self, repo: &str, digest: &str, size: u64, at: u64) -> Result<(), MetaError>;
+    fn remove_link(&mut self, repo: &str, digest: &str) -> Result<(), MetaError>;
+
+    /// A manifest's record. An unreadable record is `MetaError::Record`.
+    fn manifest(
+        &mut self,
+        repo: &str,
+        digest: &str,
+        lock: Lock,
+    ) -> Result<Option<ManifestRecord>, MetaError>;
+    /// Which of `digests` are manifests of `repo`, locked as `links_present`.
+    fn manifests_present(
+        &mut self,
+        repo: &str,
+        digests: &[String],
+        lock: Lock,
+    ) -> Result<Vec<String>, MetaError>;
+    /// Inserts or replaces a manifest's record (another process may have
+    /// inserted the same row since this transaction looked).
+    fn put_manifest(
+        &mut self,
+        repo: &str,
+        digest: &str,
+        record: &ManifestRecord,
+    ) -> Result<(), MetaError>;
+    /// Removes a manifest's record; the record it had, if any.
+    fn remove_manifest(
+        &mut self,
+        repo: &str,
+        digest: &str,
+    ) -> Result<Option<ManifestRecord>, MetaError>;
+
+    fn put_referrer(&mut self, repo: &str, subject: &str, referrer: &str) -> Result<(), MetaError>;
+    fn remove_referrer(
+        &mut self,
+        repo: &str,
+        subject: &str,
+        referrer: &str,
+    ) -> Result<(), MetaError>;
+    /// Notes that `manifest` of `repo` uses each of `used` (blobs, children).
+    fn put_refs(&mut self, repo: &str, manifest: &str, used: &[&str]) -> Result<(), MetaError>;
+    fn remove_refs(&mut self, repo: &str, manifest: &str, used: &[&str]) -> Result<(), MetaError>;
+    /// Whether any manifest of `repo` uses `digest`.
+    fn referenced(&mut self, repo: &str, digest: &str) -> Result<bool, MetaError>;
+
+    /// The digest a tag points at.
+    fn tag(&mut self, repo: &str, tag: &str, lock: Lock) -> Result<Option<String>, MetaError>;
+    /// Serialises transactions about one tag name until the transaction
+    /// ends, whether or not the tag exists yet (a row lock cannot lock a
+    /// row that is not there).
+    fn lock_tag_name(&mut self, repo: &str, tag: &str) -> Result<(), MetaError>;
+    /// The tags of `repo` that point at `digest`.
+    fn tags_on(&mut self, repo: &str, digest: &str) -> Result<Vec<String>, MetaError>;
+    fn put_tag(&mut self, repo: &str, tag: &str, digest: &str) -> Result<(), MetaError>;
+    fn remove_tag(&mut self, repo: &str, tag: &str) -> Result<(), MetaError>;
+
+    /// Raises each manifest's last-pull time to `at` (never lowers it),
+    /// for manifests that still exist; the others are skipped.
+    fn raise_pulls(&mut self, pulls: &[(RepoName, Digest, u64)]) -> Result<(), MetaError>;
+    fn remove_pull(&mut self, repo: &str, digest: &str) -> Result<(), MetaError>;
+
+    /// How many events are queued for `endpoint`.
+    fn queued_events(&mut self, endpoint: &str) -> Result<u64, MetaError>;
+    /// Appends an event after every queued one of `endpoint`.
+    fn push_event(&mut self, endpoint: &str, payload: &[u8]) -> Result<(), MetaError>;
+    /// Counts one event dropped for a full queue.
+    fn count_dropped_event(&mut self, endpoint: &str) -> Result<(), MetaError>;
+    /// Removes `endpoint`'s events up to sequence `through`.
+    fn remove_events(&mut self, endpoint: &str, through: u64) -> Result<(), MetaError>;
+    /// The live delivery lease of `endpoint` held by another process: (node,
+    /// until). A backend only one process can open has none.
+    fn delivery_lease(
+        &mut self,
+        endpoint: &str,
+        lock: Lock,
+    ) -> Result<Option<(String, u64)>, MetaError>;
+    fn put_delivery_lease(
+        &mut self,
+        endpoint: &str,
+        node: &str,
+        until: u64,
+    ) -> Result<(), MetaError>;
+    /// Every endpoint with a queue, a drop count or a lease.
+    fn endpoints(&mut self) -> Result<Vec<String>, MetaError>;
+    /// Removes an endpoint's queue, drop count and lease.
+    fn forget_endpoint(&mut self, endpoint: &str) -> Result<(), MetaError>;
+}
+
+/// Applies each job in order: a job whose precondition fails is skipped
+/// whole and answered `Conflict`; an `Err` fails the batch (the caller
+/// rolls the transaction back).
+pub fn apply_jobs(
+    rows: &mut dyn TxnRows,
+    jobs: &[Vec<MetaWrite>],
+) -> Result<Vec<Result<(), MetaError>>, MetaError> {
+    let mut results = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let mut refused = None;
+        for op in job {
+            if let Some(why) = precondition(rows, op)? {
+                refused = Some(why);
+                break;
+            }
+        }
+        if let Some(why) = refused {
+            results.push(Err(MetaError::Conflict(why)));
+            continue;
+        }
+        for op in job {
+            apply(rows, op)?;
+        }
+        results.push(Ok(()));
+    }
+    Ok(results)
+}
+
+/// Why `op` may not be applied now, if it may not. The rows the decision
+/// rests on stay locked until the transaction ends.
+fn precondition(rows: &mut dyn TxnRows, op: &MetaWrite) -> Result<Option<String>, MetaError> {
+    Ok(match op {
+        MetaWrite::MountBlob { from, digest, .. } => {
+            let d = digest.to_string();
+            rows.link(from.as_str(), &d, Lock::Share)?
+                .is_none()
+                .then(|| format!("blob {d} is no longer in repository {from}"))
+        }
+        MetaWrite::PutManifest {
+            repo,
+            digest,
+            record,
+            tag,
+            tag_immutable,
+        } => {
+            let (r, d) = (repo.as_str(), digest.to_string());
+            if let (Some(t), true) = (tag, *tag_immutable) {
+                rows.lock_tag_name(r, t)?;
+                if rows.tag(r, t, Lock::None)?.is_some_and(|at| at != d) {
+                    return Ok(Some(format!("tag {t} is immutable")));
+                }
+            }
+            if record.mirrored {
+                return Ok(None);
+            }
+            let found = rows.links_present(r, &record.blobs, Lock::Share)?;
+            if let Some(b) = record.blobs.iter().find(|b| !found.contains(b)) {
+                return Ok(Some(format!("blob {b} is not in repository {r}")));
+            }
+            let found = rows.manifests_present(r, &record.children, Lock::Share)?;
+            record
+                .children
+                .iter()
+                .find(|c| !found.contains(c))
+                .map(|c| format!("manifest {c} is not in repository {r}"))
+        }
+        MetaWrite::RetireTag { repo, tag, digest } => {
+            let d = digest.to_string();
+            match rows.tag(repo.as_str(), tag, Lock::Update)? {
+                Some(at) if at == d => None,
+                _ => Some(format!("tag {tag} moved or went since retention looked")),
+            }
+        }
+        MetaWrite::ClaimDelivery { endpoint, node, .. } => {
+            let now = rows.now();
+            match rows.delivery_lease(endpoint, Lock::Update)? {
+                Some((other, until)) if other != *node && until > now => {
+                    Some(format!("node {other} delivers {endpoint}"))
+                }
+                _ => None,
+            }
+        }
+        MetaWrite::GcUnlinkBlob {
+            repo,
+            digest,
+            cutoff,
+        } => {
+            let (r, d) = (repo.as_str(), digest.to_string());
+            match rows.link(r, &d, Lock::Update)? {
+                None => Some("already unlinked".into()),
+                Some((_, at)) if at >= *cutoff => Some("linked recently".into()),
+                Some(_) if rows.referenced(r, &d)? => Some("referenced".into()),
+                Some(_) => None,
+            }
+        }
+        MetaWrite::GcDeleteManifest {
+            repo,
+            digest,
+            cutoff,
+        } => {
+            let (r, d) = (repo.as_str(), digest.to_string());
+            let record = match rows.manifest(r, &d, Lock::Update) {
+                Ok(Some(record)) => record,
+                Ok(None) => return Ok(Some("already deleted".into())),
+                // An unreadable record is not GC's to judge: spare it.
+                Err(e @ MetaError::Record(_)) => return Ok(Some(e.to_string())),
+                Err(e) => return Err(e),
+            };
+            if record.created >= *cutoff {
+                Some("pushed recently".into())
+            } else if rows.referenced(r, &d)? {
+                Some("referenced by an index".into())
+            } else if !rows.tags_on(r, &d)?.is_empty() {
+                Some("tagged".into())
+            } else {
+                None
+            }
+        }
+        MetaWrite::LinkBlob { .. }
+        | MetaWrite::UnlinkBlob { .. }
+        | MetaWrite::DeleteManifest { .. }
+        | MetaWrite::DeleteTag { .. }
+        | MetaWrite::RecordPulls { .. }
+        | MetaWrite::QueueEvent { .. }
+        | MetaWrite::AckEvents { .. }
+        | MetaWrite::ForgetEndpoints { .. } => None,
+    })
+}
+
+/// The blobs and child manifests a record uses.
+fn used(record: &ManifestRecord) -> Vec<&str> {
+    record
+        .blobs
+        .iter()
+        .chain(record.children.iter())
+        .map(String::as_str)
+        .collect()
+}
+
+/// Removes a manifest's record and the index entries made from it; its
+/// tags stay (the caller decides).
+fn drop_record(rows: &mut dyn TxnRows, repo: &str, digest: &str) -> Result<(), MetaError> {
+    if let Some(old) = rows.remove_manifest(repo, digest)? {
+        if let Some(s) = &old.subject {
+            rows.remove_referrer(repo, s, digest)?;
+        }
+        rows.remove_refs(repo, digest, &used(&old))?;
+    }
+    Ok(())
+}
+
+fn apply(rows: &mut dyn TxnRows, op: &MetaWrite) -> Result<(), MetaError> {
+    match op {
+        MetaWrite::LinkBlob { repo, digest, size }
+        | MetaWrite::MountBlob {
+            repo, digest, size, ..
+        } => {
+            let now = rows.now();
+            rows.put_link(repo.as_str(), &digest.to_string(), *size, now)?;
+            rows.ensure_repo(repo.as_str())?;
+        }
+        MetaWrite::UnlinkBlob { repo, digest } | MetaWrite::GcUnlinkBlob { repo, digest, .. } => {
+            rows.remove_link(repo.as_str(), &digest.to_string())?;
+        }
+        MetaWrite::PutManifest {
+            repo,
+            digest,
+            record,
+            tag,
+            ..
+        } => {
+            let (r, d) = (repo.as_str(), digest.to_string());
+            // A re-push replaces the record and its index entries; its tags stay.
+            drop_record(rows, r, &d)?;
+            rows.put_manifest(r, &d, record)?;
+            if let Some(s) = &record.subject {
+                rows.put_referrer(r, s, &d)?;
+            }
+            rows.put_refs(r, &d, &used(record))?;
+            if let Some(t) = tag {
+                rows.put_tag(r, t, &d)?;
+            }
+            rows.ensure_repo(r)?;
+        }
+        MetaWrite::DeleteManifest { repo, digest }
+        | MetaWrite::GcDeleteManifest { repo, digest, .. } => {
+            let (r, d) = (repo.as_str(), digest.to_string());
+            drop_record(rows, r, &d)?;
+            for t in rows.tags_on(r, &d)? {
+                rows.remove_tag(r, &t)?;
+            }
+            rows.remove_pull(r, &d)?;
+        }
+        MetaWrite::DeleteTag { repo, tag } | MetaWrite::RetireTag { repo, tag, .. } => {
+            rows.remove_tag(repo.as_str(), tag)?;
+        }
+        MetaWrite::RecordPulls { pulls } => rows.raise_pulls(pulls)?,
+        MetaWrite::QueueEvent {
+            endpoint,
+            payload,
+            max_pending,
+        } => {
+            if rows.queued_events(endpoint)? >= *max_pending {
+                rows.count_dropped_event(endpoint)?;
+            } else {
+                rows.push_event(endpoint, payload)?;
+            }
+        }
+        MetaWrite::AckEvents { endpoint, through } => rows.remove_events(endpoint, *through)?,
+        MetaWrite::ClaimDelivery {
+            endpoint,
+            node,
+            until,
+        } => rows.put_delivery_lease(endpoint, node, *until)?,
+        MetaWrite::ForgetEndpoints { keep } => {
+            for e in rows.endpoints()? {
+                if !keep.contains(&e) {
+                    rows.forget_endpoint(&e)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
