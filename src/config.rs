@@ -5,7 +5,6 @@
 //! Must not: be read from global state after start-up; components get the
 //! parts they need passed in.
 
-pub mod check;
 mod environment;
 
 use serde::{Deserialize, Serialize};
@@ -224,16 +223,37 @@ pub struct ImmutableConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// "filesystem" (`<root>/blobs`) or "s3" (needs metadata.backend =
-    /// "postgres": upload sessions and the digest index live there).
-    pub backend: String,
+    pub backend: StorageBackend,
     pub s3: Option<S3Config>,
+}
+
+/// Where blob bytes live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// `<root>/blobs`, one node.
+    #[default]
+    Filesystem,
+    /// A bucket; needs metadata.backend = "postgres" (upload sessions and
+    /// the digest index live there).
+    S3,
+}
+
+/// Where the metadata lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetadataBackend {
+    /// `<root>/meta.redb`, one node.
+    #[default]
+    Redb,
+    /// Any number of nodes sharing one database.
+    Postgres,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
-            backend: "filesystem".into(),
+            backend: StorageBackend::Filesystem,
             s3: None,
         }
     }
@@ -296,47 +316,10 @@ fn default_delete_delay() -> u64 {
     600
 }
 
-impl S3Config {
-    /// The client settings, credentials from the file or the environment.
-    pub fn settings(&self) -> Result<crate::s3::S3Settings, ConfigError> {
-        let from_env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
-        let access = self
-            .access_key_id
-            .clone()
-            .or_else(|| from_env("AWS_ACCESS_KEY_ID"))
-            .ok_or_else(|| {
-                ConfigError::Invalid(
-                    "storage.s3.access_key_id (or AWS_ACCESS_KEY_ID) is required".into(),
-                )
-            })?;
-        let secret = self
-            .secret_access_key
-            .clone()
-            .or_else(|| from_env("AWS_SECRET_ACCESS_KEY"))
-            .ok_or_else(|| {
-                ConfigError::Invalid(
-                    "storage.s3.secret_access_key (or AWS_SECRET_ACCESS_KEY) is required".into(),
-                )
-            })?;
-        Ok(crate::s3::S3Settings {
-            endpoint: self.endpoint.clone(),
-            bucket: self.bucket.clone(),
-            region: self.region.clone(),
-            access_key_id: access,
-            secret_access_key: secret,
-            path_style: self.path_style,
-            timeout: Duration::from_secs(self.timeout_secs.max(1)),
-            ca_file: self.ca_file.clone(),
-        })
-    }
-}
-
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetadataConfig {
-    /// "redb" (`<root>/meta.redb`, one node) or "postgres" (any number of
-    /// nodes sharing one database).
-    pub backend: String,
+    pub backend: MetadataBackend,
     /// libpq-style URL or key=value string, for "postgres"
     /// (`postgres://user:pass@host:5432/db`).
     pub url: Option<String>,
@@ -352,7 +335,7 @@ pub struct MetadataConfig {
 impl Default for MetadataConfig {
     fn default() -> Self {
         MetadataConfig {
-            backend: "redb".into(),
+            backend: MetadataBackend::Redb,
             url: None,
             url_file: None,
             pool_size: 16,
@@ -681,52 +664,32 @@ impl Config {
                 }
             }
         }
-        match self.metadata.backend.as_str() {
-            "redb" => {}
-            "postgres" => {
-                if self.metadata.url.is_none() {
-                    return Err(ConfigError::Invalid(
-                        "metadata.url is required with metadata.backend = \"postgres\"".into(),
-                    ));
-                }
-                if self.metadata.pool_size == 0 || self.metadata.timeout_secs == 0 {
-                    return Err(ConfigError::Invalid(
-                        "metadata.pool_size and metadata.timeout_secs must be > 0".into(),
-                    ));
-                }
+        if self.metadata.backend == MetadataBackend::Postgres {
+            if self.metadata.url.is_none() {
+                return Err(ConfigError::Invalid(
+                    "metadata.url is required with metadata.backend = \"postgres\"".into(),
+                ));
             }
-            other => {
-                return Err(ConfigError::Invalid(format!(
-                    "metadata.backend: unknown backend {other:?} (\"redb\", \"postgres\")"
-                )))
+            if self.metadata.pool_size == 0 || self.metadata.timeout_secs == 0 {
+                return Err(ConfigError::Invalid(
+                    "metadata.pool_size and metadata.timeout_secs must be > 0".into(),
+                ));
             }
         }
-        match self.storage.backend.as_str() {
-            "filesystem" => {}
-            "s3" => {
-                let Some(s3) = &self.storage.s3 else {
-                    return Err(ConfigError::Invalid(
-                        "storage.backend = \"s3\" needs a [storage.s3] section".into(),
-                    ));
-                };
-                if self.metadata.backend != "postgres" {
-                    return Err(ConfigError::Invalid(
-                        "storage.backend = \"s3\" needs metadata.backend = \"postgres\" \
-                         (upload sessions and the digest index live there)"
-                            .into(),
-                    ));
-                }
-                s3.settings()?;
+        if self.storage.backend == StorageBackend::S3 {
+            if self.storage.s3.is_none() {
+                return Err(ConfigError::Invalid(
+                    "storage.backend = \"s3\" needs a [storage.s3] section".into(),
+                ));
             }
-            other => {
-                return Err(ConfigError::Invalid(format!(
-                    "storage.backend: unknown backend {other:?} (\"filesystem\", \"s3\")"
-                )))
+            if self.metadata.backend != MetadataBackend::Postgres {
+                return Err(ConfigError::Invalid(
+                    "storage.backend = \"s3\" needs metadata.backend = \"postgres\" \
+                     (upload sessions and the digest index live there)"
+                        .into(),
+                ));
             }
         }
-        crate::retention::Policies::new(&self.retention, &self.immutable)?;
-        crate::proxy::Mirrors::check(&self.proxy).map_err(ConfigError::Invalid)?;
-        crate::notify::Notifier::check(&self.notifications).map_err(ConfigError::Invalid)?;
         if !self.auth.rules.is_empty() && !self.auth_enabled() {
             return Err(ConfigError::Invalid(
                 "auth.rules need auth.htpasswd or auth.token".into(),
@@ -742,14 +705,6 @@ impl Config {
 
     pub fn upload_idle_timeout(&self) -> Duration {
         Duration::from_secs(self.upload_idle_timeout_secs)
-    }
-
-    pub fn gc_options(&self, dry_run: bool) -> crate::gc::GcOptions {
-        crate::gc::GcOptions {
-            grace: Duration::from_secs(self.gc_grace_secs),
-            delete_untagged: self.gc_delete_untagged,
-            dry_run,
-        }
     }
 
     pub fn actor_call_timeout(&self) -> Duration {

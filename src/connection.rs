@@ -6,7 +6,8 @@
 //! Owns: the per-connection stream wrapper and watchdog.
 //! Must not: route or answer requests; it hands them to `http::handle`.
 
-use crate::http::{self, AppState};
+use crate::app::App;
+use crate::http;
 use crate::limits::ConnectionSlot;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -26,7 +27,7 @@ use tokio_rustls::TlsAcceptor;
 
 /// What every connection shares.
 pub struct Connections {
-    pub state: Arc<AppState>,
+    pub state: Arc<App>,
     pub builder: auto::Builder<TokioExecutor>,
     pub tls: Option<TlsAcceptor>,
     pub idle: Duration,

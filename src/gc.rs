@@ -53,6 +53,26 @@ pub struct GcOptions {
     pub dry_run: bool,
 }
 
+impl GcOptions {
+    /// The configured grace and untagged-manifest choice.
+    pub fn from_config(config: &crate::config::Config, dry_run: bool) -> GcOptions {
+        GcOptions {
+            grace: Duration::from_secs(config.gc_grace_secs),
+            delete_untagged: config.gc_delete_untagged,
+            dry_run,
+        }
+    }
+}
+
+/// Counts a finished run in the metrics.
+pub fn record(metrics: &crate::metrics::Metrics, result: &Result<GcReport, GcError>) {
+    match result {
+        Ok(r) if !r.dry_run => metrics.record_gc(true, r.bytes_freed, r.blobs_removed as u64),
+        Ok(_) => metrics.record_gc(true, 0, 0),
+        Err(_) => metrics.record_gc(false, 0, 0),
+    }
+}
+
 #[derive(Debug, Default, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct GcReport {
     pub dry_run: bool,

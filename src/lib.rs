@@ -26,6 +26,7 @@
 //! renames it into place (or drops it as a duplicate), `meta` links the blob
 //! to the repository, and only then does the client get its 201.
 
+pub mod app;
 pub mod auth;
 pub mod calendar;
 pub mod config;

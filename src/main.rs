@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use wharf::config::{MetadataBackend, StorageBackend};
 use wharf::{Config, Server};
 
 #[global_allocator]
@@ -137,8 +138,8 @@ fn config_check(config: Option<PathBuf>) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let problems = wharf::config::check::problems(&cfg);
-    print!("{}", wharf::config::check::redacted(&cfg));
+    let problems = wharf::app::check::problems(&cfg);
+    print!("{}", wharf::app::check::redacted(&cfg));
     for p in &problems {
         eprintln!("wharf config check: {p}");
     }
@@ -245,7 +246,7 @@ fn main() -> ExitCode {
                 None => None,
             };
             match (cfg, root) {
-                (Some(cfg), _) if cfg.storage.backend == "s3" => {
+                (Some(cfg), _) if cfg.storage.backend == StorageBackend::S3 => {
                     if repair {
                         eprintln!("wharf fsck: --repair works on a data folder only");
                         return ExitCode::from(2);
@@ -264,7 +265,7 @@ fn main() -> ExitCode {
 }
 
 fn migrate(cfg: &Config) -> ExitCode {
-    if let Err(e) = cfg.validate() {
+    if let Err(e) = wharf::app::check::compile(cfg) {
         eprintln!("wharf migrate: {e}");
         return ExitCode::from(2);
     }
@@ -272,7 +273,7 @@ fn migrate(cfg: &Config) -> ExitCode {
         .metadata
         .url
         .as_deref()
-        .filter(|_| cfg.metadata.backend == "postgres")
+        .filter(|_| cfg.metadata.backend == MetadataBackend::Postgres)
     else {
         eprintln!("wharf migrate: metadata.backend is not \"postgres\" (redb needs no migration)");
         return ExitCode::from(2);
@@ -294,7 +295,7 @@ fn migrate(cfg: &Config) -> ExitCode {
 /// Object-store mode: the bucket checked against PostgreSQL, beside live
 /// nodes (read-only; `FsckReport` printed the same way).
 fn fsck_bucket(cfg: &Config, deep: bool, json: bool) -> ExitCode {
-    if let Err(e) = cfg.validate() {
+    if let Err(e) = wharf::app::check::compile(cfg) {
         eprintln!("wharf fsck: {e}");
         return ExitCode::from(2);
     }
@@ -307,7 +308,7 @@ fn fsck_bucket(cfg: &Config, deep: bool, json: bool) -> ExitCode {
     };
     let timeout = std::time::Duration::from_secs(cfg.metadata.timeout_secs);
     let result = rt.block_on(async {
-        let settings = s3.settings().map_err(|e| e.to_string())?;
+        let settings = wharf::s3::S3Settings::from_config(s3).map_err(|e| e.to_string())?;
         let client = wharf::s3::S3Client::new(&settings).map_err(|e| e.to_string())?;
         let pool = tokio::task::spawn_blocking({
             let url = url.to_owned();
@@ -422,7 +423,12 @@ fn gc_offline(cfg: Config, dry_run: bool, json: bool) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-        let result = wharf::gc::collect(&meta, storage.as_ref(), &cfg.gc_options(dry_run)).await;
+        let result = wharf::gc::collect(
+            &meta,
+            storage.as_ref(),
+            &wharf::gc::GcOptions::from_config(&cfg, dry_run),
+        )
+        .await;
         storage.stop().await;
         drop(storage);
         drop(meta);

@@ -310,18 +310,17 @@ impl Metrics {
         }
     }
 
-    pub fn record_gc(&self, result: &Result<crate::gc::GcReport, crate::gc::GcError>) {
-        match result {
-            Ok(r) => {
-                self.gc_runs.with_label_values(&["ok"]).inc();
-                if !r.dry_run {
-                    self.gc_freed_bytes.inc_by(r.bytes_freed);
-                    self.store_bytes.sub(r.bytes_freed as i64);
-                    self.store_blobs.sub(r.blobs_removed as i64);
-                }
-            }
-            Err(_) => self.gc_runs.with_label_values(&["error"]).inc(),
+    /// A garbage collection run: whether it finished, and what it freed
+    /// (nothing for a dry run).
+    pub fn record_gc(&self, ok: bool, bytes_freed: u64, blobs_removed: u64) {
+        if !ok {
+            self.gc_runs.with_label_values(&["error"]).inc();
+            return;
         }
+        self.gc_runs.with_label_values(&["ok"]).inc();
+        self.gc_freed_bytes.inc_by(bytes_freed);
+        self.store_bytes.sub(bytes_freed as i64);
+        self.store_blobs.sub(blobs_removed as i64);
     }
 }
 

@@ -5,7 +5,7 @@
 //! Owns: that listener and its connections.
 //! Must not: serve registry endpoints or require credentials.
 
-use crate::http::AppState;
+use crate::app::App;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 /// Serves until the task running it is aborted (which also ends its
 /// connections: they live in this function's `JoinSet`).
-pub async fn serve(listener: TcpListener, state: Arc<AppState>) {
+pub async fn serve(listener: TcpListener, state: Arc<App>) {
     let mut connections = JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
@@ -46,7 +46,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) {
     }
 }
 
-async fn answer(st: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn answer(st: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, content_type, body): (StatusCode, &str, Bytes) = match req.uri().path() {
         "/metrics" => {
             st.note_sessions();

@@ -6,10 +6,10 @@
 //! Owns: the listener, the connection tasks, the idle-upload purger.
 //! Must not: hold registry logic; that lives in `http` and below.
 
+use crate::app::App;
 use crate::auth::{AuthError, Authenticator};
 use crate::config::{Config, ConfigError};
 use crate::connection::{self, Connections};
-use crate::http::AppState;
 use crate::limits::{ConnectionLimiter, RateLimiter};
 use crate::meta::{Meta, MetaError, MetaWriter};
 use crate::metrics::{Metrics, MetricsError};
@@ -65,7 +65,7 @@ impl Server {
     /// Opens the data folder, recovers upload sessions, binds, and starts
     /// serving in the background.
     pub async fn start(config: Config) -> Result<Server, ServerError> {
-        config.validate()?;
+        crate::app::check::compile(&config)?;
         let root = config.root.clone();
         std::fs::create_dir_all(&root).map_err(|source| ServerError::Root {
             path: root.clone(),
@@ -126,12 +126,12 @@ impl Server {
             config.limits.rate_limit_per_sec,
             config.limits.rate_limit_burst,
         );
-        let state = Arc::new(AppState {
+        let state = Arc::new(App {
             config,
             storage,
             meta,
             body_budget: Arc::new(Semaphore::new(budget_kib)),
-            gc_running: tokio::sync::Mutex::new(()),
+            gc_running: AtomicBool::new(false),
             auth,
             rate_limiter,
             metrics,
@@ -228,7 +228,7 @@ async fn run(
     ops_listener: Option<TcpListener>,
     tls: Option<Arc<CertResolver>>,
     hangup: Option<Signal>,
-    state: Arc<AppState>,
+    state: Arc<App>,
     writer: MetaWriter,
     mut stopped: oneshot::Receiver<()>,
 ) {
@@ -333,7 +333,7 @@ async fn run(
 /// and when their modification times change (checked every
 /// `tls.reload_check_secs`, or 10 s).
 async fn watch_reloadable(
-    state: Arc<AppState>,
+    state: Arc<App>,
     tls: Option<Arc<CertResolver>>,
     mut hangup: Option<Signal>,
 ) {
@@ -414,7 +414,7 @@ async fn watch_reloadable(
 
 /// Sets the store gauges from a scan of the blobs folder at start-up; from
 /// then on commits and garbage collection keep them current.
-async fn count_store(state: Arc<AppState>) {
+async fn count_store(state: Arc<App>) {
     match state.storage.totals().await {
         Ok((blobs, bytes)) => {
             state.metrics.store_bytes.add(bytes as i64);
@@ -428,7 +428,7 @@ async fn count_store(state: Arc<AppState>) {
 /// back (deleted through the API, or freed outside the registry) and, if
 /// so, takes the reserve back and accepts writes again. (`/metrics` reads
 /// the flag itself, so the gauge never lags a scrape.)
-async fn watch_disk_space(state: Arc<AppState>) {
+async fn watch_disk_space(state: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -445,7 +445,7 @@ async fn watch_disk_space(state: Arc<AppState>) {
     }
 }
 
-async fn purge_idle_uploads(state: Arc<AppState>) {
+async fn purge_idle_uploads(state: Arc<App>) {
     let every = Duration::from_secs(state.config.upload_purge_interval_secs);
     let idle = state.config.upload_idle_timeout();
     let mut tick = tokio::time::interval(every);
@@ -468,7 +468,7 @@ async fn purge_idle_uploads(state: Arc<AppState>) {
 /// How often noted manifest pulls are written (one batch each time).
 const PULL_FLUSH: Duration = Duration::from_secs(30);
 
-async fn flush_pulls(state: Arc<AppState>) {
+async fn flush_pulls(state: Arc<App>) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + PULL_FLUSH, PULL_FLUSH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -479,7 +479,7 @@ async fn flush_pulls(state: Arc<AppState>) {
     }
 }
 
-async fn scheduled_gc(state: Arc<AppState>) {
+async fn scheduled_gc(state: Arc<App>) {
     if state.config.gc_interval_secs == 0 {
         return;
     }
@@ -488,7 +488,10 @@ async fn scheduled_gc(state: Arc<AppState>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let _running = state.gc_running.lock().await;
+        let Some(_running) = state.start_gc_run() else {
+            tracing::info!("scheduled garbage collection skipped: a run is under way");
+            continue;
+        };
         // Retention first, so the collection frees what it unreferenced.
         if state.policies.has_retention() {
             if let Err(e) = state.pulls.flush(&state.meta).await {
@@ -507,10 +510,10 @@ async fn scheduled_gc(state: Arc<AppState>) {
         let result = crate::gc::collect(
             &state.meta,
             state.storage.as_ref(),
-            &state.config.gc_options(false),
+            &crate::gc::GcOptions::from_config(&state.config, false),
         )
         .await;
-        state.metrics.record_gc(&result);
+        crate::gc::record(&state.metrics, &result);
         match result {
             Ok(report) => tracing::info!(%report, "garbage collection (scheduled)"),
             Err(e) => tracing::error!(error = %e, "garbage collection failed"),

@@ -9,21 +9,21 @@
 use super::body::Body;
 use super::error::ApiError;
 use super::query::Query;
-use super::{AppState, HttpResult};
+use super::{App, HttpResult};
 use crate::gc;
 use http::{HeaderValue, Method, Response};
 use std::time::Duration;
 
-pub(super) async fn gc(st: &AppState, method: &Method, query: &Query) -> HttpResult {
+pub(super) async fn gc(st: &App, method: &Method, query: &Query) -> HttpResult {
     if method != Method::POST {
         return Err(ApiError::MethodNotAllowed);
     }
-    let Ok(_running) = st.gc_running.try_lock() else {
+    let Some(_running) = st.start_gc_run() else {
         return Err(ApiError::Unavailable(
             "garbage collection is already running".into(),
         ));
     };
-    let mut opts = st.config.gc_options(query.get("dry_run") == Some("true"));
+    let mut opts = gc::GcOptions::from_config(&st.config, query.get("dry_run") == Some("true"));
     if let Some(g) = query.get("grace_secs") {
         let secs = g
             .parse()
@@ -31,7 +31,7 @@ pub(super) async fn gc(st: &AppState, method: &Method, query: &Query) -> HttpRes
         opts.grace = Duration::from_secs(secs);
     }
     let result = gc::collect(&st.meta, st.storage.as_ref(), &opts).await;
-    st.metrics.record_gc(&result);
+    gc::record(&st.metrics, &result);
     let report = result?;
     tracing::info!(%report, "garbage collection (requested)");
     Ok(json_response(
@@ -39,13 +39,13 @@ pub(super) async fn gc(st: &AppState, method: &Method, query: &Query) -> HttpRes
     ))
 }
 
-pub(super) async fn retention(st: &AppState, method: &Method, query: &Query) -> HttpResult {
+pub(super) async fn retention(st: &App, method: &Method, query: &Query) -> HttpResult {
     if method != Method::POST {
         return Err(ApiError::MethodNotAllowed);
     }
     // Retention and collection share the lock: one decides what is
     // unreferenced, the other frees it.
-    let Ok(_running) = st.gc_running.try_lock() else {
+    let Some(_running) = st.start_gc_run() else {
         return Err(ApiError::Unavailable(
             "garbage collection or retention is already running".into(),
         ));

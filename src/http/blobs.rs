@@ -2,7 +2,7 @@
 
 use super::body::Body;
 use super::error::ApiError;
-use super::{empty_response, AppState, HttpResult};
+use super::{empty_response, App, HttpResult};
 use crate::meta::MetaWrite;
 use crate::oci::range::ByteRange;
 use crate::oci::{Digest, RepoName};
@@ -11,7 +11,7 @@ use crate::storage::{BlobContent, StorageError};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 pub(super) async fn get(
-    st: &AppState,
+    st: &App,
     name: &RepoName,
     digest: &Digest,
     req_headers: &HeaderMap,
@@ -74,7 +74,7 @@ pub(super) async fn get(
 /// A blob a pull-through repository lacks: joins (or starts) its fetch
 /// and streams it as it arrives.
 async fn from_upstream(
-    st: &AppState,
+    st: &App,
     route: crate::proxy::Route,
     name: &RepoName,
     digest: &Digest,
@@ -155,7 +155,7 @@ fn blob_response(
 /// Unlinks the blob from this repository. The bytes stay until garbage
 /// collection finds no repository or manifest using them.
 pub(super) async fn delete(
-    st: &AppState,
+    st: &App,
     name: &RepoName,
     digest: &Digest,
     origin: &crate::notify::Origin,

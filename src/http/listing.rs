@@ -4,7 +4,7 @@
 use super::body::Body;
 use super::error::ApiError;
 use super::query::Query;
-use super::{AppState, HttpResult};
+use super::{App, HttpResult};
 use crate::meta::Page;
 use crate::oci::manifest::OCI_INDEX;
 use crate::oci::{Digest, RepoName};
@@ -49,7 +49,7 @@ fn add_next_link(r: &mut Response<Body>, path: &str, n: usize, page: &Page) {
     }
 }
 
-pub(super) async fn tags(st: &AppState, name: RepoName, query: &Query) -> HttpResult {
+pub(super) async fn tags(st: &App, name: RepoName, query: &Query) -> HttpResult {
     let n = page_size(query)?;
     let last = query.get("last").map(str::to_owned);
     let repo = name.clone();
@@ -71,7 +71,7 @@ pub(super) async fn tags(st: &AppState, name: RepoName, query: &Query) -> HttpRe
     Ok(r)
 }
 
-pub(super) async fn catalog(st: &AppState, query: &Query) -> HttpResult {
+pub(super) async fn catalog(st: &App, query: &Query) -> HttpResult {
     let n = page_size(query)?;
     let last = query.get("last").map(str::to_owned);
     let page = st
@@ -84,7 +84,7 @@ pub(super) async fn catalog(st: &AppState, query: &Query) -> HttpResult {
 }
 
 pub(super) async fn referrers(
-    st: &AppState,
+    st: &App,
     name: RepoName,
     subject: Digest,
     query: &Query,

@@ -3,7 +3,7 @@
 
 use super::body::Body;
 use super::error::ApiError;
-use super::{empty_response, off_worker, AppState, HttpResult};
+use super::{empty_response, off_worker, App, HttpResult};
 use crate::calendar::unix_now;
 use crate::meta::{ManifestRecord, MetaError, MetaRead, MetaWrite};
 use crate::notify::{Action, Target};
@@ -21,7 +21,7 @@ const DRAIN_MAX: u64 = 64 << 20;
 /// Reads a manifest body of at most `max` bytes; `None` when it is larger
 /// (the rest is drained, up to `DRAIN_MAX`).
 async fn read_manifest_body(
-    st: &AppState,
+    st: &App,
     mut body: Incoming,
     max: usize,
 ) -> Result<Option<Bytes>, ApiError> {
@@ -68,7 +68,7 @@ fn resolve(
 }
 
 pub(super) async fn get(
-    st: &AppState,
+    st: &App,
     name: &RepoName,
     reference: &Reference,
     head_only: bool,
@@ -164,7 +164,7 @@ pub(super) async fn get(
 /// with its upstream; `Some(why)` when the cached answer is served because
 /// the upstream could not confirm it.
 async fn mirror_refresh(
-    st: &AppState,
+    st: &App,
     route: &crate::proxy::Route,
     name: &RepoName,
     reference: &Reference,
@@ -202,7 +202,7 @@ async fn mirror_refresh(
 }
 
 pub(super) async fn put(
-    st: &AppState,
+    st: &App,
     name: &RepoName,
     reference: &Reference,
     req: Request<Incoming>,
@@ -333,7 +333,7 @@ pub(super) async fn put(
 }
 
 pub(super) async fn delete(
-    st: &AppState,
+    st: &App,
     name: &RepoName,
     reference: &Reference,
     origin: &crate::notify::Origin,

@@ -17,11 +17,8 @@ pub mod route;
 mod ui;
 mod uploads;
 
+pub use crate::app::App;
 use crate::auth::{Access, Action, Authenticator, Decision, Identity};
-use crate::config::Config;
-use crate::limits::RateLimiter;
-use crate::meta::Meta;
-use crate::metrics::Metrics;
 use body::Body;
 use error::ApiError;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -30,69 +27,8 @@ use hyper::body::Incoming;
 use query::Query;
 use route::{Endpoint, RouteError};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::Semaphore;
-
-/// Everything a handler may use. Built once at start-up.
-pub struct AppState {
-    pub config: Config,
-    /// Blob bytes and upload sessions: the data folder, or an object store.
-    pub storage: Arc<dyn crate::storage::BlobStorage>,
-    pub meta: Meta,
-    /// Request-body bytes (in KiB) held in memory across all uploads: a
-    /// handler takes the size of each body frame as it arrives and gives it
-    /// back once the batch is written, so a crowd of fast clients waits on
-    /// this instead of filling memory, and a slow client holds only what
-    /// it has sent (and, with batches flushed after a short linger, only
-    /// briefly).
-    pub body_budget: Arc<Semaphore>,
-    /// Held by the garbage collection that is running, so runs never overlap.
-    pub gc_running: tokio::sync::Mutex<()>,
-    /// `None`: authentication is off.
-    pub auth: Option<Authenticator>,
-    pub rate_limiter: Option<RateLimiter>,
-    pub metrics: Arc<Metrics>,
-    /// Set when shutdown begins: `/readyz` turns 503 so balancers drain us.
-    pub draining: AtomicBool,
-    /// Free space and the full-disk mode: write endpoints ask it first.
-    pub space: Arc<crate::space::DiskSpace>,
-    /// Retention policies and immutable tags, compiled.
-    pub policies: Arc<crate::retention::Policies>,
-    /// Manifest pulls not yet written (retention's "pulled within").
-    pub pulls: crate::pull_log::PullLog,
-    /// Pull-through caches (`[[proxy]]`).
-    pub mirrors: Arc<crate::proxy::Mirrors>,
-    /// Webhooks (`[[notifications]]`): events to queue with changes.
-    pub notifier: Arc<crate::notify::Notifier>,
-}
-
-impl AppState {
-    /// Sets the open-sessions gauge, where the store can count them.
-    pub fn note_sessions(&self) {
-        if let Some(n) = self.storage.sessions_open() {
-            self.metrics.upload_sessions_open.set(n as i64);
-        }
-    }
-
-    fn batch_bytes(&self) -> usize {
-        (self.config.upload_batch_kib * 1024) as usize
-    }
-
-    /// Whether the registry can serve: not draining, metadata readable.
-    pub async fn ready(&self) -> Result<(), String> {
-        if self.draining.load(Ordering::Relaxed) {
-            return Err("shutting down".into());
-        }
-        self.meta
-            .query(|m| m.repos(None, 1))
-            .await
-            .map_err(|e| format!("metadata store: {e}"))?;
-        self.storage.ready().await?;
-        Ok(())
-    }
-}
 
 /// Runs blocking work of a request (metadata reads, opening a blob) on the
 /// blocking pool: on a slow or stalling disk it must not hold up every
@@ -117,7 +53,7 @@ struct RequestFacts {
 }
 
 /// Serves one request. Never fails: every error becomes an OCI error reply.
-pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
+pub async fn handle(state: Arc<App>, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let head_only = method == Method::HEAD;
@@ -280,7 +216,7 @@ async fn authorize(
 }
 
 async fn dispatch(
-    st: &AppState,
+    st: &App,
     req: Request<Incoming>,
     peer: IpAddr,
     facts: &mut RequestFacts,

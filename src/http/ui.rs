@@ -11,7 +11,7 @@
 use super::body::Body;
 use super::error::ApiError;
 use super::query::Query;
-use super::{AppState, HttpResult};
+use super::{App, HttpResult};
 use crate::auth::{Access, Action, Identity};
 use crate::meta::ManifestRecord;
 use crate::oci::{Digest, RepoName};
@@ -129,12 +129,7 @@ impl Viewer<'_> {
     }
 }
 
-pub(super) async fn serve(
-    st: &AppState,
-    path: &str,
-    query: &Query,
-    viewer: Viewer<'_>,
-) -> HttpResult {
+pub(super) async fn serve(st: &App, path: &str, query: &Query, viewer: Viewer<'_>) -> HttpResult {
     match path {
         "/ui" => {
             let mut r = html_response(StatusCode::MOVED_PERMANENTLY, String::new());
@@ -162,7 +157,7 @@ fn named_repo(query: &Query, viewer: &Viewer<'_>) -> Result<RepoName, ApiError> 
     }
 }
 
-async fn repositories(st: &AppState, query: &Query, viewer: &Viewer<'_>) -> HttpResult {
+async fn repositories(st: &App, query: &Query, viewer: &Viewer<'_>) -> HttpResult {
     let after = query.get("after").map(str::to_owned);
     // Walk the catalog until a page of names the viewer may pull, and one
     // more, which says whether a next page exists.
@@ -238,7 +233,7 @@ fn platforms(bytes: &[u8]) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn repository(st: &AppState, query: &Query, viewer: &Viewer<'_>) -> HttpResult {
+async fn repository(st: &App, query: &Query, viewer: &Viewer<'_>) -> HttpResult {
     let name = named_repo(query, viewer)?;
     let after = query.get("after").map(str::to_owned);
     let repo = name.clone();
@@ -327,7 +322,7 @@ fn short(digest: &str) -> String {
     }
 }
 
-async fn manifest(st: &AppState, query: &Query, viewer: &Viewer<'_>) -> HttpResult {
+async fn manifest(st: &App, query: &Query, viewer: &Viewer<'_>) -> HttpResult {
     let name = named_repo(query, viewer)?;
     let digest = Digest::parse(query.get("digest").unwrap_or(""))?;
     let (repo, d) = (name.clone(), digest.clone());

@@ -6,7 +6,7 @@
 
 use super::error::ApiError;
 use super::query::Query;
-use super::{empty_response, AppState, HttpResult};
+use super::{empty_response, App, HttpResult};
 use crate::meta::{MetaError, MetaWrite};
 use crate::oci::{ContentRange, Digest, RepoName};
 use crate::storage::UploadWriter;
@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 
 pub(super) async fn start(
-    st: &AppState,
+    st: &App,
     name: &RepoName,
     query: &Query,
     req: Request<Incoming>,
@@ -81,7 +81,7 @@ pub(super) async fn start(
 }
 
 /// A new session, unless `limits.max_upload_sessions` are open already.
-async fn new_session(st: &AppState, name: &RepoName) -> Result<String, ApiError> {
+async fn new_session(st: &App, name: &RepoName) -> Result<String, ApiError> {
     if let Some(open) = st.storage.sessions_open() {
         if open >= st.config.limits.max_upload_sessions {
             return Err(ApiError::TooManyRequests {
@@ -95,7 +95,7 @@ async fn new_session(st: &AppState, name: &RepoName) -> Result<String, ApiError>
 }
 
 pub(super) async fn patch(
-    st: &AppState,
+    st: &App,
     name: &RepoName,
     id: &str,
     req: Request<Incoming>,
@@ -116,7 +116,7 @@ pub(super) async fn patch(
 }
 
 pub(super) async fn put(
-    st: &AppState,
+    st: &App,
     name: &RepoName,
     id: &str,
     query: &Query,
@@ -139,12 +139,12 @@ pub(super) async fn put(
     complete(st, name, w, &digest).await
 }
 
-pub(super) async fn status(st: &AppState, name: &RepoName, id: &str) -> HttpResult {
+pub(super) async fn status(st: &App, name: &RepoName, id: &str) -> HttpResult {
     let w = st.storage.resume_upload(name, id).await?;
     Ok(upload_progress(StatusCode::NO_CONTENT, name, id, w.size()))
 }
 
-pub(super) async fn cancel(st: &AppState, name: &RepoName, id: &str) -> HttpResult {
+pub(super) async fn cancel(st: &App, name: &RepoName, id: &str) -> HttpResult {
     st.storage.cancel_upload(name, id).await?;
     st.note_sessions();
     Ok(empty_response(StatusCode::NO_CONTENT, &[]))
@@ -182,7 +182,7 @@ pub(super) fn chunk_start(req: &Request<Incoming>, offset: u64) -> Result<u64, A
 /// Verifies and commits a session's content under `digest`, links it to
 /// the repository, and ends the session.
 async fn complete(
-    st: &AppState,
+    st: &App,
     name: &RepoName,
     w: Box<dyn UploadWriter>,
     digest: &Digest,
@@ -251,7 +251,7 @@ pub(super) struct Batch {
 /// off, if it did: what arrived before still counts, and the caller saves
 /// it so the client resumes from there.
 async fn stream_body(
-    st: &AppState,
+    st: &App,
     w: &mut dyn UploadWriter,
     mut body: Incoming,
 ) -> Result<Option<String>, ApiError> {
@@ -329,7 +329,7 @@ const LEAST_BATCH_BYTES: usize = 4 * 1024;
 /// it ends, so slow clients hold about what they sent and never starve the
 /// fast ones.
 pub(super) async fn collect_batch(
-    st: &AppState,
+    st: &App,
     body: &mut Incoming,
     want: &mut usize,
 ) -> Result<Batch, ApiError> {
@@ -422,13 +422,13 @@ fn shrink(ticket: &mut OwnedSemaphorePermit, keep: u32) {
 }
 
 /// Budget units (KiB) for `len` bytes; never more than the whole budget.
-fn budget_kib(st: &AppState, len: usize) -> u32 {
+fn budget_kib(st: &App, len: usize) -> u32 {
     let whole = (st.config.upload_memory_budget_mib * 1024) as usize;
     len.div_ceil(1024).min(whole) as u32
 }
 
 /// Waits (bounded) for `kib` units of budget.
-async fn wait_for_budget(st: &AppState, kib: u32) -> Result<OwnedSemaphorePermit, ApiError> {
+async fn wait_for_budget(st: &App, kib: u32) -> Result<OwnedSemaphorePermit, ApiError> {
     tokio::time::timeout(
         st.config.actor_call_timeout(),
         st.body_budget.clone().acquire_many_owned(kib),

@@ -23,6 +23,7 @@ mod redb_rows;
 pub mod rules;
 mod writer;
 
+use crate::config::MetadataBackend;
 use crate::oci::{Digest, RepoName};
 use crate::space::DiskSpace;
 use serde::{Deserialize, Serialize};
@@ -332,8 +333,8 @@ impl Meta {
         space: Arc<DiskSpace>,
     ) -> Result<(Meta, MetaWriter, Option<postgres_backend::Pool>), MetaError> {
         let (root, durable, meta) = (config.root.clone(), config.fsync, config.metadata.clone());
-        tokio::task::spawn_blocking(move || match meta.backend.as_str() {
-            "postgres" => {
+        tokio::task::spawn_blocking(move || match meta.backend {
+            MetadataBackend::Postgres => {
                 let url = meta.url.as_deref().unwrap_or_default();
                 let timeout = std::time::Duration::from_secs(meta.timeout_secs);
                 let backend = PostgresBackend::connect(url, meta.pool_size, timeout)?;
@@ -341,7 +342,7 @@ impl Meta {
                 let (m, w) = Self::with_backend(Arc::new(backend), durable)?;
                 Ok((m, w, Some(pool)))
             }
-            _ => Self::open(&root, durable, space).map(|(m, w)| (m, w, None)),
+            MetadataBackend::Redb => Self::open(&root, durable, space).map(|(m, w)| (m, w, None)),
         })
         .await
         .map_err(|e| MetaError::Unavailable(format!("metadata open task failed: {e}")))?

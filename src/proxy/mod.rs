@@ -207,7 +207,6 @@ fn nested(inner: &str, outer: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@
 //! to the socket with no SDK buffering them again, and the dependency
 //! weight is a few small crates instead of an SDK.
 
+use crate::config::{ConfigError, S3Config};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body::{Frame, SizeHint};
@@ -60,6 +61,42 @@ pub struct S3Settings {
     pub timeout: Duration,
     /// Extra roots for an https endpoint (see `S3Config::ca_file`).
     pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl S3Settings {
+    /// The client settings of `[storage.s3]`, credentials from the file
+    /// or the environment.
+    pub fn from_config(c: &S3Config) -> Result<S3Settings, ConfigError> {
+        let from_env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+        let access = c
+            .access_key_id
+            .clone()
+            .or_else(|| from_env("AWS_ACCESS_KEY_ID"))
+            .ok_or_else(|| {
+                ConfigError::Invalid(
+                    "storage.s3.access_key_id (or AWS_ACCESS_KEY_ID) is required".into(),
+                )
+            })?;
+        let secret = c
+            .secret_access_key
+            .clone()
+            .or_else(|| from_env("AWS_SECRET_ACCESS_KEY"))
+            .ok_or_else(|| {
+                ConfigError::Invalid(
+                    "storage.s3.secret_access_key (or AWS_SECRET_ACCESS_KEY) is required".into(),
+                )
+            })?;
+        Ok(S3Settings {
+            endpoint: c.endpoint.clone(),
+            bucket: c.bucket.clone(),
+            region: c.region.clone(),
+            access_key_id: access,
+            secret_access_key: secret,
+            path_style: c.path_style,
+            timeout: Duration::from_secs(c.timeout_secs.max(1)),
+            ca_file: c.ca_file.clone(),
+        })
+    }
 }
 
 /// A request body made of the `Bytes` it was given, sent without copying.

@@ -245,9 +245,11 @@ pub async fn open_configured(
     space: std::sync::Arc<crate::space::DiskSpace>,
     cache_metrics: crate::metrics::ReadCacheMetrics,
 ) -> Result<std::sync::Arc<dyn BlobStorage>, StorageError> {
-    if let (Some(s3), Some(pool), "s3") = (&config.storage.s3, pg, config.storage.backend.as_str())
+    if let (Some(s3), Some(pool), crate::config::StorageBackend::S3) =
+        (&config.storage.s3, pg, config.storage.backend)
     {
-        let client = crate::s3::S3Client::new(&s3.settings()?).map_err(RemoteUploadError::S3)?;
+        let settings = crate::s3::S3Settings::from_config(s3)?;
+        let client = crate::s3::S3Client::new(&settings).map_err(RemoteUploadError::S3)?;
         let objects = crate::s3::ObjectStorage {
             blobs: crate::s3::objects::ObjectBlobs::new(
                 client.clone(),

@@ -25,7 +25,7 @@ async fn start(backend: &Backend, tweak: impl FnOnce(&mut wharf::Config)) -> Tes
     let backend = backend.clone();
     TestRegistry::start_with(move |c| {
         if let Backend::Postgres(url) = backend {
-            c.metadata.backend = "postgres".into();
+            c.metadata.backend = wharf::config::MetadataBackend::Postgres;
             c.metadata.url = Some(url);
         }
         tweak(c);

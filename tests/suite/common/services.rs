@@ -488,9 +488,9 @@ impl Seaweed {
 /// Points a configuration at PostgreSQL `pg_url` for metadata and the
 /// bucket at `endpoint` for blobs, deleting freed objects without delay.
 pub fn use_object_store(c: &mut wharf::Config, pg_url: &str, endpoint: &str, bucket: &str) {
-    c.metadata.backend = "postgres".into();
+    c.metadata.backend = wharf::config::MetadataBackend::Postgres;
     c.metadata.url = Some(pg_url.to_owned());
-    c.storage.backend = "s3".into();
+    c.storage.backend = wharf::config::StorageBackend::S3;
     c.storage.s3 = Some(
         toml::from_str(&format!(
             "endpoint = \"{endpoint}\"\nbucket = \"{bucket}\"\n\

@@ -1,17 +1,35 @@
-//! `wharf config check`: everything start-up would refuse, found without
-//! starting, and the effective configuration with its secrets hidden.
+//! The whole configuration checked: `compile` (what start-up refuses:
+//! `Config::validate`'s plain checks, then each section compiled by the
+//! module it configures), and for `wharf config check` everything else
+//! start-up would refuse, found without starting, and the effective
+//! configuration with its secrets hidden.
 //!
-//! Owns: the checks of what the configuration names (files, addresses,
-//! the TLS pair) and the redacted rendering.
+//! Owns: which module checks which section, the checks of what the
+//! configuration names (files, addresses, the TLS pair) and the redacted
+//! rendering.
 //! Must not: bind, connect or write anything; it runs beside a live
 //! registry, on an operator's laptop, in a container's entrypoint.
 
-use super::Config;
+use crate::config::{Config, ConfigError, StorageBackend};
+use crate::s3::S3Settings;
+
+/// What start-up refuses: the plain checks, then each section compiled by
+/// its own module (so `config` never reaches up to what it configures).
+pub fn compile(cfg: &Config) -> Result<(), ConfigError> {
+    cfg.validate()?;
+    if let (StorageBackend::S3, Some(s3)) = (cfg.storage.backend, &cfg.storage.s3) {
+        S3Settings::from_config(s3)?;
+    }
+    crate::retention::Policies::new(&cfg.retention, &cfg.immutable)?;
+    crate::proxy::Mirrors::check(&cfg.proxy).map_err(ConfigError::Invalid)?;
+    crate::notify::Notifier::check(&cfg.notifications).map_err(ConfigError::Invalid)?;
+    Ok(())
+}
 
 /// What is wrong with `cfg`, one line each; empty means it would start.
 pub fn problems(cfg: &Config) -> Vec<String> {
     let mut found = Vec::new();
-    if let Err(e) = cfg.validate() {
+    if let Err(e) = compile(cfg) {
         found.push(e.to_string());
     }
     if let Err(e) = crate::auth::Authenticator::new(&cfg.auth) {
@@ -36,10 +54,10 @@ pub fn problems(cfg: &Config) -> Vec<String> {
             found.push(format!("metadata.url: {e}"));
         }
     }
-    if let (Some(s3), "s3") = (&cfg.storage.s3, cfg.storage.backend.as_str()) {
+    if let (Some(s3), StorageBackend::S3) = (&cfg.storage.s3, cfg.storage.backend) {
         // Builds the client (endpoint, bucket, trusted roots) without
         // sending a request.
-        match s3.settings() {
+        match S3Settings::from_config(s3) {
             Ok(settings) => {
                 if let Err(e) = crate::s3::S3Client::new(&settings) {
                     found.push(e.to_string());
