@@ -9,9 +9,8 @@
 //! only suspect: corrupt blobs are moved to `<root>/quarantine/`.
 
 use crate::meta::{MetaBackend, MetaError, MetaRead, MetaWrite, RedbBackend};
-use crate::oci::{Algorithm, Digest, RepoName};
+use crate::oci::{Algorithm, Digest, DigestHasher, RepoName};
 use crate::terminal::WorkProgress;
-use sha2::Digest as _;
 use std::collections::HashSet;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -61,22 +60,15 @@ impl FsckReport {
 fn hash_file(path: &Path, alg: Algorithm) -> io::Result<Digest> {
     let mut f = std::fs::File::open(path)?;
     let mut buf = vec![0u8; 1 << 20];
-    let mut s256 = sha2::Sha256::new();
-    let mut s512 = sha2::Sha512::new();
+    let mut hasher = DigestHasher::new(alg);
     loop {
         let n = f.read(&mut buf)?;
         if n == 0 {
             break;
         }
-        match alg {
-            Algorithm::Sha256 => s256.update(&buf[..n]),
-            Algorithm::Sha512 => s512.update(&buf[..n]),
-        }
+        hasher.update(&buf[..n]);
     }
-    Ok(match alg {
-        Algorithm::Sha256 => Digest::sha256_from_bytes(&s256.finalize()),
-        Algorithm::Sha512 => Digest::sha512_from_bytes(&s512.finalize()),
-    })
+    Ok(hasher.finish())
 }
 
 pub fn run(

@@ -37,8 +37,8 @@ pub enum GcError {
     Meta(#[from] MetaError),
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("garbage collection task failed: {0}")]
-    Task(String),
+    #[error(transparent)]
+    Task(#[from] crate::blocking::TaskFailed),
 }
 
 #[derive(Debug, Clone)]
@@ -108,10 +108,7 @@ const WRITE_WAVE: usize = 128;
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, MetaError> + Send + 'static,
 ) -> Result<T, GcError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| GcError::Task(e.to_string()))?
-        .map_err(GcError::from)
+    Ok(crate::blocking::run(f).await?)
 }
 
 /// Applies each write as its own job (a refused precondition skips only

@@ -28,6 +28,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod blocking;
 pub mod calendar;
 pub mod config;
 pub mod connection;

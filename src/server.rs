@@ -453,9 +453,7 @@ async fn purge_idle_uploads(state: Arc<App>) {
     loop {
         tick.tick().await;
         let n = state.storage.purge(idle).await;
-        if let Some(open) = state.storage.sessions_counted().await {
-            state.metrics.upload_sessions_open.set(open as i64);
-        }
+        state.note_sessions().await;
         if let Some(r) = &state.rate_limiter {
             r.sweep();
         }

@@ -55,10 +55,11 @@ pub struct App {
 }
 
 impl App {
-    /// Sets the open-sessions gauge, where the store can count them.
-    pub fn note_sessions(&self) {
-        if let Some(n) = self.storage.sessions_open() {
-            self.metrics.upload_sessions_open.set(n as i64);
+    /// Sets the open-sessions gauge (a scrape, each purge).
+    pub async fn note_sessions(&self) {
+        match self.storage.sessions_open().await {
+            Ok(n) => self.metrics.upload_sessions_open.set(n as i64),
+            Err(e) => tracing::debug!(error = %e, "upload sessions not counted"),
         }
     }
 

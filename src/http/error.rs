@@ -4,8 +4,7 @@
 use super::body::Body;
 use crate::meta::MetaError;
 use crate::oci::ParseError;
-use crate::store::StoreError;
-use crate::upload::UploadError;
+use crate::storage::StorageError;
 use http::{HeaderValue, Response, StatusCode};
 
 #[derive(Debug, thiserror::Error)]
@@ -174,48 +173,6 @@ impl From<ParseError> for ApiError {
     }
 }
 
-impl From<UploadError> for ApiError {
-    fn from(e: UploadError) -> Self {
-        match e {
-            UploadError::Unknown => ApiError::BlobUploadUnknown,
-            e @ UploadError::OutOfOrder { .. } => ApiError::UploadRange(e.to_string()),
-            e @ UploadError::DigestMismatch { .. } => ApiError::DigestInvalid(e.to_string()),
-            e @ UploadError::Sealed => ApiError::BlobUploadInvalid(e.to_string()),
-            UploadError::Io(io) => io_error(io),
-            e @ UploadError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
-        }
-    }
-}
-
-impl From<crate::s3::uploads::RemoteUploadError> for ApiError {
-    fn from(e: crate::s3::uploads::RemoteUploadError) -> Self {
-        use crate::s3::uploads::RemoteUploadError as E;
-        use crate::s3::S3Error;
-        match e {
-            E::Unknown => ApiError::BlobUploadUnknown,
-            e @ E::OutOfOrder { .. } => ApiError::UploadRange(e.to_string()),
-            e @ E::DigestMismatch { .. } => ApiError::DigestInvalid(e.to_string()),
-            e @ E::TooManyParts => ApiError::TooLarge(e.to_string()),
-            E::TooManySessions => ApiError::TooManyRequests {
-                retry_after_secs: 10,
-            },
-            e @ (E::Unavailable(_) | E::S3(S3Error::Unavailable(_))) => {
-                ApiError::Unavailable(e.to_string())
-            }
-            e => ApiError::Internal(e.to_string()),
-        }
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Io(io) => io_error(io),
-            e @ StoreError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
-        }
-    }
-}
-
 impl From<MetaError> for ApiError {
     fn from(e: MetaError) -> Self {
         match e {
@@ -226,19 +183,30 @@ impl From<MetaError> for ApiError {
     }
 }
 
-impl From<crate::storage::StorageError> for ApiError {
-    fn from(e: crate::storage::StorageError) -> Self {
-        use crate::storage::StorageError as E;
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        use StorageError as E;
         match e {
-            E::Upload(u) => u.into(),
-            E::Remote(r) => r.into(),
-            E::Store(s) => s.into(),
-            E::Meta(m) => m.into(),
             E::BlobUnknown => ApiError::BlobUnknown,
+            E::UploadUnknown => ApiError::BlobUploadUnknown,
+            e @ E::OutOfOrder { .. } => ApiError::UploadRange(e.to_string()),
+            e @ E::DigestMismatch { .. } => ApiError::DigestInvalid(e.to_string()),
+            e @ E::UploadBusy => ApiError::BlobUploadInvalid(e.to_string()),
+            E::UploadTooLarge(m) => ApiError::TooLarge(m),
+            E::TooManySessions => ApiError::TooManyRequests {
+                retry_after_secs: 10,
+            },
             E::RangeNotSatisfiable { size } => ApiError::RangeNotSatisfiable { size },
-            e @ (E::Inconsistent(_) | E::Config(_)) => ApiError::Internal(e.to_string()),
-            e @ E::Task(_) => ApiError::Unavailable(e.to_string()),
+            E::Full(m) => ApiError::StorageFull(m),
+            E::Unavailable(m) => ApiError::Unavailable(m),
+            E::Internal(m) => ApiError::Internal(m),
         }
+    }
+}
+
+impl From<crate::blocking::TaskFailed> for ApiError {
+    fn from(e: crate::blocking::TaskFailed) -> Self {
+        ApiError::Unavailable(e.to_string())
     }
 }
 
@@ -279,16 +247,5 @@ impl From<crate::gc::GcError> for ApiError {
             crate::gc::GcError::Storage(s) => s.into(),
             e @ crate::gc::GcError::Task(_) => ApiError::Internal(e.to_string()),
         }
-    }
-}
-
-fn io_error(e: std::io::Error) -> ApiError {
-    if crate::space::is_no_space(&e) {
-        ApiError::StorageFull(
-            "no space left in the registry's data folder; deletes and garbage collection still work"
-                .into(),
-        )
-    } else {
-        ApiError::Internal(e.to_string())
     }
 }

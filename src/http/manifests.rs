@@ -86,7 +86,7 @@ pub(super) async fn get(
     let repo = name.clone();
     let (name, reference) = (name.clone(), reference.clone());
     // Where the bytes are a file, they are read in the same trip.
-    let reader = st.storage.manifest_reader().filter(|_| !head_only);
+    let reader = (!head_only).then(|| st.storage.manifest_reader());
     let (digest, record, bytes) = off_worker(move || {
         let digest = resolve(meta.as_ref(), &name, &reference)?;
         let Some(record) = meta.manifest(&name, &digest)? else {
@@ -97,7 +97,7 @@ pub(super) async fn get(
             });
         };
         let bytes = match reader {
-            Some(read) => Some(read(&digest)?),
+            Some(read) => read(&digest, record.size)?,
             None => None,
         };
         Ok((digest, record, bytes))
@@ -107,7 +107,7 @@ pub(super) async fn get(
         None
     } else {
         let read = match bytes {
-            Some(read) => read,
+            Some(read) => Some(read),
             None => st.storage.manifest_bytes(&digest).await?,
         };
         Some(read.ok_or_else(|| {

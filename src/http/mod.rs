@@ -30,17 +30,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Runs blocking work of a request (metadata reads, opening a blob) on the
-/// blocking pool: on a slow or stalling disk it must not hold up every
-/// other connection of an async worker. One closure per request does all
-/// of it, so a read costs one trip to the pool.
-async fn off_worker<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("blocking task failed: {e}")))?
-}
+/// Blocking work of a request (metadata reads, opening a blob) runs on the
+/// blocking pool, one closure per request, so a read costs one trip.
+use crate::blocking::run as off_worker;
 
 pub type HttpResult = Result<Response<Body>, ApiError>;
 

@@ -10,7 +10,6 @@ use super::{empty_response, App, HttpResult};
 use crate::meta::{MetaError, MetaWrite};
 use crate::oci::{ContentRange, Digest, RepoName};
 use crate::storage::UploadWriter;
-use crate::upload::UploadError;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body::Body as _;
@@ -66,13 +65,11 @@ pub(super) async fn start(
         };
         if let Err(e) = streamed {
             w.abandon().await;
-            st.note_sessions();
             return Err(e);
         }
         let done = complete(st, name, w, &digest).await;
         if done.is_err() {
             let _ = st.storage.cancel_upload(name, &id).await;
-            st.note_sessions();
         }
         return done;
     }
@@ -82,16 +79,7 @@ pub(super) async fn start(
 
 /// A new session, unless `limits.max_upload_sessions` are open already.
 async fn new_session(st: &App, name: &RepoName) -> Result<String, ApiError> {
-    if let Some(open) = st.storage.sessions_open() {
-        if open >= st.config.limits.max_upload_sessions {
-            return Err(ApiError::TooManyRequests {
-                retry_after_secs: 10,
-            });
-        }
-    }
-    let id = st.storage.begin_upload(name).await?;
-    st.note_sessions();
-    Ok(id)
+    Ok(st.storage.begin_upload(name).await?)
 }
 
 pub(super) async fn patch(
@@ -146,7 +134,6 @@ pub(super) async fn status(st: &App, name: &RepoName, id: &str) -> HttpResult {
 
 pub(super) async fn cancel(st: &App, name: &RepoName, id: &str) -> HttpResult {
     st.storage.cancel_upload(name, id).await?;
-    st.note_sessions();
     Ok(empty_response(StatusCode::NO_CONTENT, &[]))
 }
 
@@ -161,7 +148,7 @@ pub(super) fn chunk_start(req: &Request<Incoming>, offset: u64) -> Result<u64, A
         .map_err(|_| ApiError::UploadRange("Content-Range is not ASCII".into()))?;
     let range = ContentRange::parse(text)?;
     if range.start != offset {
-        return Err(UploadError::OutOfOrder { offset }.into());
+        return Err(crate::storage::StorageError::OutOfOrder { offset }.into());
     }
     if let Some(len) = req
         .headers()
@@ -189,7 +176,6 @@ async fn complete(
 ) -> HttpResult {
     let started = std::time::Instant::now();
     let committed = w.commit(digest).await;
-    st.note_sessions();
     let committed = committed?;
     st.metrics
         .record_commit(committed.commit, committed.size, started.elapsed());

@@ -64,6 +64,12 @@ pub enum MetaError {
     Unavailable(String),
 }
 
+impl From<crate::blocking::TaskFailed> for MetaError {
+    fn from(e: crate::blocking::TaskFailed) -> Self {
+        MetaError::Unavailable(e.to_string())
+    }
+}
+
 impl MetaError {
     /// Whether another process (a running server) holds the redb file.
     pub fn is_held_elsewhere(&self) -> bool {
@@ -382,9 +388,7 @@ impl Meta {
         f: impl FnOnce(&dyn MetaRead) -> Result<T, MetaError> + Send + 'static,
     ) -> Result<T, MetaError> {
         let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || f(reader.as_ref()))
-            .await
-            .map_err(|e| MetaError::Unavailable(format!("metadata read task failed: {e}")))?
+        crate::blocking::run(move || f(reader.as_ref())).await
     }
 
     /// Applies `ops` in one transaction; returns once it is durable.

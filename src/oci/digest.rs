@@ -118,6 +118,40 @@ impl FromStr for Digest {
     }
 }
 
+/// An incremental hash in a digest's algorithm, for bytes that arrive in
+/// pieces (a file read back, an object streamed back).
+#[derive(Clone)]
+pub enum DigestHasher {
+    Sha256(sha2::Sha256),
+    Sha512(sha2::Sha512),
+}
+
+impl DigestHasher {
+    pub fn new(algorithm: Algorithm) -> Self {
+        use sha2::Digest as _;
+        match algorithm {
+            Algorithm::Sha256 => DigestHasher::Sha256(sha2::Sha256::new()),
+            Algorithm::Sha512 => DigestHasher::Sha512(sha2::Sha512::new()),
+        }
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        use sha2::Digest as _;
+        match self {
+            DigestHasher::Sha256(h) => h.update(data),
+            DigestHasher::Sha512(h) => h.update(data),
+        }
+    }
+
+    pub fn finish(self) -> Digest {
+        use sha2::Digest as _;
+        match self {
+            DigestHasher::Sha256(h) => Digest::sha256_from_bytes(&h.finalize()),
+            DigestHasher::Sha512(h) => Digest::sha512_from_bytes(&h.finalize()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +192,17 @@ mod tests {
             Digest::parse("md5:d41d8cd98f00b204e9800998ecf8427e"),
             Err(ParseError::DigestAlgorithm(_))
         ));
+    }
+
+    #[test]
+    fn a_hasher_fed_in_pieces_gives_the_digest_of_the_whole() {
+        let data = b"a blob that arrives in three pieces";
+        for alg in [Algorithm::Sha256, Algorithm::Sha512] {
+            let mut h = DigestHasher::new(alg);
+            for piece in data.chunks(11) {
+                h.update(piece);
+            }
+            assert_eq!(h.finish(), Digest::of(alg, data));
+        }
     }
 }

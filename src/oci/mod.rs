@@ -10,7 +10,7 @@ pub mod name;
 pub mod range;
 pub mod reference;
 
-pub use digest::{Algorithm, Digest};
+pub use digest::{Algorithm, Digest, DigestHasher};
 pub use name::RepoName;
 pub use range::{ByteRange, ContentRange};
 pub use reference::Reference;

@@ -317,10 +317,7 @@ async fn transfer(
         Err(e) => {
             let _ = job.storage.cancel_upload(&job.repo, &id).await;
             Err(match e {
-                StorageError::Upload(crate::upload::UploadError::DigestMismatch { .. })
-                | StorageError::Remote(crate::s3::uploads::RemoteUploadError::DigestMismatch {
-                    ..
-                }) => UpstreamError::Invalid(format!(
+                StorageError::DigestMismatch { .. } => UpstreamError::Invalid(format!(
                     "the upstream's bytes do not hash to {}: {e}",
                     job.digest
                 ))
@@ -348,15 +345,13 @@ async fn receive(
         .upstream_bytes
         .with_label_values(&[&job.route.mirror.prefix]);
     let path = spool.to_owned();
-    let mut file = tokio::task::spawn_blocking(move || {
+    let mut file = crate::blocking::run(move || -> Result<_, StorageError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::File::create(path)
+        Ok(std::fs::File::create(path)?)
     })
-    .await
-    .map_err(|e| StorageError::Task(e.to_string()))?
-    .map_err(|e| StorageError::Store(e.into()))?;
+    .await?;
     tx.send_replace(FetchState::Receiving { size, readable: 0 });
     let mut pending: Vec<Bytes> = Vec::new();
     let mut pending_len = 0usize;
@@ -426,13 +421,11 @@ async fn append(
     mut file: std::fs::File,
     chunks: Vec<Bytes>,
 ) -> Result<std::fs::File, StorageError> {
-    tokio::task::spawn_blocking(move || {
+    crate::blocking::run(move || -> Result<_, StorageError> {
         for c in &chunks {
             file.write_all(c)?;
         }
-        Ok::<_, std::io::Error>(file)
+        Ok(file)
     })
     .await
-    .map_err(|e| StorageError::Task(e.to_string()))?
-    .map_err(|e| StorageError::Store(e.into()))
 }

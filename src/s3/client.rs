@@ -343,6 +343,26 @@ impl S3Client {
         }))
     }
 
+    /// The object's digest in `algorithm`, streamed back and hashed;
+    /// `None` if there is no such object.
+    pub async fn hash_object(
+        &self,
+        key: &str,
+        algorithm: crate::oci::Algorithm,
+    ) -> Result<Option<crate::oci::Digest>, S3Error> {
+        let Some(mut o) = self.get_object(key, None).await? else {
+            return Ok(None);
+        };
+        let mut hasher = crate::oci::DigestHasher::new(algorithm);
+        while let Some(frame) = o.body.frame().await {
+            let frame = frame.map_err(|e| S3Error::Unavailable(format!("object read: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                hasher.update(&data);
+            }
+        }
+        Ok(Some(hasher.finish()))
+    }
+
     /// A URL anyone can GET the object with for `ttl` (redirected reads).
     pub fn presign_get(&self, key: &str, ttl: Duration) -> String {
         self.bucket

@@ -344,28 +344,11 @@ impl ObjectBlobs {
     }
 
     async fn rehash(&self, digest: &str, key: &str) -> Result<Option<String>, RemoteUploadError> {
-        use http_body_util::BodyExt;
-        use sha2::Digest as _;
         let Ok(want) = Digest::parse(digest) else {
             return Ok(Some(format!("blob {digest}: not a digest")));
         };
-        let Some(mut o) = self.s3.get_object(key, None).await? else {
+        let Some(got) = self.s3.hash_object(key, want.algorithm()).await? else {
             return Ok(Some(format!("blob {digest}: its object {key} is missing")));
-        };
-        let (mut sha256, mut sha512) = (sha2::Sha256::new(), sha2::Sha512::new());
-        while let Some(frame) = o.body.frame().await {
-            let frame =
-                frame.map_err(|e| RemoteUploadError::Unavailable(format!("object read: {e}")))?;
-            if let Ok(data) = frame.into_data() {
-                match want.algorithm() {
-                    crate::oci::Algorithm::Sha256 => sha256.update(&data),
-                    crate::oci::Algorithm::Sha512 => sha512.update(&data),
-                }
-            }
-        }
-        let got = match want.algorithm() {
-            crate::oci::Algorithm::Sha256 => Digest::sha256_from_bytes(&sha256.finalize()),
-            crate::oci::Algorithm::Sha512 => Digest::sha512_from_bytes(&sha512.finalize()),
         };
         Ok((got != want).then(|| format!("blob {digest}: its object {key} hashes to {got}")))
     }

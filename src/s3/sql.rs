@@ -10,14 +10,13 @@ pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce(&mut postgres::Client) -> Result<T, RemoteUploadError> + Send + 'static,
 ) -> Result<T, RemoteUploadError> {
     let pool = pool.clone();
-    tokio::task::spawn_blocking(move || {
+    crate::blocking::run(move || {
         let mut conn = pool
             .get()
             .map_err(|e| RemoteUploadError::Unavailable(format!("PostgreSQL: {e}")))?;
         f(&mut conn)
     })
     .await
-    .map_err(|e| RemoteUploadError::Unavailable(format!("task: {e}")))?
 }
 
 /// Not reaching the database is `Unavailable` (503); the rest is a fault.

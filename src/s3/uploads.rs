@@ -66,6 +66,12 @@ pub enum RemoteUploadError {
     Db(String),
 }
 
+impl From<crate::blocking::TaskFailed> for RemoteUploadError {
+    fn from(e: crate::blocking::TaskFailed) -> Self {
+        RemoteUploadError::Unavailable(e.to_string())
+    }
+}
+
 /// The uploads of every node, through the shared database and bucket.
 #[derive(Clone)]
 pub struct RemoteUploads {
@@ -589,15 +595,14 @@ impl SessionWriter {
     /// records the blob under its digest, links it to the repository and
     /// ends the session. The session is claimed (version bump) before any
     /// S3 call, so a racing request cannot complete it twice.
+    ///
+    /// The running hash is SHA-256 (the algorithm nearly every push uses).
+    /// A digest in another algorithm is checked by streaming the completed
+    /// object back; on a mismatch that object is queued for deletion and
+    /// the session ends (its parts are spent).
     pub async fn commit(mut self, digest: &Digest) -> Result<Committed, RemoteUploadError> {
-        if digest.algorithm() != Algorithm::Sha256 {
-            return Err(RemoteUploadError::DigestMismatch {
-                expected: digest.clone(),
-                actual: Digest::sha256_from_bytes(&self.hasher.clone().finalize()),
-            });
-        }
         let actual = Digest::sha256_from_bytes(&self.hasher.clone().finalize());
-        if &actual != digest {
+        if digest.algorithm() == Algorithm::Sha256 && &actual != digest {
             // What this request sent stays in the session.
             let _ = self.save().await;
             return Err(RemoteUploadError::DigestMismatch {
@@ -651,6 +656,21 @@ impl SessionWriter {
                 .s3
                 .complete_multipart(&key, &upload_id, &numbered)
                 .await?;
+        }
+        if digest.algorithm() != Algorithm::Sha256 {
+            let hashed = self
+                .uploads
+                .s3
+                .hash_object(&key, digest.algorithm())
+                .await?;
+            if hashed.as_ref() != Some(digest) {
+                let repo = self.repo.clone();
+                self.uploads.discard(&repo, &self.row.id).await?;
+                return Err(RemoteUploadError::DigestMismatch {
+                    expected: digest.clone(),
+                    actual: hashed.unwrap_or(actual),
+                });
+            }
         }
         let (id, repo, d, size) = (
             self.row.id.clone(),

@@ -29,6 +29,8 @@ pub struct LocalStorage {
     meta: Meta,
     space: Arc<DiskSpace>,
     read_manifest: ManifestReader,
+    /// `limits.max_upload_sessions`.
+    max_sessions: usize,
 }
 
 impl LocalStorage {
@@ -37,9 +39,10 @@ impl LocalStorage {
         store: ContentStore,
         meta: Meta,
         space: Arc<DiskSpace>,
+        max_sessions: usize,
     ) -> Self {
         let root = store.blobs_root();
-        let read_manifest: ManifestReader = Arc::new(move |d: &Digest| {
+        let read_manifest: ManifestReader = Arc::new(move |d: &Digest, _size| {
             Ok(BlobBytes::open(&crate::store::blob_path(&root, d))?.map(|b| b.bytes))
         });
         LocalStorage {
@@ -48,6 +51,7 @@ impl LocalStorage {
             store: Arc::new(store),
             meta,
             space,
+            max_sessions,
         }
     }
 }
@@ -56,24 +60,23 @@ impl LocalStorage {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, StorageError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StorageError::Task(e.to_string()))?
+    crate::blocking::run(f).await
 }
 
 #[async_trait]
 impl BlobStorage for LocalStorage {
     fn check_writable(&self) -> Result<(), StorageError> {
-        self.space
-            .check_writable()
-            .map_err(|e| StorageError::Store(StoreError::Io(e)))
+        self.space.check_writable().map_err(StorageError::from)
     }
 
-    fn sessions_open(&self) -> Option<usize> {
-        Some(self.uploads.len())
+    async fn sessions_open(&self) -> Result<usize, StorageError> {
+        Ok(self.uploads.len())
     }
 
     async fn begin_upload(&self, repo: &RepoName) -> Result<String, StorageError> {
+        if self.uploads.len() >= self.max_sessions {
+            return Err(StorageError::TooManySessions);
+        }
         Ok(self.uploads.create(repo).await?.id.to_string())
     }
 
@@ -125,7 +128,7 @@ impl BlobStorage for LocalStorage {
             } else {
                 let blob = BlobBytes::open(&path)?.ok_or(StorageError::BlobUnknown)?;
                 if blob.len() != size {
-                    return Err(StorageError::Inconsistent(format!(
+                    return Err(StorageError::Internal(format!(
                         "blob {d} is {} bytes on disk, {size} in metadata",
                         blob.len()
                     )));
@@ -153,11 +156,11 @@ impl BlobStorage for LocalStorage {
 
     async fn manifest_bytes(&self, digest: &Digest) -> Result<Option<Bytes>, StorageError> {
         let (read, d) = (self.read_manifest.clone(), digest.clone());
-        blocking(move || read(&d)).await
+        blocking(move || read(&d, 0)).await
     }
 
-    fn manifest_reader(&self) -> Option<ManifestReader> {
-        Some(self.read_manifest.clone())
+    fn manifest_reader(&self) -> ManifestReader {
+        self.read_manifest.clone()
     }
 
     async fn sweep(&self, meta: &Meta, plan: SweepPlan) -> Result<(usize, u64), StorageError> {

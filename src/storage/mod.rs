@@ -10,45 +10,23 @@
 //! layer's), or decide policy (size limits, session limits, the memory
 //! budget): handlers do, then call in here.
 
+mod error;
 pub mod local;
 pub mod object;
 pub mod read_cache;
 
-use crate::meta::{Meta, MetaError};
+use crate::meta::Meta;
 use crate::oci::range::{ByteRange, RangeRequest};
 use crate::oci::{Digest, RepoName};
 use crate::s3::uploads::RemoteUploadError;
 use crate::s3::ObjectStream;
-use crate::store::{Commit, StoreError};
-use crate::upload::UploadError;
+use crate::store::Commit;
 use async_trait::async_trait;
 use bytes::Bytes;
+pub use error::StorageError;
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 use tokio::sync::OwnedSemaphorePermit;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    #[error(transparent)]
-    Upload(#[from] UploadError),
-    #[error(transparent)]
-    Remote(#[from] RemoteUploadError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Meta(#[from] MetaError),
-    #[error("blob unknown to this repository")]
-    BlobUnknown,
-    #[error("the requested range is outside the blob's {size} bytes")]
-    RangeNotSatisfiable { size: u64 },
-    /// The index and the bytes disagree (a bug or outside tampering).
-    #[error("{0}")]
-    Inconsistent(String),
-    #[error("storage task failed: {0}")]
-    Task(String),
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-}
 
 /// What a completed upload became.
 #[derive(Debug, Clone, Copy)]
@@ -118,10 +96,11 @@ pub struct SweepPlan {
     pub gone_manifests: HashSet<(String, String)>,
 }
 
-/// Reads a manifest's bytes on a blocking thread (see
-/// `BlobStorage::manifest_reader`).
-pub type ManifestReader =
-    std::sync::Arc<dyn Fn(&Digest) -> Result<Option<Bytes>, StorageError> + Send + Sync + 'static>;
+/// Reads the bytes of a manifest (digest, size) this node holds as a
+/// file, on a blocking thread (see `BlobStorage::manifest_reader`).
+pub type ManifestReader = std::sync::Arc<
+    dyn Fn(&Digest, u64) -> Result<Option<Bytes>, StorageError> + Send + Sync + 'static,
+>;
 
 /// Where a registry's blob bytes and upload sessions live.
 #[async_trait]
@@ -130,17 +109,12 @@ pub trait BlobStorage: Send + Sync + 'static {
     /// folder's full-disk mode); deletes and GC still run.
     fn check_writable(&self) -> Result<(), StorageError>;
 
-    /// Upload sessions this node holds, when it can say without a trip to
-    /// a shared database (the session limit and the gauge use it).
-    fn sessions_open(&self) -> Option<usize>;
-
     /// Upload sessions open, for the gauge: this node's, or where sessions
-    /// belong to no node, the cluster's (one query; called each purge).
-    async fn sessions_counted(&self) -> Option<usize> {
-        self.sessions_open()
-    }
+    /// belong to no node, the cluster's (one query).
+    async fn sessions_open(&self) -> Result<usize, StorageError>;
 
-    /// Starts an upload session for `repo`; returns its id.
+    /// Starts an upload session for `repo`; returns its id, or
+    /// `TooManySessions` while `limits.max_upload_sessions` are open.
     async fn begin_upload(&self, repo: &RepoName) -> Result<String, StorageError>;
 
     /// Opens session `id` of `repo` to add bytes, report progress or
@@ -179,13 +153,13 @@ pub trait BlobStorage: Send + Sync + 'static {
     /// A stored manifest's bytes.
     async fn manifest_bytes(&self, digest: &Digest) -> Result<Option<Bytes>, StorageError>;
 
-    /// Where manifest bytes are a file read, a blocking reader of them, so
-    /// a manifest GET resolves its reference and reads its bytes in one
-    /// trip to the blocking pool (manifest GETs are the hottest small
-    /// request a registry serves). `None`: use `manifest_bytes`.
-    fn manifest_reader(&self) -> Option<ManifestReader> {
-        None
-    }
+    /// A blocking reader of the manifests this node holds as files (the
+    /// data folder; the object store's read cache), so a manifest GET
+    /// resolves its reference and reads its bytes in one trip to the
+    /// blocking pool (manifest GETs are the hottest small request a
+    /// registry serves). Its `None` means "not held here": ask
+    /// `manifest_bytes`.
+    fn manifest_reader(&self) -> ManifestReader;
 
     /// Garbage collection's last step: frees what `plan` allows; returns
     /// (blobs, bytes).
@@ -267,12 +241,15 @@ pub async fn open_configured(
             0 => None,
             mib => {
                 let root = config.root.clone();
-                let cache = tokio::task::spawn_blocking(move || {
-                    read_cache::ReadCache::open(&root, mib << 20, space, cache_metrics)
+                let cache = crate::blocking::run(move || -> Result<_, StorageError> {
+                    Ok(read_cache::ReadCache::open(
+                        &root,
+                        mib << 20,
+                        space,
+                        cache_metrics,
+                    )?)
                 })
-                .await
-                .map_err(|e| StorageError::Task(e.to_string()))?
-                .map_err(|e| StorageError::Store(e.into()))?;
+                .await?;
                 Some(std::sync::Arc::new(cache))
             }
         };
@@ -295,13 +272,13 @@ pub async fn open_configured(
         config.actor_call_timeout(),
         space.clone(),
     )
-    .await
-    .map_err(UploadError::Io)?;
+    .await?;
     Ok(std::sync::Arc::new(local::LocalStorage::new(
         uploads,
         store,
         meta.clone(),
         space,
+        config.limits.max_upload_sessions,
     )))
 }
 

@@ -10,8 +10,8 @@
 
 use super::read_cache::ReadCache;
 use super::{
-    slice_of, BlobContent, BlobRead, BlobStorage, Committed, Hold, StorageError, SweepPlan,
-    UploadWriter,
+    slice_of, BlobContent, BlobRead, BlobStorage, Committed, Hold, ManifestReader, StorageError,
+    SweepPlan, UploadWriter,
 };
 use crate::meta::Meta;
 use crate::oci::{Digest, RepoName};
@@ -49,12 +49,8 @@ impl BlobStorage for BucketStorage {
         Ok(())
     }
 
-    fn sessions_open(&self) -> Option<usize> {
-        None
-    }
-
-    async fn sessions_counted(&self) -> Option<usize> {
-        self.objects.uploads.count().await.ok()
+    async fn sessions_open(&self) -> Result<usize, StorageError> {
+        Ok(self.objects.uploads.count().await?)
     }
 
     async fn begin_upload(&self, repo: &RepoName) -> Result<String, StorageError> {
@@ -112,12 +108,12 @@ impl BlobStorage for BucketStorage {
                 .open(&found.key, range)
                 .await?
                 .ok_or_else(|| {
-                    StorageError::Inconsistent(format!(
+                    StorageError::Internal(format!(
                         "blob {digest} is indexed but its object is missing"
                     ))
                 })?;
             if stream.len != slice.len() {
-                return Err(StorageError::Inconsistent(format!(
+                return Err(StorageError::Internal(format!(
                     "object for {digest} sent {} bytes, {} expected",
                     stream.len,
                     slice.len()
@@ -147,6 +143,11 @@ impl BlobStorage for BucketStorage {
             false => Commit::Deduplicated,
         };
         Ok((commit, Hold::none()))
+    }
+
+    fn manifest_reader(&self) -> ManifestReader {
+        let cache = self.cache.clone();
+        Arc::new(move |d: &Digest, size| Ok(cache.as_ref().and_then(|c| c.read_if_held(d, size))))
     }
 
     async fn manifest_bytes(&self, digest: &Digest) -> Result<Option<Bytes>, StorageError> {

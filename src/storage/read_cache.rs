@@ -134,6 +134,16 @@ impl ReadCache {
         found
     }
 
+    /// Like `read`, counting only a hit: a caller that asks elsewhere
+    /// after a miss (`read` there) counts the miss once.
+    pub fn read_if_held(&self, digest: &Digest, size: u64) -> Option<Bytes> {
+        let found = self.lookup(digest, size);
+        if found.is_some() {
+            self.metrics.reads.with_label_values(&["hit"]).inc();
+        }
+        found
+    }
+
     fn lookup(&self, digest: &Digest, size: u64) -> Option<Bytes> {
         let name = Self::name(digest);
         {

@@ -86,9 +86,7 @@ impl ShardState {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(io::Error::other(e.to_string())))
+    crate::blocking::run(f).await
 }
 
 impl Actor for Shard {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use wharf::http::error::ApiError;
 use wharf::meta::{Meta, MetaWrite, MetaWriter};
-use wharf::oci::{Digest, RepoName};
+use wharf::oci::{Algorithm, Digest, RepoName};
 use wharf::storage::{BlobContent, BlobStorage, StorageError, SweepPlan, UploadWriter};
 use wharf::store::Commit;
 
@@ -200,6 +200,36 @@ async fn contract(o: Opened) {
     let sd = Digest::parse(&digest(&small)).unwrap();
     assert_eq!(w.commit(&sd).await.unwrap().commit, Commit::Stored);
 
+    // A sha512 digest gets the same answers in both modes: a wrong one is
+    // refused, the right one stored and read back under it. Past one part,
+    // so the object store completes a multipart upload before it can hash.
+    let big = payload((8 << 20) + 777, 7);
+    let d512 = Digest::of(Algorithm::Sha512, &big);
+    for (want, expect) in [
+        (Digest::of(Algorithm::Sha512, b"other"), false),
+        (d512.clone(), true),
+    ] {
+        let id = s.begin_upload(&app).await.unwrap();
+        let mut w = s.resume_upload(&app, &id).await.unwrap();
+        feed(w.as_mut(), &big, 3 << 20).await;
+        match w.commit(&want).await {
+            Ok(c) => assert!(expect && c.commit == Commit::Stored),
+            Err(e) => {
+                assert!(!expect, "{e}");
+                assert_eq!(code(e), "DIGEST_INVALID/400");
+                // The data folder keeps a mismatched session for a retry;
+                // the object store has spent its parts. Either way it goes.
+                let _ = s.cancel_upload(&app, &id).await;
+            }
+        }
+    }
+    let (size, _, got) = read(s, &app, &d512, None).await.unwrap();
+    assert!(
+        size == big.len() as u64 && got == big,
+        "sha512 blob differs"
+    );
+    assert!(s.holds(&d512).await.unwrap());
+
     // Two requests on one session at the same offset: one wins, the other
     // learns the session moved on (416 for the client).
     let id = s.begin_upload(&app).await.unwrap();
@@ -242,7 +272,11 @@ async fn contract(o: Opened) {
         digest: d.clone(),
     };
     o.meta
-        .write(vec![unlink(&app, &d), unlink(&app, &sd)])
+        .write(vec![
+            unlink(&app, &d),
+            unlink(&app, &sd),
+            unlink(&app, &d512),
+        ])
         .await
         .unwrap();
     let plan = |dry_run| SweepPlan {
@@ -252,8 +286,9 @@ async fn contract(o: Opened) {
         gone_links: Default::default(),
         gone_manifests: Default::default(),
     };
-    // `d` is still linked in `other`; `sd` and the unnamed manifest go.
-    let freed = (2, (small.len() + 19) as u64);
+    // `d` is still linked in `other`; `sd`, `d512` and the unnamed
+    // manifest go.
+    let freed = (3, (small.len() + big.len() + 19) as u64);
     assert_eq!(s.sweep(&o.meta, plan(true)).await.unwrap(), freed);
     assert!(s.holds(&sd).await.unwrap());
     assert_eq!(s.sweep(&o.meta, plan(false)).await.unwrap(), freed);

@@ -1,0 +1,129 @@
+//! The storage seam's one error: a variant per outcome a client can tell
+//! apart, whichever backend met it. Each backend's own errors are sorted
+//! into these here, so nothing above `storage` matches a backend's enum.
+
+use crate::blocking::TaskFailed;
+use crate::config::ConfigError;
+use crate::meta::MetaError;
+use crate::oci::Digest;
+use crate::s3::uploads::RemoteUploadError;
+use crate::s3::S3Error;
+use crate::store::StoreError;
+use crate::upload::UploadError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("blob unknown to this repository")]
+    BlobUnknown,
+    #[error("upload session not found")]
+    UploadUnknown,
+    #[error("chunk does not start at the session's offset {offset}")]
+    OutOfOrder { offset: u64 },
+    #[error("upload content hashes to {actual}, not {expected}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    /// Another request is completing the session.
+    #[error("upload is being completed by another request")]
+    UploadBusy,
+    /// The session cannot take more bytes (the object store's part count).
+    #[error("{0}")]
+    UploadTooLarge(String),
+    /// `limits.max_upload_sessions` are open.
+    #[error("too many upload sessions open")]
+    TooManySessions,
+    #[error("the requested range is outside the blob's {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    /// No space for new data; reads, deletes and GC still work.
+    #[error("{0}")]
+    Full(String),
+    /// The store, the database or an actor did not answer: retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A fault: the index and the bytes disagree, an I/O error, a bug.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<std::io::Error> for StorageError {
+    fn from(e: std::io::Error) -> Self {
+        if crate::space::is_no_space(&e) {
+            StorageError::Full(
+                "no space left in the registry's data folder; deletes and garbage collection \
+                 still work"
+                    .into(),
+            )
+        } else {
+            StorageError::Internal(format!("storage I/O: {e}"))
+        }
+    }
+}
+
+impl From<StoreError> for StorageError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Io(io) => io.into(),
+            e @ StoreError::Unavailable(_) => StorageError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<UploadError> for StorageError {
+    fn from(e: UploadError) -> Self {
+        match e {
+            UploadError::Unknown => StorageError::UploadUnknown,
+            UploadError::OutOfOrder { offset } => StorageError::OutOfOrder { offset },
+            UploadError::DigestMismatch { expected, actual } => {
+                StorageError::DigestMismatch { expected, actual }
+            }
+            UploadError::Sealed => StorageError::UploadBusy,
+            UploadError::Io(io) => io.into(),
+            e @ UploadError::Unavailable(_) => StorageError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<RemoteUploadError> for StorageError {
+    fn from(e: RemoteUploadError) -> Self {
+        use RemoteUploadError as E;
+        match e {
+            E::Unknown => StorageError::UploadUnknown,
+            E::OutOfOrder { offset } => StorageError::OutOfOrder { offset },
+            E::DigestMismatch { expected, actual } => {
+                StorageError::DigestMismatch { expected, actual }
+            }
+            e @ E::TooManyParts => StorageError::UploadTooLarge(e.to_string()),
+            E::TooManySessions => StorageError::TooManySessions,
+            e @ (E::Unavailable(_) | E::S3(S3Error::Unavailable(_))) => {
+                StorageError::Unavailable(e.to_string())
+            }
+            e => StorageError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<S3Error> for StorageError {
+    fn from(e: S3Error) -> Self {
+        RemoteUploadError::S3(e).into()
+    }
+}
+
+impl From<MetaError> for StorageError {
+    fn from(e: MetaError) -> Self {
+        match e {
+            e @ MetaError::NoSpace(_) => StorageError::Full(e.to_string()),
+            e @ MetaError::Unavailable(_) => StorageError::Unavailable(e.to_string()),
+            e => StorageError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<TaskFailed> for StorageError {
+    fn from(e: TaskFailed) -> Self {
+        StorageError::Unavailable(e.to_string())
+    }
+}
+
+impl From<ConfigError> for StorageError {
+    fn from(e: ConfigError) -> Self {
+        StorageError::Internal(e.to_string())
+    }
+}
