@@ -2,7 +2,8 @@
 //! network: `/metrics` (Prometheus text format), `/healthz` (the process
 //! answers), `/readyz` (it can serve: metadata readable, not draining).
 //!
-//! Owns: that listener and its connections.
+//! Owns: that listener and its connections, and the one answer to a
+//! health probe ([`probe`]), which the registry port serves too.
 //! Must not: serve registry endpoints or require credentials.
 
 use crate::app::App;
@@ -46,6 +47,39 @@ pub async fn serve(listener: TcpListener, state: Arc<App>) {
     }
 }
 
+/// What a health probe asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// `/healthz`: the process answers.
+    Live,
+    /// `/readyz`: it can serve (metadata readable, storage answering, not
+    /// draining).
+    Ready,
+}
+
+/// The answer to a probe, the same on both listeners: 200 or 503, with a
+/// small JSON body saying why.
+pub async fn probe(st: &App, probe: Probe) -> Response<Bytes> {
+    let outcome = match probe {
+        Probe::Live => Ok(()),
+        Probe::Ready => st.ready().await,
+    };
+    let (status, body) = match outcome {
+        Ok(()) => (StatusCode::OK, serde_json::json!({"status": "ok"})),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "not ready", "reason": why}),
+        ),
+    };
+    let mut r = Response::new(Bytes::from(body.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
 async fn answer(st: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, content_type, body): (StatusCode, &str, Bytes) = match req.uri().path() {
         "/metrics" => {
@@ -57,15 +91,8 @@ async fn answer(st: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 Bytes::from(st.metrics.render()),
             )
         }
-        "/healthz" => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
-        "/readyz" => match st.ready().await {
-            Ok(()) => (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n")),
-            Err(why) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                Bytes::from(format!("not ready: {why}\n")),
-            ),
-        },
+        "/healthz" => return probe(st, Probe::Live).await.map(Full::new),
+        "/readyz" => return probe(st, Probe::Ready).await.map(Full::new),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

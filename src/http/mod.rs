@@ -223,22 +223,27 @@ async fn dispatch(
     if head_len > max_head {
         return Err(ApiError::HeadersTooLarge(max_head));
     }
-    match req.uri().path() {
-        "/healthz" => {
-            facts.route = "healthz";
-            return Ok(json_response(StatusCode::OK, b"{}"));
-        }
-        "/readyz" => {
-            facts.route = "readyz";
-            return match st.ready().await {
-                Ok(()) => Ok(json_response(StatusCode::OK, b"{}")),
-                Err(why) => Err(ApiError::Unavailable(why)),
-            };
-        }
-        _ => {}
+    let endpoint = match route::parse(req.uri().path()) {
+        Ok(Endpoint::Ui) if !st.config.ui.enabled => return Err(ApiError::NotFound),
+        Ok(e) => e,
+        Err(RouteError::NotFound) => return Err(not_found(req.uri().path())),
+        // A reference that is neither a tag nor a digest names nothing that
+        // can exist: reading or deleting it is "unknown"; storing under it
+        // stays invalid.
+        Err(RouteError::BadReference(e)) if req.method() == Method::PUT => return Err(e.into()),
+        Err(RouteError::BadReference(_)) => return Err(ApiError::ManifestUnknown),
+        Err(RouteError::Invalid(e)) => return Err(e.into()),
+    };
+    facts.route = endpoint.label();
+    // Health probes are exempt from the rate limit: a balancer polling from
+    // one address must not be throttled into marking the registry down.
+    if let Endpoint::Health | Endpoint::Ready = endpoint {
+        let probe = match endpoint {
+            Endpoint::Health => crate::ops::Probe::Live,
+            _ => crate::ops::Probe::Ready,
+        };
+        return Ok(crate::ops::probe(st, probe).await.map(Body::Bytes));
     }
-    // Health probes above are exempt: a balancer polling from one address
-    // must not be throttled into marking the registry down.
     if let Some(r) = &st.rate_limiter {
         if let Err(wait) = r.check(peer) {
             return Err(ApiError::TooManyRequests {
@@ -246,9 +251,8 @@ async fn dispatch(
             });
         }
     }
-    let path = req.uri().path();
-    if st.config.ui.enabled && (path == "/ui" || path.starts_with("/ui/")) {
-        facts.route = "ui";
+    if let Endpoint::Ui = endpoint {
+        let path = req.uri().path();
         if !matches!(*req.method(), Method::GET | Method::HEAD) {
             return Err(ApiError::MethodNotAllowed);
         }
@@ -267,13 +271,7 @@ async fn dispatch(
         let query = Query::parse(req.uri().query());
         return ui::serve(st, path, &query, ui::Viewer { who, host }).await;
     }
-    let admin_route = match req.uri().path() {
-        "/_wharf/gc" => Some("admin_gc"),
-        "/_wharf/retention" => Some("admin_retention"),
-        _ => None,
-    };
-    if let Some(route) = admin_route {
-        facts.route = route;
+    if let Endpoint::AdminGc | Endpoint::AdminRetention = endpoint {
         if let Some(auth) = &st.auth {
             let who = authorize(auth, &req, &Access::Login, facts).await?;
             if !auth.is_admin(&who) {
@@ -281,22 +279,11 @@ async fn dispatch(
             }
         }
         let query = Query::parse(req.uri().query());
-        return match route {
-            "admin_gc" => admin::gc(st, req.method(), &query).await,
+        return match endpoint {
+            Endpoint::AdminGc => admin::gc(st, req.method(), &query).await,
             _ => admin::retention(st, req.method(), &query).await,
         };
     }
-    let endpoint = match route::parse(req.uri().path()) {
-        Ok(e) => e,
-        Err(RouteError::NotFound) => return Err(not_found(req.uri().path())),
-        // A reference that is neither a tag nor a digest names nothing that
-        // can exist: reading or deleting it is "unknown"; storing under it
-        // stays invalid.
-        Err(RouteError::BadReference(e)) if req.method() == Method::PUT => return Err(e.into()),
-        Err(RouteError::BadReference(_)) => return Err(ApiError::ManifestUnknown),
-        Err(RouteError::Invalid(e)) => return Err(e.into()),
-    };
-    facts.route = endpoint.label();
     if st.config.log.access {
         facts.repo = endpoint.repo().map(|n| n.to_string());
     }

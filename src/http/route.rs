@@ -9,6 +9,16 @@ use crate::oci::{Digest, ParseError, Reference, RepoName};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
+    /// `/healthz`: the process answers.
+    Health,
+    /// `/readyz`: ready to serve (metadata readable, not draining).
+    Ready,
+    /// `/ui` and below: the web UI (when enabled).
+    Ui,
+    /// `/_wharf/gc`: run garbage collection (admins).
+    AdminGc,
+    /// `/_wharf/retention`: run the retention policies (admins).
+    AdminRetention,
     Base,
     Catalog,
     Tags {
@@ -39,7 +49,13 @@ impl Endpoint {
     /// The repository the endpoint names (none for `/v2/` and the catalog).
     pub fn repo(&self) -> Option<&RepoName> {
         match self {
-            Endpoint::Base | Endpoint::Catalog => None,
+            Endpoint::Health
+            | Endpoint::Ready
+            | Endpoint::Ui
+            | Endpoint::AdminGc
+            | Endpoint::AdminRetention
+            | Endpoint::Base
+            | Endpoint::Catalog => None,
             Endpoint::Tags { name }
             | Endpoint::Manifest { name, .. }
             | Endpoint::Blob { name, .. }
@@ -52,6 +68,11 @@ impl Endpoint {
     /// A short fixed name for logs and metric labels.
     pub fn label(&self) -> &'static str {
         match self {
+            Endpoint::Health => "healthz",
+            Endpoint::Ready => "readyz",
+            Endpoint::Ui => "ui",
+            Endpoint::AdminGc => "admin_gc",
+            Endpoint::AdminRetention => "admin_retention",
             Endpoint::Base => "base",
             Endpoint::Catalog => "catalog",
             Endpoint::Tags { .. } => "tags",
@@ -82,6 +103,14 @@ impl From<ParseError> for RouteError {
 }
 
 pub fn parse(path: &str) -> Result<Endpoint, RouteError> {
+    match path {
+        "/healthz" => return Ok(Endpoint::Health),
+        "/readyz" => return Ok(Endpoint::Ready),
+        "/_wharf/gc" => return Ok(Endpoint::AdminGc),
+        "/_wharf/retention" => return Ok(Endpoint::AdminRetention),
+        p if p == "/ui" || p.starts_with("/ui/") => return Ok(Endpoint::Ui),
+        _ => {}
+    }
     let rest = match path.strip_prefix("/v2") {
         Some("") | Some("/") => return Ok(Endpoint::Base),
         Some(r) => r.strip_prefix('/').ok_or(RouteError::NotFound)?,
