@@ -363,6 +363,36 @@ impl S3Client {
         Ok(Some(hasher.finish()))
     }
 
+    /// Every object under `prefix` as (key, size), in key order, a page
+    /// of up to 1,000 at a time. For checks and tests: nothing Wharf serves
+    /// is found by listing (PostgreSQL is the index).
+    pub async fn list_objects(&self, prefix: &str) -> Result<Vec<(String, u64)>, S3Error> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut action = self.bucket.list_objects_v2(Some(&self.credentials));
+            action.with_prefix(prefix);
+            if let Some(t) = &token {
+                action.with_continuation_token(t.as_str());
+            }
+            let url = action.sign(SIGNATURE_TTL);
+            let resp = self.send(Method::GET, url, PartBody::new([]), &[]).await?;
+            let body = self.expect_ok(resp).await?;
+            let page =
+                rusty_s3::actions::ListObjectsV2::parse_response(&String::from_utf8_lossy(&body))
+                    .map_err(|e| S3Error::Protocol(format!("ListObjectsV2: {e}")))?;
+            out.extend(
+                page.contents
+                    .into_iter()
+                    .map(|c| (c.key, c.size.unwrap_or(0))),
+            );
+            match page.next_continuation_token {
+                Some(t) => token = Some(t),
+                None => return Ok(out),
+            }
+        }
+    }
+
     /// A URL anyone can GET the object with for `ttl` (redirected reads).
     pub fn presign_get(&self, key: &str, ttl: Duration) -> String {
         self.bucket

@@ -15,6 +15,8 @@ pub struct Cluster {
     pub bucket: String,
     /// The nodes' configuration, for starting more as `wharf` processes.
     pub toml: String,
+    /// The bucket's client settings, for looking at it from outside.
+    pub s3: wharf::s3::S3Settings,
 }
 
 impl Cluster {
@@ -62,6 +64,7 @@ impl Cluster {
         Some(Cluster {
             nodes,
             db,
+            s3: weed.settings(&bucket),
             bucket,
             toml,
         })
@@ -85,6 +88,12 @@ impl Cluster {
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
         (out.status.code(), text)
+    }
+
+    /// Every object in the bucket: (key, size).
+    pub async fn objects(&self) -> Vec<(String, u64)> {
+        let client = wharf::s3::S3Client::new(&self.s3).unwrap();
+        client.list_objects("").await.unwrap()
     }
 
     pub fn sql(&self, q: &str) -> String {
@@ -433,7 +442,8 @@ async fn racing_patches_on_two_nodes_never_both_win() {
 
 /// Three nodes completing uploads of one digest at the same moment: all
 /// answer 201, one row and one object are kept, the others are queued for
-/// deletion and purged.
+/// deletion and purged: the bucket ends with exactly one object of the
+/// blob's size, the one its row names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_digest_committed_on_three_nodes_at_once_is_kept_once() {
     let Some(c) = Cluster::start(3, |c| c.upload_purge_interval_secs = 1).await else {
@@ -465,12 +475,29 @@ async fn one_digest_committed_on_three_nodes_at_once_is_kept_once() {
         let r = c.node(i).get_blob(&format!("dedup{i}"), &d).await;
         assert_eq!(r.bytes().await.unwrap(), data);
     }
-    // Every duplicate object is deleted by the purge.
+    // Every duplicate object is deleted by the purge: the bucket is
+    // listed, so an object nothing queued (a leak) would show.
+    let kept = c.sql(&format!(
+        "SELECT object_key FROM blobs WHERE digest = '{d}'"
+    ));
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while c.sql("SELECT count(*) FROM object_deletions") != "0" {
-        assert!(std::time::Instant::now() < deadline, "duplicates purged");
+    loop {
+        let objects = c.objects().await;
+        let blob_sized: Vec<&String> = objects
+            .iter()
+            .filter(|(_, size)| *size == data.len() as u64)
+            .map(|(k, _)| k)
+            .collect();
+        if blob_sized == [&kept] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "objects of the blob's size: {blob_sized:?}, kept {kept}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    assert_eq!(c.sql("SELECT count(*) FROM object_deletions"), "0");
 }
 
 /// Garbage collection through one node frees what another pushed, and

@@ -179,10 +179,17 @@ pub async fn pushes_racing_gc(collector: Arc<TestRegistry>, pushers: Vec<Arc<Tes
             for i in 0..4u64 {
                 let repo = format!("race/w{w}");
                 // Upload early in a second S, PUT around S+2: the workers
-                // spread from 20 ms before to 20 ms after it.
+                // spread from 20 ms before to 20 ms after it. The first
+                // worker's last PUT comes at S+3.5, when GC (looping) has
+                // surely unlinked its layers: the refusal path is taken in
+                // every run, not only when the timing happens to hit it.
                 sleep_until_second(0.05).await;
                 let m = reg.image_manifest(&repo, w * 100 + i, 2).await;
                 sleep_until_second(0.98 + w as f64 * 0.0025).await;
+                if w == 0 && i == 3 {
+                    sleep_until_second(0.5).await;
+                    sleep_until_second(0.5).await;
+                }
                 let body = serde_json::to_vec(&m).unwrap();
                 let r = next
                     .put_manifest(&repo, &format!("t{i}"), OCI_MANIFEST, &body)
@@ -214,6 +221,13 @@ pub async fn pushes_racing_gc(collector: Arc<TestRegistry>, pushers: Vec<Arc<Tes
     eprintln!(
         "manifest PUTs racing GC: {} won, {lost} lost cleanly",
         won.len()
+    );
+    // Both sides of the race were taken: PUTs that beat GC's unlink and
+    // kept their layers, and PUTs that GC beat, refused cleanly.
+    assert!(!won.is_empty(), "no manifest PUT won against GC");
+    assert!(
+        lost > 0,
+        "no manifest PUT lost to GC: the race was not exercised"
     );
     // Every image that was acknowledged pulls whole.
     for (repo, i) in &won {
