@@ -26,6 +26,17 @@ pub enum FsckError {
          (without --repair, fsck checks blob contents read-only beside it)"
     )]
     RepairWhileLive,
+    #[error("--repair works on a data folder only (the bucket's check is read-only)")]
+    RepairNeedsFolder,
+    /// The object store or its index could not be checked.
+    #[error("{0}")]
+    Storage(String),
+}
+
+impl From<crate::blocking::TaskFailed> for FsckError {
+    fn from(e: crate::blocking::TaskFailed) -> Self {
+        FsckError::Storage(e.to_string())
+    }
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> FsckError + '_ {

@@ -4,7 +4,8 @@ use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use wharf::config::{MetadataBackend, StorageBackend};
+use wharf::config::MetadataBackend;
+use wharf::storage::check::CheckOptions;
 use wharf::{Config, Server};
 
 #[global_allocator]
@@ -245,21 +246,18 @@ fn main() -> ExitCode {
                 },
                 None => None,
             };
-            match (cfg, root) {
-                (Some(cfg), _) if cfg.storage.backend == StorageBackend::S3 => {
-                    if repair {
-                        eprintln!("wharf fsck: --repair works on a data folder only");
-                        return ExitCode::from(2);
-                    }
-                    fsck_bucket(&cfg, deep, json)
-                }
-                (Some(cfg), None) => fsck(&cfg.root, repair, json),
-                (_, Some(root)) => fsck(&root, repair, json),
+            let cfg = match (cfg, root) {
+                (Some(cfg), None) => cfg,
+                (cfg, Some(root)) => Config {
+                    root,
+                    ..cfg.unwrap_or_default()
+                },
                 (None, None) => {
                     eprintln!("wharf fsck: give --root DIR or --config FILE");
-                    ExitCode::from(2)
+                    return ExitCode::from(2);
                 }
-            }
+            };
+            fsck(&cfg, CheckOptions { repair, deep }, json)
         }
     }
 }
@@ -292,57 +290,18 @@ fn migrate(cfg: &Config) -> ExitCode {
     }
 }
 
-/// Object-store mode: the bucket checked against PostgreSQL, beside live
-/// nodes (read-only; `FsckReport` printed the same way).
-fn fsck_bucket(cfg: &Config, deep: bool, json: bool) -> ExitCode {
+/// `wharf fsck`: the configured storage's check, one report either way.
+fn fsck(cfg: &Config, opts: CheckOptions, json: bool) -> ExitCode {
     if let Err(e) = wharf::app::check::compile(cfg) {
         eprintln!("wharf fsck: {e}");
         return ExitCode::from(2);
     }
-    let (Some(s3), Some(url)) = (&cfg.storage.s3, cfg.metadata.url.as_deref()) else {
-        eprintln!("wharf fsck: object-store mode needs [storage.s3] and metadata.url");
-        return ExitCode::from(2);
-    };
     let Some(rt) = runtime() else {
         return ExitCode::FAILURE;
     };
-    let timeout = std::time::Duration::from_secs(cfg.metadata.timeout_secs);
-    let result = rt.block_on(async {
-        let settings = wharf::s3::S3Settings::from_config(s3).map_err(|e| e.to_string())?;
-        let client = wharf::s3::S3Client::new(&settings).map_err(|e| e.to_string())?;
-        let pool = tokio::task::spawn_blocking({
-            let url = url.to_owned();
-            move || wharf::meta::PostgresBackend::connect(&url, 2, timeout).map(|b| b.pool())
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-        let blobs = wharf::s3::objects::ObjectBlobs::new(client, pool, 0, false);
-        let bar = wharf::terminal::Bar::new("blobs");
-        blobs.check(deep, &bar).await.map_err(|e| e.to_string())
-    });
-    match result {
-        Ok((checked, bytes, problems)) => report_fsck(
-            &wharf::fsck::FsckReport {
-                blobs_checked: checked,
-                bytes_checked: bytes,
-                metadata_checked: true,
-                problems,
-                ..Default::default()
-            },
-            false,
-            json,
-        ),
-        Err(e) => {
-            eprintln!("wharf fsck: {e}");
-            ExitCode::from(2)
-        }
-    }
-}
-
-fn fsck(root: &std::path::Path, repair: bool, json: bool) -> ExitCode {
-    match wharf::fsck::run(root, repair, &wharf::terminal::Bar::new("blobs")) {
-        Ok(r) => report_fsck(&r, repair, json),
+    let bar = wharf::terminal::Bar::new("blobs");
+    match rt.block_on(wharf::storage::check::check(cfg, opts, &bar)) {
+        Ok(r) => report_fsck(&r, opts.repair, json),
         Err(e) => {
             eprintln!("wharf fsck: {e}");
             ExitCode::from(2)

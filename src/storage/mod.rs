@@ -10,6 +10,7 @@
 //! layer's), or decide policy (size limits, session limits, the memory
 //! budget): handlers do, then call in here.
 
+pub mod check;
 mod error;
 pub mod local;
 pub mod object;
