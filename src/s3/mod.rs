@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod objects;
+mod session_writer;
 mod sql;
 pub mod uploads;
 

@@ -43,8 +43,10 @@ pub async fn check(
             })
             .await?;
             let blobs = crate::s3::objects::ObjectBlobs::new(client, pool, 0, false);
-            let (checked, bytes, problems) =
-                blobs.check(opts.deep, progress).await.map_err(|e| failed(&e))?;
+            let (checked, bytes, problems) = blobs
+                .check(opts.deep, progress)
+                .await
+                .map_err(|e| failed(&e))?;
             Ok(FsckReport {
                 blobs_checked: checked,
                 bytes_checked: bytes,

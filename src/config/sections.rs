@@ -1,0 +1,374 @@
+//! The configuration's sections: one plain struct per `[section]` (or
+//! `[[array]]`) of the file, with its defaults. Data only: each module that
+//! a section configures checks and compiles it.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationConfig {
+    pub url: String,
+    /// Which of push, pull, delete.
+    #[serde(default = "default_notification_events")]
+    pub events: Vec<String>,
+    /// Repository patterns, as in auth rules; empty: every repository.
+    #[serde(default)]
+    pub repositories: Vec<String>,
+    /// Sent with every request (an `Authorization` the receiver expects).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Deadline for the endpoint's answer.
+    #[serde(default = "default_notification_timeout_secs")]
+    pub timeout_secs: u64,
+    /// Events kept queued for the endpoint at most; later ones are
+    /// dropped and counted while it is down.
+    #[serde(default = "default_notification_max_pending")]
+    pub max_pending: u64,
+}
+
+fn default_notification_events() -> Vec<String> {
+    vec!["push".into(), "delete".into()]
+}
+
+fn default_notification_timeout_secs() -> u64 {
+    5
+}
+
+fn default_notification_max_pending() -> u64 {
+    10_000
+}
+
+/// One `[[proxy]]`: a pull-through cache of an upstream registry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Repositories under `<prefix>/` are served from the upstream.
+    pub prefix: String,
+    /// The upstream registry's base URL (`https://registry-1.docker.io`).
+    pub upstream: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// The password read from a file (a mounted secret).
+    pub password_file: Option<PathBuf>,
+    /// A tag's answer is trusted this long, then re-checked with a HEAD.
+    #[serde(default = "default_tag_ttl_secs")]
+    pub tag_ttl_secs: u64,
+    /// Extra roots for an https upstream.
+    pub ca_file: Option<PathBuf>,
+    /// Cached tags not pulled for this many days are retired (then GC
+    /// frees their content); unset: kept until deleted.
+    pub max_age_days: Option<u64>,
+    /// Deadline for an upstream answer's head, and for each pause in a
+    /// body.
+    #[serde(default = "default_upstream_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+fn default_tag_ttl_secs() -> u64 {
+    300
+}
+
+fn default_upstream_timeout_secs() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UiConfig {
+    pub enabled: bool,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        UiConfig { enabled: true }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Repository pattern, as in auth rules (`ci/**`).
+    pub repositories: String,
+    /// Keep the newest N tags by push time.
+    pub keep_last: Option<usize>,
+    /// Keep tags whose manifest was pulled within this many days.
+    pub keep_pulled_within_days: Option<u64>,
+    /// Keep tags matching any of these regular expressions.
+    #[serde(default)]
+    pub keep_tags: Vec<String>,
+    /// Delete manifests no tag or index reaches once this old.
+    pub delete_untagged_after_hours: Option<u64>,
+    /// Only report what would be deleted.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImmutableConfig {
+    /// Repository pattern (`release/**`).
+    pub repositories: String,
+    /// Regular expressions; a matching tag can be neither moved nor deleted.
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub backend: StorageBackend,
+    pub s3: Option<S3Config>,
+}
+
+/// Where blob bytes live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// `<root>/blobs`, one node.
+    #[default]
+    Filesystem,
+    /// A bucket; needs metadata.backend = "postgres" (upload sessions and
+    /// the digest index live there).
+    S3,
+}
+
+/// Where the metadata lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetadataBackend {
+    /// `<root>/meta.redb`, one node.
+    #[default]
+    Redb,
+    /// Any number of nodes sharing one database.
+    Postgres,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            backend: StorageBackend::Filesystem,
+            s3: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub endpoint: String,
+    pub bucket: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Falls back to AWS_ACCESS_KEY_ID.
+    pub access_key_id: Option<String>,
+    /// Falls back to AWS_SECRET_ACCESS_KEY.
+    pub secret_access_key: Option<String>,
+    /// Files holding the two keys instead (mounted secrets).
+    pub access_key_id_file: Option<PathBuf>,
+    pub secret_access_key_file: Option<PathBuf>,
+    #[serde(default = "default_true")]
+    pub path_style: bool,
+    /// Answer blob GETs with a 307 to a presigned URL instead of streaming
+    /// the bytes through the registry.
+    #[serde(default)]
+    pub redirect_reads: bool,
+    /// Bound on one S3 request's answer (plus 1 s per MiB it carries).
+    #[serde(default = "default_s3_timeout")]
+    pub timeout_secs: u64,
+    /// Objects garbage collection frees are deleted this much later, so
+    /// reads that found them just before still finish.
+    #[serde(default = "default_delete_delay")]
+    pub delete_delay_secs: u64,
+    /// This node's copies of blobs it served, in `root/cache`, so repeated
+    /// pulls do not cross to the object store again; 0 turns it off.
+    #[serde(default = "default_read_cache")]
+    pub read_cache_mib: u64,
+    /// PEM certificates to trust for an https endpoint, besides the
+    /// system's (a private CA in front of MinIO or SeaweedFS). Unset,
+    /// AWS_CA_BUNDLE is used as the AWS tools do, for https only.
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_read_cache() -> u64 {
+    4096
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_s3_timeout() -> u64 {
+    30
+}
+
+fn default_delete_delay() -> u64 {
+    600
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetadataConfig {
+    pub backend: MetadataBackend,
+    /// libpq-style URL or key=value string, for "postgres"
+    /// (`postgres://user:pass@host:5432/db`).
+    pub url: Option<String>,
+    /// A file holding the URL instead (it carries the password).
+    pub url_file: Option<PathBuf>,
+    /// Connections each node keeps to PostgreSQL.
+    pub pool_size: u32,
+    /// Bound on connecting, waiting for a pooled connection, and on any one
+    /// statement: an unreachable database answers 503, never a hang.
+    pub timeout_secs: u64,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        MetadataConfig {
+            backend: MetadataBackend::Redb,
+            url: None,
+            url_file: None,
+            pool_size: 16,
+            timeout_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Apache htpasswd file with bcrypt entries (`htpasswd -B`): HTTP Basic.
+    pub htpasswd: Option<PathBuf>,
+    /// Docker token protocol: JWT bearer tokens from an external issuer.
+    pub token: Option<TokenConfig>,
+    /// Per-repository grants. With none, every authenticated user may do
+    /// everything (as in distribution); with any, only what they grant.
+    pub rules: Vec<RuleConfig>,
+    /// Basic-auth users allowed to run garbage collection over HTTP.
+    pub admins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Where clients fetch tokens (the challenge's realm).
+    pub realm: String,
+    /// Name of this registry at the issuer: the challenge's service and
+    /// the token's required audience.
+    pub service: String,
+    /// Required `iss` claim.
+    pub issuer: String,
+    /// PEM public key ("BEGIN PUBLIC KEY", RSA or EC P-256) that signs
+    /// tokens, or the issuer's certificate.
+    pub public_key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Repository pattern: `*` matches within one path component, `**`
+    /// across components (`team/**`, `*/base`, `**`).
+    pub repository: String,
+    /// User names; `"*"` is any authenticated user, `"anonymous"` is a
+    /// request without credentials.
+    pub users: Vec<String>,
+    /// Any of "pull", "push", "delete".
+    pub actions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// How often the files are checked for changes (SIGHUP reloads at once).
+    #[serde(default = "default_reload_secs")]
+    pub reload_check_secs: u64,
+}
+
+fn default_reload_secs() -> u64 {
+    10
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `/metrics`, `/healthz` and `/readyz` are served here, never on the
+    /// registry address. Absent: no metrics listener.
+    pub addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// "text" or "json".
+    pub format: String,
+    /// Filter in tracing's syntax ("info", "wharf=debug"); WHARF_LOG wins.
+    pub level: String,
+    /// One line per request (target `wharf::access`).
+    pub access: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "text".into(),
+            level: "info".into(),
+            access: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Request line plus headers, per request (431 beyond it).
+    pub max_header_bytes: usize,
+    /// A client must finish sending a request's headers within this.
+    pub header_timeout_secs: u64,
+    /// A request body that sends nothing for this long is cut off.
+    pub body_idle_timeout_secs: u64,
+    /// A connection with no request in flight is closed after this.
+    pub idle_connection_secs: u64,
+    /// Upload sessions open at once, across all clients (429 beyond it).
+    pub max_upload_sessions: usize,
+    /// Largest blob accepted (0: no limit).
+    pub max_blob_bytes: u64,
+    /// Requests per second each client address may make, sustained
+    /// (0: no rate limit). Build farms behind one NAT share one address.
+    pub rate_limit_per_sec: u32,
+    /// Requests a client may make in a burst above the sustained rate.
+    pub rate_limit_burst: u32,
+    /// Concurrent connections per client address (0: no limit).
+    pub max_connections_per_client: usize,
+}
+
+impl LimitsConfig {
+    /// The most an HTTP/1 connection reads from its socket at once: a body
+    /// frame is never larger than this.
+    pub fn read_buffer_bytes(&self) -> usize {
+        (256 * 1024).max(self.max_header_bytes)
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_header_bytes: 64 * 1024,
+            header_timeout_secs: 30,
+            body_idle_timeout_secs: 60,
+            idle_connection_secs: 300,
+            max_upload_sessions: 10_000,
+            max_blob_bytes: 0,
+            rate_limit_per_sec: 0,
+            rate_limit_burst: 200,
+            max_connections_per_client: 0,
+        }
+    }
+}

@@ -1,0 +1,483 @@
+//! One request's hold on an object-store upload session
+//! (`SessionWriter`): the row it loaded, the bytes it holds below a part,
+//! the part in flight, and the commit (see `uploads` for the protocol).
+//!
+//! Owns: cutting parts from what a request feeds, saving the row with its
+//! version check, completing the multipart upload and the commit
+//! transaction.
+//! Must not: hold a database transaction across an S3 call.
+
+use super::client::PartBody;
+use super::sql::{db, now};
+use super::uploads::{
+    part_size, queue_deletion, Committed, RemoteUploadError, RemoteUploads, MAX_PARTS,
+};
+use crate::meta::{MetaError, MetaWrite};
+use crate::oci::{Algorithm, Digest, RepoName};
+use crate::upload::midstate::Sha256Midstate;
+use bytes::Bytes;
+
+/// A session's row as one request found it.
+#[derive(Clone, Debug)]
+pub(super) struct Row {
+    pub(super) id: String,
+    pub(super) object_key: String,
+    pub(super) multipart_id: Option<String>,
+    pub(super) size: u64,
+    pub(super) midstate: Vec<u8>,
+    pub(super) part_numbers: Vec<i32>,
+    pub(super) part_etags: Vec<String>,
+    pub(super) part_bytes: u64,
+    pub(super) version: i64,
+}
+
+/// One request's hold on a session: what it loaded, plus what it fed.
+pub struct SessionWriter {
+    pub(super) uploads: RemoteUploads,
+    pub repo: RepoName,
+    pub(super) row: Row,
+    pub(super) hasher: Sha256Midstate,
+    /// Bytes after the last part, in order: the stored tail (once loaded)
+    /// then what this request fed.
+    pub(super) held: Vec<Bytes>,
+    pub(super) held_len: u64,
+    /// Whether `held` starts with the stored tail (loaded to cut a part),
+    /// in which case saving rewrites the tail instead of appending to it.
+    pub(super) tail_loaded: bool,
+    /// The part being uploaded while the body is read on: (number, ETag).
+    pub(super) inflight: Option<tokio::task::JoinHandle<Result<(i32, String), RemoteUploadError>>>,
+    /// Length of the stored tail (`size - part_bytes` when loaded).
+    pub(super) stored_tail: u64,
+    pub(super) size: u64,
+}
+
+impl SessionWriter {
+    pub fn id(&self) -> &str {
+        &self.row.id
+    }
+
+    pub fn uploads(&self) -> &RemoteUploads {
+        &self.uploads
+    }
+
+    /// Bytes the session holds, including what this request fed.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Adds body bytes: hashes them and uploads every part that fills.
+    pub async fn feed(&mut self, chunks: Vec<Bytes>) -> Result<(), RemoteUploadError> {
+        let n: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        if n == 0 {
+            return Ok(());
+        }
+        let mut hasher = std::mem::take(&mut self.hasher);
+        let hashed = chunks.clone();
+        self.hasher = tokio::task::spawn_blocking(move || {
+            for c in &hashed {
+                hasher.update(c);
+            }
+            hasher
+        })
+        .await
+        .map_err(|e| RemoteUploadError::Unavailable(format!("hash task: {e}")))?;
+        self.size += n;
+        self.held_len += n;
+        self.held.extend(chunks);
+        while self.stored_tail + self.held_len >= part_size(self.row.part_bytes) {
+            self.cut_part(false).await?;
+        }
+        Ok(())
+    }
+
+    async fn load_tail(&mut self) -> Result<(), RemoteUploadError> {
+        if self.tail_loaded {
+            return Ok(());
+        }
+        let id = self.row.id.clone();
+        let tail: Vec<Bytes> = if self.stored_tail == 0 {
+            Vec::new()
+        } else {
+            self.uploads
+                .sql(move |c| {
+                    let rows = c
+                        .query(
+                            "SELECT data FROM upload_tail WHERE id = $1 ORDER BY at",
+                            &[&id],
+                        )
+                        .map_err(db)?;
+                    Ok(rows
+                        .iter()
+                        .map(|r| Bytes::from(r.get::<_, Vec<u8>>(0)))
+                        .collect())
+                })
+                .await?
+        };
+        let len: u64 = tail.iter().map(|b| b.len() as u64).sum();
+        if len != self.stored_tail {
+            return Err(RemoteUploadError::Db(format!(
+                "stored tail holds {len} bytes, expected {}",
+                self.stored_tail
+            )));
+        }
+        let mine = std::mem::take(&mut self.held);
+        self.held = tail;
+        self.held.extend(mine);
+        self.held_len += self.stored_tail;
+        self.stored_tail = 0;
+        self.tail_loaded = true;
+        Ok(())
+    }
+
+    /// Takes the first `n` held bytes, splitting a `Bytes` without copying.
+    fn take_held(&mut self, n: u64) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        let mut left = n as usize;
+        while left > 0 && !self.held.is_empty() {
+            let first = &mut self.held[0];
+            if first.len() <= left {
+                left -= first.len();
+                out.push(self.held.remove(0));
+            } else {
+                out.push(first.split_to(left));
+                left = 0;
+            }
+        }
+        self.held_len -= n - left as u64;
+        out
+    }
+
+    async fn multipart_id(&mut self) -> Result<String, RemoteUploadError> {
+        if let Some(m) = &self.row.multipart_id {
+            return Ok(m.clone());
+        }
+        let created = self
+            .uploads
+            .s3
+            .create_multipart(&self.row.object_key)
+            .await?;
+        let (id, mine) = (self.row.id.clone(), created.clone());
+        // Recorded at once (not at save): a racing request on this session
+        // must reuse it, or its parts would land in an upload nobody lists.
+        let winner: Option<String> = self
+            .uploads
+            .sql(move |c| {
+                c.execute(
+                    "UPDATE uploads SET multipart_id = $2 WHERE id = $1 AND multipart_id IS NULL",
+                    &[&id, &mine],
+                )
+                .map_err(db)?;
+                let row = c
+                    .query_opt("SELECT multipart_id FROM uploads WHERE id = $1", &[&id])
+                    .map_err(db)?;
+                Ok(row.and_then(|r| r.get(0)))
+            })
+            .await?;
+        let winner = winner.ok_or(RemoteUploadError::Unknown)?;
+        if winner != created {
+            let _ = self
+                .uploads
+                .s3
+                .abort_multipart(&self.row.object_key, &created)
+                .await;
+        }
+        self.row.multipart_id = Some(winner.clone());
+        Ok(winner)
+    }
+
+    /// Uploads the next part from the held bytes (the last part, of any
+    /// size, when `last`).
+    async fn cut_part(&mut self, last: bool) -> Result<(), RemoteUploadError> {
+        self.load_tail().await?;
+        let want = if last {
+            self.held_len
+        } else {
+            part_size(self.row.part_bytes)
+        };
+        let upload_id = self.multipart_id().await?;
+        let id = self.row.id.clone();
+        let number: i32 = self
+            .uploads
+            .sql(move |c| {
+                let r = c
+                    .query_opt(
+                        "UPDATE uploads SET next_part = next_part + 1 WHERE id = $1 RETURNING next_part",
+                        &[&id],
+                    )
+                    .map_err(db)?
+                    .ok_or(RemoteUploadError::Unknown)?;
+                Ok(r.get(0))
+            })
+            .await?;
+        if number > MAX_PARTS {
+            return Err(RemoteUploadError::TooManyParts);
+        }
+        let body = PartBody::new(self.take_held(want));
+        // One part in flight while the body goes on being read: wait for
+        // the previous one first, so memory stays at two parts a session.
+        self.settle().await?;
+        let (s3, key) = (self.uploads.s3.clone(), self.row.object_key.clone());
+        self.inflight = Some(tokio::spawn(async move {
+            let etag = s3
+                .upload_part(&key, &upload_id, number as u16, body)
+                .await?;
+            Ok((number, etag))
+        }));
+        self.row.part_bytes += want;
+        Ok(())
+    }
+
+    /// Waits for the part in flight, if any, and records it.
+    async fn settle(&mut self) -> Result<(), RemoteUploadError> {
+        if let Some(part) = self.inflight.take() {
+            let (number, etag) = part
+                .await
+                .map_err(|e| RemoteUploadError::Unavailable(format!("part upload task: {e}")))??;
+            self.row.part_numbers.push(number);
+            self.row.part_etags.push(etag);
+        }
+        Ok(())
+    }
+
+    /// Saves the session at the end of a request; returns its size. Fails
+    /// with `OutOfOrder` if another request changed the session first.
+    /// Afterwards this writer stands where a fresh `open` would.
+    pub async fn save(&mut self) -> Result<u64, RemoteUploadError> {
+        self.settle().await?;
+        let size = self.size;
+        let row = self.row.clone();
+        let mid = self.hasher.to_bytes();
+        let (held, tail_loaded, start) = (
+            concat(&self.held),
+            self.tail_loaded,
+            self.size - self.held_len,
+        );
+        self.uploads
+            .sql(move |c| {
+                let mut t = c.transaction().map_err(db)?;
+                let updated = t
+                    .execute(
+                        "UPDATE uploads SET size = $3, midstate = $4, part_numbers = $5, part_etags = $6, \
+                         part_bytes = $7, version = version + 1, updated_at = $8 \
+                         WHERE id = $1 AND version = $2",
+                        &[
+                            &row.id,
+                            &row.version,
+                            &(size as i64),
+                            &mid,
+                            &row.part_numbers,
+                            &row.part_etags,
+                            &(row.part_bytes as i64),
+                            &now(),
+                        ],
+                    )
+                    .map_err(db)?;
+                if updated == 0 {
+                    drop(t);
+                    let current = c
+                        .query_opt("SELECT size FROM uploads WHERE id = $1", &[&row.id])
+                        .map_err(db)?
+                        .ok_or(RemoteUploadError::Unknown)?;
+                    return Err(RemoteUploadError::OutOfOrder {
+                        offset: current.get::<_, i64>(0) as u64,
+                    });
+                }
+                if tail_loaded {
+                    t.execute("DELETE FROM upload_tail WHERE id = $1", &[&row.id])
+                        .map_err(db)?;
+                }
+                if !held.is_empty() {
+                    t.execute(
+                        "INSERT INTO upload_tail (id, at, data) VALUES ($1, $2, $3)",
+                        &[&row.id, &(start as i64), &held],
+                    )
+                    .map_err(db)?;
+                }
+                t.commit().map_err(db)?;
+                Ok(size)
+            })
+            .await?;
+        self.row.version += 1;
+        self.row.size = size;
+        self.held.clear();
+        self.held_len = 0;
+        self.tail_loaded = false;
+        self.stored_tail = size - self.row.part_bytes;
+        Ok(size)
+    }
+
+    /// Completes the upload as `digest`: verifies the hash, writes the
+    /// last part (or the whole blob as one PutObject when it never filled a
+    /// part), completes the multipart upload, then in one transaction
+    /// records the blob under its digest, links it to the repository and
+    /// ends the session. The session is claimed (version bump) before any
+    /// S3 call, so a racing request cannot complete it twice.
+    ///
+    /// The running hash is SHA-256 (the algorithm nearly every push uses).
+    /// A digest in another algorithm is checked by streaming the completed
+    /// object back; on a mismatch that object is queued for deletion and
+    /// the session ends (its parts are spent).
+    pub async fn commit(mut self, digest: &Digest) -> Result<Committed, RemoteUploadError> {
+        let actual = Digest::sha256_from_bytes(&self.hasher.clone().finalize());
+        if digest.algorithm() == Algorithm::Sha256 && &actual != digest {
+            // What this request sent stays in the session.
+            let _ = self.save().await;
+            return Err(RemoteUploadError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        let (id, version) = (self.row.id.clone(), self.row.version);
+        let claimed = self
+            .uploads
+            .sql(move |c| {
+                Ok(c.execute(
+                    "UPDATE uploads SET version = version + 1, updated_at = $3 \
+                     WHERE id = $1 AND version = $2",
+                    &[&id, &version, &now()],
+                )
+                .map_err(db)?
+                    == 1)
+            })
+            .await?;
+        if !claimed {
+            return Err(RemoteUploadError::OutOfOrder {
+                offset: self.row.size,
+            });
+        }
+        // A part still in flight must be recorded before deciding between
+        // one PutObject and completing the multipart upload.
+        self.settle().await?;
+        let key = self.row.object_key.clone();
+        if self.row.part_numbers.is_empty() {
+            self.load_tail().await?;
+            let body = PartBody::new(std::mem::take(&mut self.held));
+            self.uploads.s3.put_object(&key, body).await?;
+        } else {
+            if self.stored_tail + self.held_len > 0 {
+                self.cut_part(true).await?;
+            }
+            self.settle().await?;
+            let upload_id = self.multipart_id().await?;
+            let mut parts: Vec<(i32, String)> = self
+                .row
+                .part_numbers
+                .iter()
+                .copied()
+                .zip(self.row.part_etags.iter().cloned())
+                .collect();
+            parts.sort_by_key(|p| p.0);
+            let numbered: Vec<(u16, String)> =
+                parts.into_iter().map(|(n, e)| (n as u16, e)).collect();
+            self.uploads
+                .s3
+                .complete_multipart(&key, &upload_id, &numbered)
+                .await?;
+        }
+        if digest.algorithm() != Algorithm::Sha256 {
+            let hashed = self
+                .uploads
+                .s3
+                .hash_object(&key, digest.algorithm())
+                .await?;
+            if hashed.as_ref() != Some(digest) {
+                let repo = self.repo.clone();
+                self.uploads.discard(&repo, &self.row.id).await?;
+                return Err(RemoteUploadError::DigestMismatch {
+                    expected: digest.clone(),
+                    actual: hashed.unwrap_or(actual),
+                });
+            }
+        }
+        let (id, repo, d, size) = (
+            self.row.id.clone(),
+            self.repo.clone(),
+            digest.clone(),
+            self.size,
+        );
+        let duplicate = self
+            .uploads
+            .sql(move |c| {
+                let mut t = c.transaction().map_err(db)?;
+                let (digest_text, now) = (d.to_string(), now());
+                // The upsert locks the digest's row, so GC (which locks it
+                // before deleting) and this commit are ordered.
+                let kept: String = t
+                    .query_one(
+                        "INSERT INTO blobs (digest, size, object_key, created) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (digest) DO UPDATE SET created = greatest(blobs.created, EXCLUDED.created) \
+                         RETURNING object_key",
+                        &[&digest_text, &(size as i64), &key, &now],
+                    )
+                    .map_err(db)?
+                    .get(0);
+                let duplicate = kept != key;
+                if duplicate {
+                    queue_deletion(&mut t, &key, None, 0)?;
+                }
+                // The link is the metadata rules' to write, in this transaction.
+                let link = vec![MetaWrite::LinkBlob { repo, digest: d, size }];
+                crate::meta::apply_in_postgres(&mut t, link)
+                    .and_then(|applied| applied)
+                    .map_err(|e| match e {
+                        MetaError::Unavailable(m) => RemoteUploadError::Unavailable(m),
+                        e => RemoteUploadError::Db(e.to_string()),
+                    })?;
+                // Purged meanwhile (idle past the timeout): its object is
+                // queued for deletion, so it must not become the blob.
+                if t.execute("DELETE FROM uploads WHERE id = $1", &[&id]).map_err(db)? == 0 {
+                    return Err(RemoteUploadError::Unknown);
+                }
+                t.execute("DELETE FROM upload_tail WHERE id = $1", &[&id])
+                    .map_err(db)?;
+                t.commit().map_err(db)?;
+                Ok(duplicate)
+            })
+            .await?;
+        Ok(Committed {
+            size: self.size,
+            duplicate,
+        })
+    }
+}
+
+impl Drop for SessionWriter {
+    /// A request that ends early (client gone, error) stops its part
+    /// upload; the part was never recorded, so nothing refers to it.
+    fn drop(&mut self) {
+        if let Some(part) = self.inflight.take() {
+            part.abort();
+        }
+    }
+}
+
+fn concat(chunks: &[Bytes]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(chunks.iter().map(|c| c.len()).sum());
+    for c in chunks {
+        out.extend_from_slice(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_grow_so_a_tebibyte_fits_in_ten_thousand() {
+        let mut offset = 0u64;
+        let mut parts = 0;
+        let mut largest = 0;
+        while offset < 1 << 40 {
+            let p = part_size(offset);
+            largest = largest.max(p);
+            offset += p;
+            parts += 1;
+        }
+        assert!(parts <= MAX_PARTS, "{parts} parts for 1 TiB");
+        assert!(largest <= MAX_PART);
+        assert_eq!(part_size(0), MIN_PART);
+        assert_eq!(part_size(10 << 30), MIN_PART);
+        assert!(part_size(100 << 30) > MIN_PART);
+    }
+}
