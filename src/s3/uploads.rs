@@ -299,3 +299,26 @@ pub(crate) fn queue_deletion(
     .map_err(db)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_grow_so_a_tebibyte_fits_in_ten_thousand() {
+        let mut offset = 0u64;
+        let mut parts = 0;
+        let mut largest = 0;
+        while offset < 1 << 40 {
+            let p = part_size(offset);
+            largest = largest.max(p);
+            offset += p;
+            parts += 1;
+        }
+        assert!(parts <= MAX_PARTS, "{parts} parts for 1 TiB");
+        assert!(largest <= MAX_PART);
+        assert_eq!(part_size(0), MIN_PART);
+        assert_eq!(part_size(10 << 30), MIN_PART);
+        assert!(part_size(100 << 30) > MIN_PART);
+    }
+}
