@@ -17,9 +17,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use wharf::content::{BlobBytes, ContentStore};
 use wharf::oci::{Algorithm, Digest, RepoName};
 use wharf::space::DiskSpace;
-use wharf::store::{BlobBytes, ContentStore};
 use wharf::upload::UploadRegistry;
 
 fn rt() -> tokio::runtime::Runtime {
@@ -91,7 +91,7 @@ fn commit(c: &mut Criterion) {
                 let p = staging.join(n.to_string());
                 std::fs::write(&p, &data).unwrap();
                 let t = Instant::now();
-                rt.block_on(store.commit(&d, p)).unwrap();
+                rt.block_on(store.place(&d, p)).unwrap();
                 total += t.elapsed();
             }
             total
@@ -107,7 +107,7 @@ fn commit(c: &mut Criterion) {
                 let p = staging.join(n.to_string());
                 std::fs::write(&p, &data).unwrap();
                 let t = Instant::now();
-                rt.block_on(store.commit(&d, p)).unwrap();
+                rt.block_on(store.place(&d, p)).unwrap();
                 total += t.elapsed();
             }
             total

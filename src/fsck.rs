@@ -227,7 +227,7 @@ pub fn run(
         }
         // A pull-through cache fetches what a manifest references when a
         // client asks for it: absent is normal there.
-        for b in rec.blobs.iter().filter(|_| !rec.mirrored) {
+        for b in rec.blobs.iter().filter(|_| !rec.proxied) {
             if !present.contains(b) {
                 broken = true;
                 report
@@ -235,7 +235,7 @@ pub fn run(
                     .push(format!("manifest {repo}@{d} references missing blob {b}"));
             }
         }
-        for c in rec.children.iter().filter(|_| !rec.mirrored) {
+        for c in rec.children.iter().filter(|_| !rec.proxied) {
             if !rows.contains(&(repo.clone(), c.clone())) {
                 broken = true;
                 report

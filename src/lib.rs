@@ -2,29 +2,41 @@
 //! Distribution Spec v1.1) built around an actor-based upload engine.
 //!
 //! # Layout
-//! - [`config`]: the one typed configuration (defaults, TOML file, flags).
-//! - [`server`]: start-up, the accept loop, graceful shutdown.
-//! - [`http`]: routing, OCI errors, and the request handlers.
-//! - [`oci`]: pure protocol grammar (names, digests, references, ranges).
-//! - [`upload`]: one ractor actor per upload session, owning its sha256
-//!   state and append-only file; the uuid -> session table; idle purge;
-//!   recovery after restart.
-//! - [`store`]: content-addressed blobs; a pool of shard actors routed by
-//!   digest commits and deduplicates; reads are mmap'd `Bytes`.
-//! - [`meta`]: the transactional metadata store (redb) with a group-commit
-//!   writer.
-//! - [`space`]: the disk reserve and the full-disk mode (507 for new data,
-//!   deletes and garbage collection still served).
-//! - [`auth`]: htpasswd Basic and Docker bearer tokens, per-repository rules.
-//! - [`limits`]: per-client request rate and connection caps.
-//! - [`tls`]: rustls certificates, reloaded on SIGHUP or file change.
-//! - [`metrics`] and [`ops`]: Prometheus metrics, `/healthz`, `/readyz` on
-//!   their own listener.
+//! Bottom to top (docs/ARCHITECTURE.md draws the layers; imports run down).
+//! - [`oci`]: pure protocol grammar (names, digests, references, ranges,
+//!   manifests).
+//! - [`config`]: the typed configuration, plain data (file, environment,
+//!   defaults).
+//! - [`calendar`], [`blocking`], [`terminal`], [`limits`], [`space`],
+//!   [`tls`]: the clock, the blocking pool, progress on a terminal, client
+//!   rate and connection caps, the disk reserve and full mode, certificates.
+//! - [`content`]: the data folder's content-addressed blobs; shard actors
+//!   place, deduplicate and pin; reads are mmap'd `Bytes`.
+//! - [`upload`]: one ractor actor per upload session (sha256 state,
+//!   append-only file), recovery after restart; the resumable hash state.
+//! - [`auth`]: htpasswd Basic and Docker bearer tokens, per-repository
+//!   rules.
+//! - [`meta`]: the metadata store: its rules written once (`meta::rules`)
+//!   over redb or PostgreSQL, and the group-commit writer.
+//! - [`metrics`]: Prometheus metric families.
+//! - [`s3`]: object-store mode's bucket client, sessions any node
+//!   continues, digest -> object index.
+//! - [`pull_log`], [`fsck`], [`retention`], [`notify`]: pull times,
+//!   offline checks, retention policies and immutable tags, webhooks.
+//! - [`storage`]: the seam over where blob bytes live (data folder or
+//!   bucket).
+//! - [`gc`], [`proxy`]: online garbage collection; pull-through caches.
+//! - [`app`]: the state every handler and background task shares; the
+//!   whole-configuration check.
+//! - [`ops`]: `/metrics`, `/healthz`, `/readyz` on their own listener.
+//! - [`http`]: routing, OCI errors, the request handlers, the web UI.
+//! - [`connection`]: one accepted socket (TLS handshake, idle cut).
+//! - [`server`]: start-up, the accept loop, background tasks, shutdown.
 //!
 //! The path of a push: `http` streams request-body frames into the session
-//! actor; on completion the session verifies and syncs its file, `store`
-//! renames it into place (or drops it as a duplicate), `meta` links the blob
-//! to the repository, and only then does the client get its 201.
+//! actor; on completion the session verifies and syncs its file, `content`
+//! renames it into place (or drops it as a duplicate), `meta` links the
+//! blob to the repository, and only then does the client get its 201.
 
 pub mod app;
 pub mod auth;
@@ -32,6 +44,7 @@ pub mod blocking;
 pub mod calendar;
 pub mod config;
 pub mod connection;
+pub mod content;
 pub mod fsck;
 pub mod gc;
 pub mod http;
@@ -48,7 +61,6 @@ pub mod s3;
 pub mod server;
 pub mod space;
 pub mod storage;
-pub mod store;
 pub mod terminal;
 pub mod tls;
 pub mod upload;

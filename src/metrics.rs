@@ -291,20 +291,20 @@ impl Metrics {
         out
     }
 
-    pub fn record_commit(
+    pub fn record_completed(
         &self,
-        commit: crate::store::Commit,
+        placement: crate::content::Placement,
         size: u64,
         took: std::time::Duration,
     ) {
         self.commit_seconds.observe(took.as_secs_f64());
-        match commit {
-            crate::store::Commit::Stored => {
+        match placement {
+            crate::content::Placement::Stored => {
                 self.blob_commits.with_label_values(&["stored"]).inc();
                 self.store_bytes.add(size as i64);
                 self.store_blobs.inc();
             }
-            crate::store::Commit::Deduplicated => {
+            crate::content::Placement::Deduplicated => {
                 self.blob_commits.with_label_values(&["deduplicated"]).inc();
             }
         }

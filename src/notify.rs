@@ -43,19 +43,20 @@ const POLL: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
+/// What an event reports (distribution's event `action`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub enum EventKind {
     Push,
     Pull,
     Delete,
 }
 
-impl Action {
+impl EventKind {
     fn name(self) -> &'static str {
         match self {
-            Action::Push => "push",
-            Action::Pull => "pull",
-            Action::Delete => "delete",
+            EventKind::Push => "push",
+            EventKind::Pull => "pull",
+            EventKind::Delete => "delete",
         }
     }
 }
@@ -79,17 +80,17 @@ pub struct Origin {
     pub actor: String,
 }
 
-struct Endpoint {
+struct Receiver {
     url: String,
-    actions: Vec<Action>,
+    actions: Vec<EventKind>,
     repositories: Vec<RepoPattern>,
     headers: HeaderMap,
     timeout: Duration,
     max_pending: u64,
 }
 
-impl Endpoint {
-    fn wants(&self, action: Action, repository: &str) -> bool {
+impl Receiver {
+    fn wants(&self, action: EventKind, repository: &str) -> bool {
         self.actions.contains(&action)
             && (self.repositories.is_empty()
                 || self.repositories.iter().any(|p| p.matches(repository)))
@@ -98,7 +99,7 @@ impl Endpoint {
 
 /// The configured endpoints, and who this node is in its events.
 pub struct Notifier {
-    endpoints: Vec<Endpoint>,
+    endpoints: Vec<Receiver>,
     /// `source.addr`: where this registry listens.
     source_addr: String,
     /// `http` or `https`, for the target's URL.
@@ -116,8 +117,8 @@ impl Notifier {
         Self::compile(cfgs).map(|_| ())
     }
 
-    fn compile(cfgs: &[NotificationConfig]) -> Result<Vec<Endpoint>, String> {
-        let mut out: Vec<Endpoint> = Vec::new();
+    fn compile(cfgs: &[NotificationConfig]) -> Result<Vec<Receiver>, String> {
+        let mut out: Vec<Receiver> = Vec::new();
         for (i, c) in cfgs.iter().enumerate() {
             let at = format!("notifications[{i}] ({})", c.url);
             let url: url::Url = c.url.parse().map_err(|e| format!("{at}: url: {e}"))?;
@@ -131,9 +132,9 @@ impl Notifier {
                 .events
                 .iter()
                 .map(|e| match e.as_str() {
-                    "push" => Ok(Action::Push),
-                    "pull" => Ok(Action::Pull),
-                    "delete" => Ok(Action::Delete),
+                    "push" => Ok(EventKind::Push),
+                    "pull" => Ok(EventKind::Pull),
+                    "delete" => Ok(EventKind::Delete),
                     other => Err(format!(
                         "{at}: unknown event {other:?} (push, pull, delete)"
                     )),
@@ -150,7 +151,7 @@ impl Notifier {
             if c.timeout_secs == 0 || c.max_pending == 0 {
                 return Err(format!("{at}: timeout_secs and max_pending must be > 0"));
             }
-            out.push(Endpoint {
+            out.push(Receiver {
                 url: c.url.clone(),
                 actions,
                 repositories: c.repositories.iter().map(|p| RepoPattern::new(p)).collect(),
@@ -182,14 +183,19 @@ impl Notifier {
 
     /// Whether any endpoint takes `action` events (pull events cost a
     /// write per pull, so they are made only when someone wants them).
-    pub fn wants(&self, action: Action) -> bool {
+    pub fn wants(&self, action: EventKind) -> bool {
         self.endpoints.iter().any(|e| e.actions.contains(&action))
     }
 
     /// The queue writes for an event, one per endpoint that wants it: to
     /// be committed with the change they describe.
-    pub fn events(&self, action: Action, target: &Target<'_>, origin: &Origin) -> Vec<MetaWrite> {
-        let wanting: Vec<&Endpoint> = self
+    pub fn events(
+        &self,
+        action: EventKind,
+        target: &Target<'_>,
+        origin: &Origin,
+    ) -> Vec<MetaWrite> {
+        let wanting: Vec<&Receiver> = self
             .endpoints
             .iter()
             .filter(|e| e.wants(action, target.repository))
@@ -220,7 +226,7 @@ impl Notifier {
         }
     }
 
-    fn event_json(&self, action: Action, t: &Target<'_>, o: &Origin) -> Vec<u8> {
+    fn event_json(&self, action: EventKind, t: &Target<'_>, o: &Origin) -> Vec<u8> {
         let mut target = serde_json::Map::new();
         let mut put = |k: &str, v: serde_json::Value| {
             target.insert(k.to_owned(), v);
@@ -396,7 +402,7 @@ fn http_client() -> Result<HttpClient, String> {
         .build(crate::tls::client_connector(tls, Duration::from_secs(10))))
 }
 
-async fn send(client: &HttpClient, endpoint: &Endpoint, body: Bytes) -> Result<(), String> {
+async fn send(client: &HttpClient, endpoint: &Receiver, body: Bytes) -> Result<(), String> {
     let mut req = Request::builder()
         .method(Method::POST)
         .uri(&endpoint.url)
@@ -467,24 +473,24 @@ mod tests {
             tag: Some("v1"),
         };
         assert_eq!(
-            n.events(Action::Push, &target("team-a/app"), &origin())
+            n.events(EventKind::Push, &target("team-a/app"), &origin())
                 .len(),
             1
         );
         assert!(n
-            .events(Action::Push, &target("team-b/app"), &origin())
+            .events(EventKind::Push, &target("team-b/app"), &origin())
             .is_empty());
         assert_eq!(
-            n.events(Action::Pull, &target("team-b/app"), &origin())
+            n.events(EventKind::Pull, &target("team-b/app"), &origin())
                 .len(),
             1
         );
-        assert!(n.wants(Action::Pull) && n.wants(Action::Delete));
+        assert!(n.wants(EventKind::Pull) && n.wants(EventKind::Delete));
         let MetaWrite::QueueEvent {
             payload,
             endpoint,
             max_pending,
-        } = &n.events(Action::Push, &target("team-a/app"), &origin())[0]
+        } = &n.events(EventKind::Push, &target("team-a/app"), &origin())[0]
         else {
             panic!("not a queue write")
         };

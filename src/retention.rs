@@ -389,7 +389,7 @@ mod tests {
             blobs: vec![],
             children: vec![],
             created,
-            mirrored: false,
+            proxied: false,
         }
     }
 

@@ -6,7 +6,7 @@
 //! Owns: the listener, the connection tasks, the idle-upload purger.
 //! Must not: hold registry logic; that lives in `http` and below.
 
-use crate::app::App;
+use crate::app::{tasks, App};
 use crate::auth::{AuthError, Authenticator};
 use crate::config::{Config, ConfigError};
 use crate::connection::{self, Connections};
@@ -18,10 +18,9 @@ use crate::tls::{CertResolver, TlsError};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::signal::unix::Signal;
 use tokio::sync::{oneshot, Semaphore};
@@ -51,6 +50,8 @@ pub enum ServerError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Task(#[from] crate::blocking::TaskFailed),
 }
 
 /// A running registry.
@@ -67,11 +68,19 @@ impl Server {
     pub async fn start(config: Config) -> Result<Server, ServerError> {
         crate::app::check::compile(&config)?;
         let root = config.root.clone();
-        std::fs::create_dir_all(&root).map_err(|source| ServerError::Root {
-            path: root.clone(),
-            source,
-        })?;
-        let space = Arc::new(DiskSpace::open(&root, config.disk_reserve_mib << 20));
+        // Start-up's file work (the folder, the reserve's fallocate) runs
+        // on the blocking pool like every other file operation.
+        let space = crate::blocking::run({
+            let (root, reserve) = (root.clone(), config.disk_reserve_mib << 20);
+            move || -> Result<_, ServerError> {
+                std::fs::create_dir_all(&root).map_err(|source| ServerError::Root {
+                    path: root.clone(),
+                    source,
+                })?;
+                Ok(Arc::new(DiskSpace::open(&root, reserve)))
+            }
+        })
+        .await?;
         let (meta, writer, pg_pool) = Meta::open_configured(&config, space.clone()).await?;
         let metrics = Arc::new(Metrics::new()?);
         let storage = crate::storage::open_configured(
@@ -99,18 +108,19 @@ impl Server {
             &retention,
             &config.immutable,
         )?);
-        let mirrors = Arc::new(
-            crate::proxy::Mirrors::new(&config.proxy, &root).map_err(ConfigError::Invalid)?,
+        let proxies = Arc::new(
+            crate::proxy::Proxies::new(&config.proxy, &root).map_err(ConfigError::Invalid)?,
         );
-        if !mirrors.is_empty() {
+        if !proxies.is_empty() {
             // Spools of fetches a killed process left: nothing reads them.
-            mirrors
-                .fetches
-                .clear_spool()
-                .map_err(|source| ServerError::Root {
-                    path: root.join("proxy"),
+            let (m, spool) = (proxies.clone(), root.join("proxy"));
+            crate::blocking::run(move || {
+                m.fetches.clear_spool().map_err(|source| ServerError::Root {
+                    path: spool,
                     source,
-                })?;
+                })
+            })
+            .await?;
         }
         let notifier = Arc::new(
             crate::notify::Notifier::new(
@@ -139,7 +149,7 @@ impl Server {
             space,
             policies,
             pulls: Default::default(),
-            mirrors,
+            proxies,
             notifier,
         });
         let (stop, stopped) = oneshot::channel();
@@ -252,11 +262,11 @@ async fn run(
     });
     let per_client = ConnectionLimiter::new(limits.max_connections_per_client);
     let mut background = JoinSet::new();
-    background.spawn(purge_idle_uploads(state.clone()));
-    background.spawn(scheduled_gc(state.clone()));
-    background.spawn(count_store(state.clone()));
-    background.spawn(watch_disk_space(state.clone()));
-    background.spawn(flush_pulls(state.clone()));
+    background.spawn(tasks::purge_idle_uploads(state.clone()));
+    background.spawn(tasks::scheduled_gc(state.clone()));
+    background.spawn(tasks::count_store(state.clone()));
+    background.spawn(tasks::watch_disk_space(state.clone()));
+    background.spawn(tasks::flush_pulls(state.clone()));
     for i in 0..state.notifier.endpoint_count() {
         background.spawn(crate::notify::deliver(
             state.meta.clone(),
@@ -265,7 +275,7 @@ async fn run(
             state.metrics.clone(),
         ));
     }
-    background.spawn(watch_reloadable(state.clone(), tls, hangup));
+    background.spawn(tasks::watch_reloadable(state.clone(), tls, hangup));
     if let Some(l) = ops_listener {
         background.spawn(crate::ops::serve(l, state.clone()));
     }
@@ -311,7 +321,7 @@ async fn run(
     connections.shutdown().await;
     background.shutdown().await;
     // Fetches hold the storage: they end before it stops.
-    state.mirrors.stop().await;
+    state.proxies.stop().await;
     if let Err(e) = state.pulls.flush(&state.meta).await {
         tracing::warn!(error = %e, "pull times not recorded at shutdown");
     }
@@ -327,194 +337,4 @@ async fn run(
         Err(_) => tracing::warn!("state still shared at shutdown; skipping orderly stop"),
     }
     tracing::info!("wharf stopped");
-}
-
-/// Reloads the certificate, the htpasswd file and the token key on SIGHUP,
-/// and when their modification times change (checked every
-/// `tls.reload_check_secs`, or 10 s).
-async fn watch_reloadable(
-    state: Arc<App>,
-    tls: Option<Arc<CertResolver>>,
-    mut hangup: Option<Signal>,
-) {
-    let mut files: Vec<PathBuf> = Vec::new();
-    if let Some(t) = &tls {
-        files.extend(t.paths().iter().map(|p| p.to_path_buf()));
-    }
-    if let Some(a) = &state.auth {
-        files.extend(a.watched_files());
-    }
-    if files.is_empty() {
-        return;
-    }
-    let every = Duration::from_secs(
-        state
-            .config
-            .tls
-            .as_ref()
-            .map_or(10, |t| t.reload_check_secs.max(1)),
-    );
-    // File reads (stat, certificate and credential files) go to the
-    // blocking pool: a stalled disk must not stall an async worker.
-    let stamps = |files: Arc<Vec<PathBuf>>| async move {
-        tokio::task::spawn_blocking(move || -> Vec<Option<SystemTime>> {
-            files
-                .iter()
-                .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
-                .collect()
-        })
-        .await
-        .unwrap_or_default()
-    };
-    let files = Arc::new(files);
-    let mut seen = stamps(files.clone()).await;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let signalled = tokio::select! {
-            _ = tick.tick() => false,
-            Some(()) = async {
-                match hangup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => true,
-        };
-        let now = stamps(files.clone()).await;
-        if !signalled && now == seen {
-            continue;
-        }
-        seen = now;
-        let (st, tls) = (state.clone(), tls.clone());
-        let reloaded = tokio::task::spawn_blocking(move || {
-            if let Some(t) = &tls {
-                match t.reload() {
-                    Ok(()) => {
-                        st.metrics.tls_reloads.with_label_values(&["ok"]).inc();
-                        tracing::info!("TLS certificate reloaded");
-                    }
-                    Err(e) => {
-                        st.metrics.tls_reloads.with_label_values(&["error"]).inc();
-                        tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate");
-                    }
-                }
-            }
-            if let Some(a) = &st.auth {
-                if let Err(e) = a.reload() {
-                    tracing::error!(error = %e, "credentials reload failed; keeping the previous ones");
-                }
-            }
-        })
-        .await;
-        if let Err(e) = reloaded {
-            tracing::error!(error = %e, "reload task failed");
-        }
-    }
-}
-
-/// Sets the store gauges from a scan of the blobs folder at start-up; from
-/// then on commits and garbage collection keep them current.
-async fn count_store(state: Arc<App>) {
-    match state.storage.totals().await {
-        Ok((blobs, bytes)) => {
-            state.metrics.store_bytes.add(bytes as i64);
-            state.metrics.store_blobs.add(blobs as i64);
-        }
-        Err(e) => tracing::warn!(error = %e, "could not count stored blobs"),
-    }
-}
-
-/// While the data folder is full, checks every second whether space came
-/// back (deleted through the API, or freed outside the registry) and, if
-/// so, takes the reserve back and accepts writes again. (`/metrics` reads
-/// the flag itself, so the gauge never lags a scrape.)
-async fn watch_disk_space(state: Arc<App>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let full = if state.space.is_full() {
-            let space = state.space.clone();
-            tokio::task::spawn_blocking(move || space.probe())
-                .await
-                .unwrap_or(true)
-        } else {
-            false
-        };
-        state.metrics.disk_full.set(full as i64);
-    }
-}
-
-async fn purge_idle_uploads(state: Arc<App>) {
-    let every = Duration::from_secs(state.config.upload_purge_interval_secs);
-    let idle = state.config.upload_idle_timeout();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let n = state.storage.purge(idle).await;
-        state.note_sessions().await;
-        if let Some(r) = &state.rate_limiter {
-            r.sweep();
-        }
-        if n > 0 {
-            tracing::info!(purged = n, "purged idle upload sessions");
-        }
-    }
-}
-
-/// How often noted manifest pulls are written (one batch each time).
-const PULL_FLUSH: Duration = Duration::from_secs(30);
-
-async fn flush_pulls(state: Arc<App>) {
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + PULL_FLUSH, PULL_FLUSH);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Err(e) = state.pulls.flush(&state.meta).await {
-            tracing::warn!(error = %e, "pull times not recorded; retrying at the next flush");
-        }
-    }
-}
-
-async fn scheduled_gc(state: Arc<App>) {
-    if state.config.gc_interval_secs == 0 {
-        return;
-    }
-    let every = Duration::from_secs(state.config.gc_interval_secs);
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(_running) = state.start_gc_run() else {
-            tracing::info!("scheduled garbage collection skipped: a run is under way");
-            continue;
-        };
-        // Retention first, so the collection frees what it unreferenced.
-        if state.policies.has_retention() {
-            if let Err(e) = state.pulls.flush(&state.meta).await {
-                tracing::warn!(error = %e, "pull times not recorded before retention");
-            }
-            match crate::retention::run(&state.meta, &state.policies, false).await {
-                Ok(r) => tracing::info!(
-                    tags = r.tags_deleted.iter().filter(|d| !d.dry_run).count(),
-                    manifests = r.manifests_deleted.iter().filter(|d| !d.dry_run).count(),
-                    would = r.tags_deleted.iter().filter(|d| d.dry_run).count(),
-                    "retention (scheduled)"
-                ),
-                Err(e) => tracing::error!(error = %e, "retention failed"),
-            }
-        }
-        let result = crate::gc::collect(
-            &state.meta,
-            state.storage.as_ref(),
-            &crate::gc::GcOptions::from_config(&state.config, false),
-        )
-        .await;
-        crate::gc::record(&state.metrics, &result);
-        match result {
-            Ok(report) => tracing::info!(%report, "garbage collection (scheduled)"),
-            Err(e) => tracing::error!(error = %e, "garbage collection failed"),
-        }
-    }
 }

@@ -125,11 +125,14 @@ impl DiskSpace {
     /// the reserve was released just now, so a caller that needs a few
     /// blocks (a metadata commit) may retry once.
     pub fn note(&self, e: &io::Error) -> bool {
-        if !is_no_space(e) {
-            return false;
-        }
+        is_no_space(e) && self.enter_full()
+    }
+
+    /// Enters full mode and releases the reserve (unlinking a file: call
+    /// from the blocking pool); true when the reserve was there.
+    pub fn enter_full(&self) -> bool {
         if !self.full.swap(true, Ordering::AcqRel) {
-            tracing::error!(error = %e, "data folder is full: refusing new uploads and manifests until space is freed (deletes and garbage collection still work)");
+            tracing::error!("data folder is full: refusing new uploads and manifests until space is freed (deletes and garbage collection still work)");
         }
         self.release()
     }

@@ -21,7 +21,7 @@ pub fn compile(cfg: &Config) -> Result<(), ConfigError> {
         S3Settings::from_config(s3)?;
     }
     crate::retention::Policies::new(&cfg.retention, &cfg.immutable)?;
-    crate::proxy::Mirrors::check(&cfg.proxy).map_err(ConfigError::Invalid)?;
+    crate::proxy::Proxies::check(&cfg.proxy).map_err(ConfigError::Invalid)?;
     crate::notify::Notifier::check(&cfg.notifications).map_err(ConfigError::Invalid)?;
     Ok(())
 }

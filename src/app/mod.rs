@@ -3,13 +3,15 @@
 //! that start-up and `wharf config check` share.
 //!
 //! Owns: [`App`] (configuration, storage, metadata, auth, limits, metrics,
-//! the memory budget, compiled policies, mirrors, notifier) and the
+//! the memory budget, compiled policies, proxies, notifier) and the
 //! garbage-collection run flag; `check` (every section compiled by the
 //! module it configures, every file the configuration names).
-//! Must not: speak HTTP or accept connections (`http` and `server` do), or
-//! run background loops (`server` owns them).
+//! `tasks`: the background loops over `App` (spawned and stopped by
+//! `server`).
+//! Must not: speak HTTP or accept connections (`http` and `server` do).
 
 pub mod check;
+pub mod tasks;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -49,7 +51,7 @@ pub struct App {
     /// Manifest pulls not yet written (retention's "pulled within").
     pub pulls: crate::pull_log::PullLog,
     /// Pull-through caches (`[[proxy]]`).
-    pub mirrors: Arc<crate::proxy::Mirrors>,
+    pub proxies: Arc<crate::proxy::Proxies>,
     /// Webhooks (`[[notifications]]`): events to queue with changes.
     pub notifier: Arc<crate::notify::Notifier>,
 }

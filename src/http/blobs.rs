@@ -22,7 +22,7 @@ pub(super) async fn get(
         .get(http::header::RANGE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let read = match st.mirrors.route(name) {
+    let read = match st.proxies.route(name) {
         None => st.storage.read_blob(name, digest, range, head_only).await?,
         Some(route) => {
             let read = st
@@ -36,7 +36,7 @@ pub(super) async fn get(
             st.metrics
                 .proxy
                 .requests
-                .with_label_values(&[&route.mirror.prefix, "blob", result])
+                .with_label_values(&[&route.proxy.prefix, "blob", result])
                 .inc();
             match read {
                 Err(StorageError::BlobUnknown) => {
@@ -83,8 +83,8 @@ async fn from_upstream(
 ) -> HttpResult {
     // Full mode: answered here (507), not by a fetch that cannot commit.
     st.storage.check_writable()?;
-    let wait = route.mirror.upstream.timeout * 2;
-    let (fetch, _) = st.mirrors.fetches.join_or_start(FetchJob {
+    let wait = route.proxy.upstream.timeout * 2;
+    let (fetch, _) = st.proxies.fetches.join_or_start(FetchJob {
         route,
         repo: name.clone(),
         digest: digest.clone(),
@@ -183,7 +183,7 @@ pub(super) async fn delete(
     };
     let mut ops = st
         .notifier
-        .events(crate::notify::Action::Delete, &target, origin);
+        .events(crate::notify::EventKind::Delete, &target, origin);
     let events = !ops.is_empty();
     ops.insert(
         0,

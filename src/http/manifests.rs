@@ -6,7 +6,7 @@ use super::error::ApiError;
 use super::{empty_response, off_worker, App, HttpResult};
 use crate::calendar::unix_now;
 use crate::meta::{ManifestRecord, MetaError, MetaRead, MetaWrite};
-use crate::notify::{Action, Target};
+use crate::notify::{EventKind, Target};
 use crate::oci::manifest;
 use crate::oci::{Algorithm, Digest, Reference, RepoName};
 use bytes::Bytes;
@@ -74,8 +74,8 @@ pub(super) async fn get(
     head_only: bool,
     pull_event: Option<&crate::notify::Origin>,
 ) -> HttpResult {
-    let stale = match st.mirrors.route(name) {
-        Some(route) => mirror_refresh(st, &route, name, reference).await?,
+    let stale = match st.proxies.route(name) {
+        Some(route) => proxy_refresh(st, &route, name, reference).await?,
         None => None,
     };
     let pulled_tag = match reference {
@@ -128,7 +128,7 @@ pub(super) async fn get(
             size: Some(record.size),
             tag: pulled_tag.as_deref(),
         };
-        let events = st.notifier.events(Action::Pull, &target, origin);
+        let events = st.notifier.events(EventKind::Pull, &target, origin);
         if !events.is_empty() {
             // A pull must not fail for its event: reads go on while the
             // disk is full or the metadata store refuses writes.
@@ -163,7 +163,7 @@ pub(super) async fn get(
 /// Brings a pull-through repository's answer for `reference` up to date
 /// with its upstream; `Some(why)` when the cached answer is served because
 /// the upstream could not confirm it.
-async fn mirror_refresh(
+async fn proxy_refresh(
     st: &App,
     route: &crate::proxy::Route,
     name: &RepoName,
@@ -171,7 +171,7 @@ async fn mirror_refresh(
 ) -> Result<Option<String>, ApiError> {
     use crate::proxy::manifest::{refresh, Context, Freshness};
     let cx = Context {
-        mirrors: &st.mirrors,
+        proxies: &st.proxies,
         storage: &st.storage,
         meta: &st.meta,
         metrics: &st.metrics,
@@ -189,14 +189,14 @@ async fn mirror_refresh(
         Freshness::Current { fetched: false } => ("hit", None),
         Freshness::Current { fetched: true } => ("miss", None),
         Freshness::Stale(why) => {
-            tracing::warn!(repository = %name, %reference, upstream = %route.mirror.upstream_url, error = %why, "serving a cached manifest the upstream could not confirm");
+            tracing::warn!(repository = %name, %reference, upstream = %route.proxy.upstream_url, error = %why, "serving a cached manifest the upstream could not confirm");
             ("stale", Some(why))
         }
     };
     st.metrics
         .proxy
         .requests
-        .with_label_values(&[&route.mirror.prefix, "manifest", result])
+        .with_label_values(&[&route.proxy.prefix, "manifest", result])
         .inc();
     Ok(stale)
 }
@@ -267,7 +267,7 @@ pub(super) async fn put(
 
     // Held until the manifest's row is written (garbage collection).
     let (commit, _hold) = st.storage.put_manifest(&digest, body.clone()).await?;
-    if commit == crate::store::Commit::Stored {
+    if commit == crate::content::Placement::Stored {
         st.metrics.store_bytes.add(body.len() as i64);
         st.metrics.store_blobs.inc();
     }
@@ -281,7 +281,7 @@ pub(super) async fn put(
         .as_deref()
         .and_then(|t| st.policies.immutable_rule(name.as_str(), t));
     let mut ops = st.notifier.events(
-        Action::Push,
+        EventKind::Push,
         &Target {
             repository: name.as_str(),
             digest: Some(&digest),
@@ -391,7 +391,7 @@ pub(super) async fn delete(
             tag: None,
         },
     };
-    let mut ops = st.notifier.events(Action::Delete, &target, origin);
+    let mut ops = st.notifier.events(EventKind::Delete, &target, origin);
     let events = !ops.is_empty();
     ops.insert(0, op);
     st.meta.write(ops).await?;

@@ -300,10 +300,10 @@ async fn dispatch(
     }
     if let Some(name) = endpoint.repo() {
         if writes(&method, &endpoint) {
-            if let Some(route) = st.mirrors.route(name) {
+            if let Some(route) = st.proxies.route(name) {
                 return Err(ApiError::Unsupported(format!(
                     "{name} is a pull-through cache of {}: it takes no pushes or deletes",
-                    route.mirror.upstream_url
+                    route.proxy.upstream_url
                 )));
             }
         }
@@ -332,7 +332,7 @@ async fn dispatch(
         (Method::GET, Endpoint::Manifest { name, reference }) => {
             let origin = st
                 .notifier
-                .wants(crate::notify::Action::Pull)
+                .wants(crate::notify::EventKind::Pull)
                 .then(|| origin_of(&req, peer, facts));
             manifests::get(st, &name, &reference, false, origin.as_ref()).await
         }

@@ -34,7 +34,7 @@ pub(super) async fn start(
         if let Some(from) = query.get("from").and_then(|f| RepoName::parse(f).ok()) {
             let (source, d) = (from.clone(), digest.clone());
             let size = st.meta.query(move |m| m.blob_link(&source, &d)).await?;
-            if let (Some(size), true) = (size, st.storage.holds(&digest).await?) {
+            if let (Some(size), true) = (size, st.storage.has_blob(&digest).await?) {
                 let mount = MetaWrite::MountBlob {
                     from,
                     repo: name.clone(),
@@ -175,10 +175,10 @@ async fn complete(
     digest: &Digest,
 ) -> HttpResult {
     let started = std::time::Instant::now();
-    let committed = w.commit(digest).await;
-    let committed = committed?;
+    let completed = w.complete(digest).await;
+    let completed = completed?;
     st.metrics
-        .record_commit(committed.commit, committed.size, started.elapsed());
+        .record_completed(completed.placement, completed.size, started.elapsed());
     Ok(created(name, digest))
 }
 

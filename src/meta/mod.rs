@@ -120,18 +120,23 @@ pub struct ManifestRecord {
     /// references is fetched when a client asks for it, so it need not be
     /// in the repository (the commit does not require it, fsck does not
     /// report it missing).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub mirrored: bool,
+    /// Stored as `mirrored`, the word of earlier versions.
+    #[serde(
+        default,
+        rename = "mirrored",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub proxied: bool,
 }
 
 impl ManifestRecord {
     /// The record of a manifest parsed from `size` bytes, pushed (or, if
-    /// `mirrored`, cached from an upstream) at `created`.
+    /// `proxied`, cached from an upstream) at `created`.
     pub fn new(
         parsed: crate::oci::manifest::ParsedManifest,
         size: u64,
         created: u64,
-        mirrored: bool,
+        proxied: bool,
     ) -> ManifestRecord {
         ManifestRecord {
             media_type: parsed.media_type,
@@ -142,7 +147,7 @@ impl ManifestRecord {
             blobs: parsed.blobs.iter().map(|d| d.to_string()).collect(),
             children: parsed.children.iter().map(|d| d.to_string()).collect(),
             created,
-            mirrored,
+            proxied,
         }
     }
 }

@@ -198,7 +198,7 @@ fn precondition(rows: &mut dyn TxnRows, op: &MetaWrite) -> Result<Option<String>
                     return Ok(Some(format!("tag {t} is immutable")));
                 }
             }
-            if record.mirrored {
+            if record.proxied {
                 return Ok(None);
             }
             let found = rows.links_present(r, &record.blobs, Lock::Share)?;

@@ -250,7 +250,7 @@ async fn run(
     running: Arc<DashMap<Key, Arc<Fetch>>>,
     key: Key,
 ) {
-    let prefix = job.route.mirror.prefix.clone();
+    let prefix = job.route.proxy.prefix.clone();
     let outcome = tokio::select! {
         r = transfer(&job, &fetch.spool, &tx) => r,
         _ = stop.wait_for(|s| *s) => Err(ProxyError::Upstream(UpstreamError::Unavailable(
@@ -288,7 +288,7 @@ async fn transfer(
     spool: &Path,
     tx: &watch::Sender<FetchState>,
 ) -> Result<u64, ProxyError> {
-    let upstream = &job.route.mirror.upstream;
+    let upstream = &job.route.proxy.upstream;
     job.storage.check_writable()?;
     let path = format!("/v2/{}/blobs/{}", job.route.upstream_name, job.digest);
     let resp = upstream
@@ -308,10 +308,10 @@ async fn transfer(
         writer.abandon().await;
         return Err(e);
     }
-    match writer.commit(&job.digest).await {
+    match writer.complete(&job.digest).await {
         Ok(c) => {
             job.metrics
-                .record_commit(c.commit, c.size, started.elapsed());
+                .record_completed(c.placement, c.size, started.elapsed());
             Ok(size)
         }
         Err(e) => {
@@ -338,12 +338,12 @@ async fn receive(
     writer: &mut dyn UploadWriter,
     tx: &watch::Sender<FetchState>,
 ) -> Result<(), ProxyError> {
-    let timeout = job.route.mirror.upstream.timeout;
+    let timeout = job.route.proxy.upstream.timeout;
     let upstream_bytes = job
         .metrics
         .proxy
         .upstream_bytes
-        .with_label_values(&[&job.route.mirror.prefix]);
+        .with_label_values(&[&job.route.proxy.prefix]);
     let path = spool.to_owned();
     let mut file = crate::blocking::run(move || -> Result<_, StorageError> {
         if let Some(dir) = path.parent() {

@@ -15,7 +15,7 @@
 //! of one reference wait for the first (`Gates`), then find its result.
 
 use super::upstream::UpstreamError;
-use super::{Mirrors, ProxyError, Route};
+use super::{Proxies, ProxyError, Route};
 use crate::meta::{ManifestRecord, Meta, MetaWrite};
 use crate::metrics::Metrics;
 use crate::oci::manifest;
@@ -45,7 +45,7 @@ pub enum Freshness {
 
 /// What a refresh works with.
 pub struct Context<'a> {
-    pub mirrors: &'a Mirrors,
+    pub proxies: &'a Proxies,
     pub storage: &'a Arc<dyn BlobStorage>,
     pub meta: &'a Meta,
     pub metrics: &'a Metrics,
@@ -107,13 +107,13 @@ pub async fn refresh(
     repo: &RepoName,
     reference: &Reference,
 ) -> Result<Freshness, ProxyError> {
-    let wait = route.mirror.upstream.timeout * 2;
+    let wait = route.proxy.upstream.timeout * 2;
     match reference {
         Reference::Digest(d) => {
             if cached(cx, repo, d).await?.is_some() {
                 return Ok(Freshness::Current { fetched: false });
             }
-            let _held = cx.mirrors.gates.hold(format!("{repo}@{d}"), wait).await;
+            let _held = cx.proxies.gates.hold(format!("{repo}@{d}"), wait).await;
             if cached(cx, repo, d).await?.is_some() {
                 return Ok(Freshness::Current { fetched: false });
             }
@@ -125,11 +125,11 @@ pub async fn refresh(
             Ok(Freshness::Current { fetched: true })
         }
         Reference::Tag(tag) => {
-            if cx.mirrors.recently_confirmed(route, repo, tag) {
+            if cx.proxies.recently_confirmed(route, repo, tag) {
                 return Ok(Freshness::Current { fetched: false });
             }
-            let _held = cx.mirrors.gates.hold(format!("{repo}:{tag}"), wait).await;
-            if cx.mirrors.recently_confirmed(route, repo, tag) {
+            let _held = cx.proxies.gates.hold(format!("{repo}:{tag}"), wait).await;
+            if cx.proxies.recently_confirmed(route, repo, tag) {
                 return Ok(Freshness::Current { fetched: false });
             }
             let (r, t) = (repo.clone(), tag.clone());
@@ -140,7 +140,7 @@ pub async fn refresh(
                 check_tag(cx, route, repo, tag, local.as_ref()).await,
             ) {
                 Ok(fetched) => {
-                    cx.mirrors.confirm(repo, tag);
+                    cx.proxies.confirm(repo, tag);
                     Ok(Freshness::Current { fetched })
                 }
                 Err(ProxyError::Upstream(e)) if local.is_some() && stands_in_for(&e) => {
@@ -167,7 +167,7 @@ async fn check_tag(
     tag: &str,
     local: Option<&Digest>,
 ) -> Result<bool, ProxyError> {
-    let upstream = &route.mirror.upstream;
+    let upstream = &route.proxy.upstream;
     let path = format!("/v2/{}/manifests/{tag}", route.upstream_name);
     let head = upstream
         .send(Method::HEAD, &path, Some(ACCEPT), &route.upstream_name)
@@ -227,7 +227,7 @@ async fn fetch(
     expected: Option<&Digest>,
     tag: Option<&str>,
 ) -> Result<(), ProxyError> {
-    let upstream = &route.mirror.upstream;
+    let upstream = &route.proxy.upstream;
     let path = format!("/v2/{}/manifests/{reference}", route.upstream_name);
     let resp = upstream
         .send(Method::GET, &path, Some(ACCEPT), &route.upstream_name)
@@ -241,7 +241,7 @@ async fn fetch(
     cx.metrics
         .proxy
         .upstream_bytes
-        .with_label_values(&[&route.mirror.prefix])
+        .with_label_values(&[&route.proxy.prefix])
         .inc_by(bytes.len() as u64);
     let algorithm = expected.map_or(crate::oci::Algorithm::Sha256, |d| d.algorithm());
     let actual = Digest::of(algorithm, &bytes);
@@ -255,7 +255,7 @@ async fn fetch(
         .map_err(|e| UpstreamError::Invalid(format!("the upstream's manifest {reference}: {e}")))?;
     cx.storage.check_writable()?;
     let (commit, _hold) = cx.storage.put_manifest(&actual, bytes.clone()).await?;
-    if commit == crate::store::Commit::Stored {
+    if commit == crate::content::Placement::Stored {
         cx.metrics.store_bytes.add(bytes.len() as i64);
         cx.metrics.store_blobs.inc();
     }
@@ -294,7 +294,7 @@ fn counted<T>(cx: &Context<'_>, route: &Route, r: Result<T, ProxyError>) -> Resu
         cx.metrics
             .proxy
             .upstream_errors
-            .with_label_values(&[&route.mirror.prefix, e.kind()])
+            .with_label_values(&[&route.proxy.prefix, e.kind()])
             .inc();
     }
     r

@@ -2,7 +2,7 @@
 //! copies of an upstream registry's, filled when clients ask.
 //!
 //! Owns: the compiled `[[proxy]]` list and which repository belongs to
-//! which upstream (`Mirrors::route`), when each cached tag was last
+//! which upstream (`Proxies::route`), when each cached tag was last
 //! confirmed upstream, manifest refreshes (`manifest`), and blob fetches
 //! that many clients share (`fetch`).
 //! Must not: serve HTTP (the handlers ask it, then answer), or write what
@@ -35,7 +35,7 @@ pub enum ProxyError {
 }
 
 /// One `[[proxy]]`.
-pub struct Mirror {
+pub struct Proxy {
     pub prefix: String,
     pub upstream_url: String,
     pub upstream: Upstream,
@@ -49,13 +49,13 @@ pub struct Mirror {
 /// repository's name there.
 #[derive(Clone)]
 pub struct Route {
-    pub mirror: Arc<Mirror>,
+    pub proxy: Arc<Proxy>,
     pub upstream_name: String,
 }
 
 /// Every `[[proxy]]` of the configuration, and what they share.
-pub struct Mirrors {
-    list: Vec<Arc<Mirror>>,
+pub struct Proxies {
+    list: Vec<Arc<Proxy>>,
     /// (repository, tag) -> when the upstream last confirmed the cached
     /// answer. In memory: after a restart, each tag is re-checked once.
     confirmed: DashMap<(String, String), Instant>,
@@ -63,12 +63,12 @@ pub struct Mirrors {
     pub fetches: fetch::Fetches,
 }
 
-impl Mirrors {
+impl Proxies {
     /// The configuration's rules for `[[proxy]]`, checked without I/O.
     pub fn check(cfgs: &[ProxyConfig]) -> Result<(), String> {
         for (i, p) in cfgs.iter().enumerate() {
             let at = format!("proxy[{i}] (prefix {:?})", p.prefix);
-            // "" mirrors every repository no other prefix claims: the form
+            // "" proxies every repository no other prefix claims: the form
             // dockerd's `registry-mirrors` needs (it allows no path).
             if !p.prefix.is_empty() {
                 RepoName::parse(&p.prefix).map_err(|e| format!("{at}: prefix: {e}"))?;
@@ -107,7 +107,7 @@ impl Mirrors {
         Ok(())
     }
 
-    pub fn new(cfgs: &[ProxyConfig], root: &std::path::Path) -> Result<Mirrors, String> {
+    pub fn new(cfgs: &[ProxyConfig], root: &std::path::Path) -> Result<Proxies, String> {
         Self::check(cfgs)?;
         let mut list = Vec::new();
         for p in cfgs {
@@ -117,7 +117,7 @@ impl Mirrors {
                 .ok()
                 .and_then(|u| u.host_str().map(str::to_owned))
                 .unwrap_or_default();
-            list.push(Arc::new(Mirror {
+            list.push(Arc::new(Proxy {
                 prefix: p.prefix.clone(),
                 upstream_url: p.upstream.trim_end_matches('/').to_owned(),
                 upstream: Upstream::new(p)?,
@@ -125,7 +125,7 @@ impl Mirrors {
                 docker_hub: matches!(host.as_str(), "registry-1.docker.io" | "docker.io"),
             }));
         }
-        Ok(Mirrors {
+        Ok(Proxies {
             list,
             confirmed: DashMap::new(),
             gates: manifest::Gates::default(),
@@ -152,7 +152,7 @@ impl Mirrors {
                 _ => rest.to_owned(),
             };
             Some(Route {
-                mirror: m.clone(),
+                proxy: m.clone(),
                 upstream_name,
             })
         })
@@ -162,7 +162,7 @@ impl Mirrors {
     fn recently_confirmed(&self, route: &Route, repo: &RepoName, tag: &str) -> bool {
         self.confirmed
             .get(&(repo.to_string(), tag.to_owned()))
-            .is_some_and(|at| at.elapsed() < route.mirror.tag_ttl)
+            .is_some_and(|at| at.elapsed() < route.proxy.tag_ttl)
     }
 
     fn confirm(&self, repo: &RepoName, tag: &str) {
@@ -228,17 +228,17 @@ mod tests {
     #[test]
     fn routes_by_prefix() {
         let dir = std::path::Path::new("/nonexistent");
-        let m = Mirrors::new(
+        let m = Proxies::new(
             &[
                 cfg("hub", "https://registry-1.docker.io"),
-                cfg("mirrors/quay", "https://quay.io"),
+                cfg("proxies/quay", "https://quay.io"),
             ],
             dir,
         )
         .unwrap();
         let route = |n: &str| {
             m.route(&RepoName::parse(n).unwrap())
-                .map(|r| (r.mirror.prefix.clone(), r.upstream_name))
+                .map(|r| (r.proxy.prefix.clone(), r.upstream_name))
         };
         assert_eq!(
             route("hub/alpine"),
@@ -249,14 +249,14 @@ mod tests {
             Some(("hub".into(), "grafana/loki".into()))
         );
         assert_eq!(
-            route("mirrors/quay/prometheus/node-exporter"),
-            Some(("mirrors/quay".into(), "prometheus/node-exporter".into()))
+            route("proxies/quay/prometheus/node-exporter"),
+            Some(("proxies/quay".into(), "prometheus/node-exporter".into()))
         );
-        assert_eq!(route("mirrors/quayx/a"), None);
+        assert_eq!(route("proxies/quayx/a"), None);
         assert_eq!(route("hubble/a"), None);
         assert_eq!(route("hub"), None);
         assert_eq!(route("team/app"), None);
-        let everything = Mirrors::new(
+        let everything = Proxies::new(
             &[
                 cfg("", "https://registry-1.docker.io"),
                 cfg("q", "https://quay.io"),
@@ -267,7 +267,7 @@ mod tests {
         let route = |n: &str| {
             everything
                 .route(&RepoName::parse(n).unwrap())
-                .map(|r| (r.mirror.prefix.clone(), r.upstream_name))
+                .map(|r| (r.proxy.prefix.clone(), r.upstream_name))
         };
         assert_eq!(route("alpine"), Some(("".into(), "library/alpine".into())));
         assert_eq!(route("q/x/y"), Some(("q".into(), "x/y".into())));
@@ -292,9 +292,9 @@ mod tests {
             }],
         ];
         for b in bad {
-            assert!(Mirrors::check(&b).is_err(), "{:?}", b[b.len() - 1]);
+            assert!(Proxies::check(&b).is_err(), "{:?}", b[b.len() - 1]);
         }
-        assert!(Mirrors::check(&[cfg("a", "http://a:5000"), cfg("ab", "https://b")]).is_ok());
+        assert!(Proxies::check(&[cfg("a", "http://a:5000"), cfg("ab", "https://b")]).is_ok());
     }
 
     #[test]

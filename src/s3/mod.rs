@@ -12,10 +12,3 @@ mod sql;
 pub mod uploads;
 
 pub use client::{ObjectStream, PartBody, S3Client, S3Error, S3Settings};
-
-/// Both halves of the object-store mode, as handlers use them.
-#[derive(Clone)]
-pub struct ObjectStorage {
-    pub blobs: objects::ObjectBlobs,
-    pub uploads: uploads::RemoteUploads,
-}

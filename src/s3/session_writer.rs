@@ -9,9 +9,8 @@
 
 use super::client::PartBody;
 use super::sql::{db, now};
-use super::uploads::{
-    part_size, queue_deletion, Committed, RemoteUploadError, RemoteUploads, MAX_PARTS,
-};
+use super::uploads::{part_size, queue_deletion, RemoteUploadError, RemoteUploads, MAX_PARTS};
+use crate::content::{Completed, Placement};
 use crate::meta::{MetaError, MetaWrite};
 use crate::oci::{Algorithm, Digest, RepoName};
 use crate::upload::midstate::Sha256Midstate;
@@ -317,7 +316,7 @@ impl SessionWriter {
     /// A digest in another algorithm is checked by streaming the completed
     /// object back; on a mismatch that object is queued for deletion and
     /// the session ends (its parts are spent).
-    pub async fn commit(mut self, digest: &Digest) -> Result<Committed, RemoteUploadError> {
+    pub async fn complete(mut self, digest: &Digest) -> Result<Completed, RemoteUploadError> {
         let actual = Digest::sha256_from_bytes(&self.hasher.clone().finalize());
         if digest.algorithm() == Algorithm::Sha256 && &actual != digest {
             // What this request sent stays in the session.
@@ -434,9 +433,14 @@ impl SessionWriter {
                 Ok(duplicate)
             })
             .await?;
-        Ok(Committed {
+        // Another upload of the same digest was recorded first: this
+        // one's object is queued for deletion.
+        Ok(Completed {
             size: self.size,
-            duplicate,
+            placement: match duplicate {
+                true => Placement::Deduplicated,
+                false => Placement::Stored,
+            },
         })
     }
 }

@@ -81,14 +81,6 @@ pub struct RemoteUploads {
     max_sessions: i64,
 }
 
-/// What a completed upload became.
-pub struct Committed {
-    pub size: u64,
-    /// Another upload of the same digest was recorded first; this one's
-    /// object is queued for deletion.
-    pub duplicate: bool,
-}
-
 impl RemoteUploads {
     pub fn new(s3: S3Client, pool: Pool, max_sessions: usize) -> Self {
         RemoteUploads {

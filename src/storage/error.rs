@@ -4,11 +4,11 @@
 
 use crate::blocking::TaskFailed;
 use crate::config::ConfigError;
+use crate::content::StoreError;
 use crate::meta::MetaError;
 use crate::oci::Digest;
 use crate::s3::uploads::RemoteUploadError;
 use crate::s3::S3Error;
-use crate::store::StoreError;
 use crate::upload::UploadError;
 
 #[derive(Debug, thiserror::Error)]

@@ -8,13 +8,13 @@
 //! the blocking pool in one trip), or hold a session's bytes itself.
 
 use super::{
-    slice_of, BlobContent, BlobRead, BlobStorage, Committed, Hold, ManifestReader, StorageError,
+    slice_of, BlobContent, BlobRead, BlobStorage, Completed, Hold, ManifestReader, StorageError,
     SweepPlan, UploadWriter,
 };
+use crate::content::{BlobBytes, ContentStore, Placement, StoreError};
 use crate::meta::Meta;
 use crate::oci::{Digest, RepoName};
 use crate::space::DiskSpace;
-use crate::store::{BlobBytes, Commit, ContentStore, StoreError};
 use crate::upload::{PendingAppend, SessionHandle, UploadRegistry};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -43,7 +43,7 @@ impl LocalStorage {
     ) -> Self {
         let root = store.blobs_root();
         let read_manifest: ManifestReader = Arc::new(move |d: &Digest, _size| {
-            Ok(BlobBytes::open(&crate::store::blob_path(&root, d))?.map(|b| b.bytes))
+            Ok(BlobBytes::open(&crate::content::blob_path(&root, d))?.map(|b| b.bytes))
         });
         LocalStorage {
             read_manifest,
@@ -103,7 +103,7 @@ impl BlobStorage for LocalStorage {
         Ok(self.uploads.discard(session.id).await?)
     }
 
-    async fn holds(&self, digest: &Digest) -> Result<bool, StorageError> {
+    async fn has_blob(&self, digest: &Digest) -> Result<bool, StorageError> {
         let path = self.store.blob_path(digest);
         blocking(move || Ok(path.is_file())).await
     }
@@ -149,7 +149,7 @@ impl BlobStorage for LocalStorage {
         &self,
         digest: &Digest,
         bytes: Bytes,
-    ) -> Result<(Commit, Hold), StorageError> {
+    ) -> Result<(Placement, Hold), StorageError> {
         let (commit, pin) = self.store.put_bytes(digest, bytes).await?;
         Ok((commit, pin.into()))
     }
@@ -275,11 +275,11 @@ impl UploadWriter for LocalWriter {
         self.settle().await
     }
 
-    async fn commit(mut self: Box<Self>, digest: &Digest) -> Result<Committed, StorageError> {
+    async fn complete(mut self: Box<Self>, digest: &Digest) -> Result<Completed, StorageError> {
         self.settle().await?;
         let sealed = self.session.seal(digest).await?;
         // The pin lives until the link is written.
-        let (commit, _pin) = match self.store.commit(digest, sealed.staged).await {
+        let (placement, _pin) = match self.store.place(digest, sealed.staged).await {
             Ok(c) => c,
             Err(e) => {
                 let _ = self.session.unseal().await;
@@ -294,9 +294,9 @@ impl UploadWriter for LocalWriter {
         // A client retrying after a failed link starts over and deduplicates.
         let _ = self.uploads.discard(self.session.id).await;
         linked?;
-        Ok(Committed {
+        Ok(Completed {
             size: sealed.size,
-            commit,
+            placement,
         })
     }
 

@@ -16,25 +16,18 @@ pub mod local;
 pub mod object;
 pub mod read_cache;
 
+pub use crate::content::{Completed, Placement};
 use crate::meta::Meta;
 use crate::oci::range::{ByteRange, RangeRequest};
 use crate::oci::{Digest, RepoName};
 use crate::s3::uploads::RemoteUploadError;
 use crate::s3::ObjectStream;
-use crate::store::Commit;
 use async_trait::async_trait;
 use bytes::Bytes;
 pub use error::StorageError;
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 use tokio::sync::OwnedSemaphorePermit;
-
-/// What a completed upload became.
-#[derive(Debug, Clone, Copy)]
-pub struct Committed {
-    pub size: u64,
-    pub commit: Commit,
-}
 
 /// A blob read: its size, the slice served, and the bytes (or where to
 /// find them).
@@ -64,7 +57,7 @@ pub enum BlobContent {
 /// The data folder pins the blob in its shard; the object store needs
 /// nothing (its sweep re-checks rows in the database's transaction).
 pub struct Hold {
-    _pin: Option<crate::store::Pin>,
+    _pin: Option<crate::content::Pin>,
 }
 
 impl Hold {
@@ -73,8 +66,8 @@ impl Hold {
     }
 }
 
-impl From<crate::store::Pin> for Hold {
-    fn from(pin: crate::store::Pin) -> Hold {
+impl From<crate::content::Pin> for Hold {
+    fn from(pin: crate::content::Pin) -> Hold {
         Hold { _pin: Some(pin) }
     }
 }
@@ -131,7 +124,7 @@ pub trait BlobStorage: Send + Sync + 'static {
 
     /// Whether the bytes of `digest` are stored (a mount's second check,
     /// after the source repository's link).
-    async fn holds(&self, digest: &Digest) -> Result<bool, StorageError>;
+    async fn has_blob(&self, digest: &Digest) -> Result<bool, StorageError>;
 
     /// Reads a blob as `repo` may see it (linked there). `range` is the
     /// request's Range header; `head_only` reads no bytes.
@@ -149,7 +142,7 @@ pub trait BlobStorage: Send + Sync + 'static {
         &self,
         digest: &Digest,
         bytes: Bytes,
-    ) -> Result<(Commit, Hold), StorageError>;
+    ) -> Result<(Placement, Hold), StorageError>;
 
     /// A stored manifest's bytes.
     async fn manifest_bytes(&self, digest: &Digest) -> Result<Option<Bytes>, StorageError>;
@@ -203,7 +196,7 @@ pub trait UploadWriter: Send {
 
     /// Verifies the content against `digest`, stores it under the digest,
     /// links it to the session's repository and ends the session.
-    async fn commit(self: Box<Self>, digest: &Digest) -> Result<Committed, StorageError>;
+    async fn complete(self: Box<Self>, digest: &Digest) -> Result<Completed, StorageError>;
 
     /// Ends the session without a blob (a one-request push that failed:
     /// there is no session the client could resume).
@@ -225,19 +218,14 @@ pub async fn open_configured(
     {
         let settings = crate::s3::S3Settings::from_config(s3)?;
         let client = crate::s3::S3Client::new(&settings).map_err(RemoteUploadError::S3)?;
-        let objects = crate::s3::ObjectStorage {
-            blobs: crate::s3::objects::ObjectBlobs::new(
-                client.clone(),
-                pool.clone(),
-                s3.delete_delay_secs,
-                s3.redirect_reads,
-            ),
-            uploads: crate::s3::uploads::RemoteUploads::new(
-                client,
-                pool,
-                config.limits.max_upload_sessions,
-            ),
-        };
+        let blobs = crate::s3::objects::ObjectBlobs::new(
+            client.clone(),
+            pool.clone(),
+            s3.delete_delay_secs,
+            s3.redirect_reads,
+        );
+        let uploads =
+            crate::s3::uploads::RemoteUploads::new(client, pool, config.limits.max_upload_sessions);
         let cache = match s3.read_cache_mib {
             0 => None,
             mib => {
@@ -255,11 +243,12 @@ pub async fn open_configured(
             }
         };
         return Ok(std::sync::Arc::new(object::BucketStorage {
-            objects,
+            blobs,
+            uploads,
             cache,
         }));
     }
-    let store = crate::store::ContentStore::start(
+    let store = crate::content::ContentStore::start(
         &config.root,
         config.store_shards,
         config.fsync,

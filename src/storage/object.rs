@@ -10,14 +10,15 @@
 
 use super::read_cache::ReadCache;
 use super::{
-    slice_of, BlobContent, BlobRead, BlobStorage, Committed, Hold, ManifestReader, StorageError,
+    slice_of, BlobContent, BlobRead, BlobStorage, Completed, Hold, ManifestReader, StorageError,
     SweepPlan, UploadWriter,
 };
+use crate::content::Placement;
 use crate::meta::Meta;
 use crate::oci::{Digest, RepoName};
+use crate::s3::objects::ObjectBlobs;
+use crate::s3::uploads::RemoteUploads;
 use crate::s3::uploads::SessionWriter;
-use crate::s3::ObjectStorage;
-use crate::store::Commit;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -26,7 +27,10 @@ use tokio::sync::OwnedSemaphorePermit;
 
 /// The bucket (through PostgreSQL), and this node's read cache of it.
 pub struct BucketStorage {
-    pub objects: ObjectStorage,
+    /// Where each digest's object is, reads, GC's sweep.
+    pub blobs: ObjectBlobs,
+    /// Upload sessions any node continues.
+    pub uploads: RemoteUploads,
     pub cache: Option<Arc<ReadCache>>,
 }
 
@@ -50,11 +54,11 @@ impl BlobStorage for BucketStorage {
     }
 
     async fn sessions_open(&self) -> Result<usize, StorageError> {
-        Ok(self.objects.uploads.count().await?)
+        Ok(self.uploads.count().await?)
     }
 
     async fn begin_upload(&self, repo: &RepoName) -> Result<String, StorageError> {
-        Ok(self.objects.uploads.create(repo).await?.to_string())
+        Ok(self.uploads.create(repo).await?.to_string())
     }
 
     async fn resume_upload(
@@ -62,7 +66,7 @@ impl BlobStorage for BucketStorage {
         repo: &RepoName,
         id: &str,
     ) -> Result<Box<dyn UploadWriter>, StorageError> {
-        let w = self.objects.uploads.open(repo, id).await?;
+        let w = self.uploads.open(repo, id).await?;
         Ok(Box::new(ObjectWriter {
             id: w.id().to_owned(),
             session: w,
@@ -70,11 +74,11 @@ impl BlobStorage for BucketStorage {
     }
 
     async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<(), StorageError> {
-        Ok(self.objects.uploads.discard(repo, id).await?)
+        Ok(self.uploads.discard(repo, id).await?)
     }
 
-    async fn holds(&self, digest: &Digest) -> Result<bool, StorageError> {
-        Ok(self.objects.blobs.stored(digest).await?)
+    async fn has_blob(&self, digest: &Digest) -> Result<bool, StorageError> {
+        Ok(self.blobs.stored(digest).await?)
     }
 
     async fn read_blob(
@@ -85,7 +89,6 @@ impl BlobStorage for BucketStorage {
         head_only: bool,
     ) -> Result<BlobRead, StorageError> {
         let found = self
-            .objects
             .blobs
             .locate(repo, digest)
             .await?
@@ -94,24 +97,19 @@ impl BlobStorage for BucketStorage {
         let (slice, partial) = slice_of(range.as_deref(), size)?;
         let content = if head_only || slice.is_empty() {
             BlobContent::Empty
-        } else if self.objects.blobs.redirect_reads() {
-            BlobContent::Redirect(self.objects.blobs.presign(&found.key))
+        } else if self.blobs.redirect_reads() {
+            BlobContent::Redirect(self.blobs.presign(&found.key))
         } else if let Some(bytes) = self.cached(digest, size).await {
             BlobContent::Mapped(bytes.slice(slice.start as usize..slice.end as usize))
         } else {
             // A range is passed on as S3's own, so only the slice travels;
             // only a whole read can leave a copy behind.
             let range = partial.then(|| (slice.start, slice.end - 1));
-            let stream = self
-                .objects
-                .blobs
-                .open(&found.key, range)
-                .await?
-                .ok_or_else(|| {
-                    StorageError::Internal(format!(
-                        "blob {digest} is indexed but its object is missing"
-                    ))
-                })?;
+            let stream = self.blobs.open(&found.key, range).await?.ok_or_else(|| {
+                StorageError::Internal(format!(
+                    "blob {digest} is indexed but its object is missing"
+                ))
+            })?;
             if stream.len != slice.len() {
                 return Err(StorageError::Internal(format!(
                     "object for {digest} sent {} bytes, {} expected",
@@ -137,10 +135,10 @@ impl BlobStorage for BucketStorage {
         &self,
         digest: &Digest,
         bytes: Bytes,
-    ) -> Result<(Commit, Hold), StorageError> {
-        let commit = match self.objects.blobs.put_small(digest, bytes).await? {
-            true => Commit::Stored,
-            false => Commit::Deduplicated,
+    ) -> Result<(Placement, Hold), StorageError> {
+        let commit = match self.blobs.put_small(digest, bytes).await? {
+            true => Placement::Stored,
+            false => Placement::Deduplicated,
         };
         Ok((commit, Hold::none()))
     }
@@ -151,13 +149,13 @@ impl BlobStorage for BucketStorage {
     }
 
     async fn manifest_bytes(&self, digest: &Digest) -> Result<Option<Bytes>, StorageError> {
-        let Some(found) = self.objects.blobs.key_of(digest).await? else {
+        let Some(found) = self.blobs.key_of(digest).await? else {
             return Ok(None);
         };
         if let Some(bytes) = self.cached(digest, found.size).await {
             return Ok(Some(bytes));
         }
-        let bytes = self.objects.blobs.read_small(&found.key).await?;
+        let bytes = self.blobs.read_small(&found.key).await?;
         if let (Some(cache), Some(b)) = (self.cache.clone(), bytes.clone()) {
             let d = digest.clone();
             // Verified and written on the blocking pool, off this answer's path.
@@ -182,14 +180,13 @@ impl BlobStorage for BucketStorage {
             false => (Vec::new(), Vec::new()),
         };
         Ok(self
-            .objects
             .blobs
             .sweep(cutoff, plan.dry_run, links, manifests)
             .await?)
     }
 
     async fn purge(&self, idle: Duration) -> usize {
-        match self.objects.uploads.purge(idle.as_secs()).await {
+        match self.uploads.purge(idle.as_secs()).await {
             Ok((sessions, objects)) => {
                 if objects > 0 {
                     tracing::info!(objects, "deleted objects freed earlier");
@@ -204,12 +201,12 @@ impl BlobStorage for BucketStorage {
     }
 
     async fn totals(&self) -> Result<(usize, u64), StorageError> {
-        Ok(self.objects.blobs.totals().await?)
+        Ok(self.blobs.totals().await?)
     }
 
     async fn ready(&self) -> Result<(), String> {
         // Any answer but "unreachable" will do: the key need not exist.
-        match self.objects.uploads.s3().head_object("_wharf/ready").await {
+        match self.uploads.s3().head_object("_wharf/ready").await {
             Err(e @ crate::s3::S3Error::Unavailable(_)) => Err(format!("object store: {e}")),
             _ => Ok(()),
         }
@@ -250,15 +247,8 @@ impl UploadWriter for ObjectWriter {
         Ok(self.session.save().await?)
     }
 
-    async fn commit(self: Box<Self>, digest: &Digest) -> Result<Committed, StorageError> {
-        let c = self.session.commit(digest).await?;
-        Ok(Committed {
-            size: c.size,
-            commit: match c.duplicate {
-                true => Commit::Deduplicated,
-                false => Commit::Stored,
-            },
-        })
+    async fn complete(self: Box<Self>, digest: &Digest) -> Result<Completed, StorageError> {
+        Ok(self.session.complete(digest).await?)
     }
 
     async fn abandon(self: Box<Self>) {

@@ -15,10 +15,10 @@
 //! copies. Must not: decide who may read a blob (the caller checked the
 //! link), serve a copy it has not verified, or make a read wait for a copy.
 
+use crate::content::BlobBytes;
 use crate::metrics::ReadCacheMetrics;
 use crate::oci::{Algorithm, Digest};
 use crate::space::DiskSpace;
-use crate::store::BlobBytes;
 use bytes::Bytes;
 use dashmap::DashMap;
 use sha2::{Digest as _, Sha256};

@@ -182,7 +182,30 @@ impl UploadRegistry {
         space: Arc<DiskSpace>,
     ) -> io::Result<Self> {
         let dir = root.join("uploads");
-        std::fs::create_dir_all(&dir)?;
+        // The scan is file I/O: on the blocking pool, like every other.
+        let found = crate::blocking::run({
+            let dir = dir.clone();
+            move || -> io::Result<Vec<(Uuid, RepoName, u64)>> {
+                std::fs::create_dir_all(&dir)?;
+                let mut found = Vec::new();
+                for entry in std::fs::read_dir(&dir)? {
+                    let path = entry?.path();
+                    let id = path
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(|n| Uuid::parse_str(n).ok());
+                    match (id, read_info(&path), data_len(&path)) {
+                        (Some(id), Some(repo), Some(len)) => found.push((id, repo, len)),
+                        _ => {
+                            tracing::warn!(path = %path.display(), "removing unrecognised upload leftover");
+                            let _ = remove_path(&path);
+                        }
+                    }
+                }
+                Ok(found)
+            }
+        })
+        .await?;
         let reg = UploadRegistry {
             dir,
             // Kept buffers: enough for the batches the memory budget lets
@@ -194,25 +217,11 @@ impl UploadRegistry {
             epoch: Instant::now(),
             space,
         };
-        for entry in std::fs::read_dir(&reg.dir)? {
-            let entry = entry?;
-            let path = entry.path();
-            let recovered = match entry
-                .file_name()
-                .to_str()
-                .and_then(|n| Uuid::parse_str(n).ok())
-            {
-                Some(id) => match (read_info(&path), data_len(&path)) {
-                    (Some(repo), Some(len)) => reg.spawn(id, repo, len, false).await.is_ok(),
-                    _ => false,
-                },
-                None => false,
-            };
-            if !recovered {
-                tracing::warn!(path = %path.display(), "removing unrecognised upload leftover");
-                let _ = remove_path(&path);
-            } else {
-                tracing::info!(id = %entry.file_name().to_string_lossy(), "recovered upload session");
+        for (id, repo, len) in found {
+            match reg.spawn(id, repo, len, false).await {
+                Ok(_) => tracing::info!(%id, "recovered upload session"),
+                // Its files stay: the next start tries again.
+                Err(e) => tracing::error!(%id, error = %e, "upload session not recovered"),
             }
         }
         Ok(reg)

@@ -10,11 +10,11 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use wharf::content::Placement;
 use wharf::http::error::ApiError;
 use wharf::meta::{Meta, MetaWrite, MetaWriter};
 use wharf::oci::{Algorithm, Digest, RepoName};
 use wharf::storage::{BlobContent, BlobStorage, StorageError, SweepPlan, UploadWriter};
-use wharf::store::Commit;
 
 struct Opened {
     storage: Arc<dyn BlobStorage>,
@@ -144,8 +144,11 @@ async fn contract(o: Opened) {
         assert_eq!(code(e), "BLOB_UPLOAD_UNKNOWN/404", "{r} {i}");
     }
 
-    let c = w.commit(&d).await.unwrap();
-    assert_eq!((c.size, c.commit), (data.len() as u64, Commit::Stored));
+    let c = w.complete(&d).await.unwrap();
+    assert_eq!(
+        (c.size, c.placement),
+        (data.len() as u64, Placement::Stored)
+    );
     let e = s.resume_upload(&app, &id).await.err().expect("ended");
     assert_eq!(code(e), "BLOB_UPLOAD_UNKNOWN/404");
 
@@ -173,17 +176,17 @@ async fn contract(o: Opened) {
     let head = s.read_blob(&app, &d, None, true).await.unwrap();
     assert!(matches!(head.content, BlobContent::Empty));
     assert_eq!(head.size, data.len() as u64);
-    assert!(s.holds(&d).await.unwrap());
+    assert!(s.has_blob(&d).await.unwrap());
     let never = Digest::parse(&digest(b"never stored")).unwrap();
-    assert!(!s.holds(&never).await.unwrap());
+    assert!(!s.has_blob(&never).await.unwrap());
 
     // The same bytes again, in one request, to another repository: kept
     // once, linked in both.
     let id = s.begin_upload(&other).await.unwrap();
     let mut w = s.resume_upload(&other, &id).await.unwrap();
     feed(w.as_mut(), &data, 4 << 20).await;
-    let c = w.commit(&d).await.unwrap();
-    assert_eq!(c.commit, Commit::Deduplicated);
+    let c = w.complete(&d).await.unwrap();
+    assert_eq!(c.placement, Placement::Deduplicated);
     assert!(read(s, &other, &d, None).await.unwrap().2 == data);
     assert_eq!(s.totals().await.unwrap(), (1, data.len() as u64));
 
@@ -193,12 +196,12 @@ async fn contract(o: Opened) {
     let mut w = s.resume_upload(&app, &id).await.unwrap();
     feed(w.as_mut(), &small, 4).await;
     w.save().await.unwrap();
-    let e = w.commit(&never).await.expect_err("mismatch");
+    let e = w.complete(&never).await.expect_err("mismatch");
     assert_eq!(code(e), "DIGEST_INVALID/400");
     let w = s.resume_upload(&app, &id).await.unwrap();
     assert_eq!(w.size(), small.len() as u64);
     let sd = Digest::parse(&digest(&small)).unwrap();
-    assert_eq!(w.commit(&sd).await.unwrap().commit, Commit::Stored);
+    assert_eq!(w.complete(&sd).await.unwrap().placement, Placement::Stored);
 
     // A sha512 digest gets the same answers in both modes: a wrong one is
     // refused, the right one stored and read back under it. Past one part,
@@ -212,8 +215,8 @@ async fn contract(o: Opened) {
         let id = s.begin_upload(&app).await.unwrap();
         let mut w = s.resume_upload(&app, &id).await.unwrap();
         feed(w.as_mut(), &big, 3 << 20).await;
-        match w.commit(&want).await {
-            Ok(c) => assert!(expect && c.commit == Commit::Stored),
+        match w.complete(&want).await {
+            Ok(c) => assert!(expect && c.placement == Placement::Stored),
             Err(e) => {
                 assert!(!expect, "{e}");
                 assert_eq!(code(e), "DIGEST_INVALID/400");
@@ -228,7 +231,7 @@ async fn contract(o: Opened) {
         size == big.len() as u64 && got == big,
         "sha512 blob differs"
     );
-    assert!(s.holds(&d512).await.unwrap());
+    assert!(s.has_blob(&d512).await.unwrap());
 
     // Two requests on one session at the same offset: one wins, the other
     // learns the session moved on (416 for the client).
@@ -256,11 +259,11 @@ async fn contract(o: Opened) {
     let md = Digest::parse(&digest(&m)).unwrap();
     assert_eq!(
         s.put_manifest(&md, m.clone()).await.unwrap().0,
-        Commit::Stored
+        Placement::Stored
     );
     assert_eq!(
         s.put_manifest(&md, m.clone()).await.unwrap().0,
-        Commit::Deduplicated
+        Placement::Deduplicated
     );
     assert_eq!(s.manifest_bytes(&md).await.unwrap(), Some(m));
     assert_eq!(s.manifest_bytes(&never).await.unwrap(), None);
@@ -290,10 +293,10 @@ async fn contract(o: Opened) {
     // manifest go.
     let freed = (3, (small.len() + big.len() + 19) as u64);
     assert_eq!(s.sweep(&o.meta, plan(true)).await.unwrap(), freed);
-    assert!(s.holds(&sd).await.unwrap());
+    assert!(s.has_blob(&sd).await.unwrap());
     assert_eq!(s.sweep(&o.meta, plan(false)).await.unwrap(), freed);
-    assert!(!s.holds(&sd).await.unwrap());
-    assert!(s.holds(&d).await.unwrap());
+    assert!(!s.has_blob(&sd).await.unwrap());
+    assert!(s.has_blob(&d).await.unwrap());
     assert_eq!(s.manifest_bytes(&md).await.unwrap(), None);
     o.meta.write(vec![unlink(&other, &d)]).await.unwrap();
     assert_eq!(

@@ -46,13 +46,21 @@ impl StoreError {
     }
 }
 
-/// What a commit did with the staged file.
+/// Where a blob's bytes went when placed: new, or already stored (in the
+/// data folder, or in a bucket by another upload of the same digest).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Commit {
-    /// The staged file became the blob.
+pub enum Placement {
+    /// The staged file (or uploaded object) became the blob.
     Stored,
-    /// The blob was already there; the staged file was removed.
+    /// The blob was already there; the new copy was dropped.
     Deduplicated,
+}
+
+/// What a completed upload became, in either storage mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completed {
+    pub size: u64,
+    pub placement: Placement,
 }
 
 /// Handle to the store and its shard actors.
@@ -75,15 +83,21 @@ impl ContentStore {
         space: Arc<DiskSpace>,
     ) -> Result<Self, StoreError> {
         let blobs = root.join("blobs");
-        for alg in ["sha256", "sha512"] {
-            std::fs::create_dir_all(blobs.join(alg))?;
-        }
-        // Whatever is in staging was never acknowledged.
-        let staging = blobs.join("staging");
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging)?;
-        }
-        std::fs::create_dir_all(&staging)?;
+        crate::blocking::run({
+            let blobs = blobs.clone();
+            move || -> io::Result<()> {
+                for alg in ["sha256", "sha512"] {
+                    std::fs::create_dir_all(blobs.join(alg))?;
+                }
+                // Whatever is in staging was never acknowledged.
+                let staging = blobs.join("staging");
+                if staging.exists() {
+                    std::fs::remove_dir_all(&staging)?;
+                }
+                std::fs::create_dir_all(&staging)
+            }
+        })
+        .await?;
         let mut refs = Vec::with_capacity(shards);
         let mut joins = Vec::with_capacity(shards);
         for _ in 0..shards {
@@ -118,21 +132,28 @@ impl ContentStore {
     /// Moves a staged file (bytes already synced and verified to hash to
     /// `digest`) into place, or drops it if the blob already exists. Hold
     /// the pin until the metadata naming the blob is written.
-    pub async fn commit(
+    pub async fn place(
         &self,
         digest: &Digest,
         staged: PathBuf,
-    ) -> Result<(Commit, Pin), StoreError> {
+    ) -> Result<(Placement, Pin), StoreError> {
         let target = self.blob_path(digest);
         let r = self
-            .call_shard(digest, |reply| ShardMsg::Commit {
+            .call_shard(digest, |reply| ShardMsg::Place {
                 staged,
                 target,
                 reply,
             })
             .await;
         if let Err(StoreError::Io(e)) = &r {
-            self.space.note(e);
+            if crate::space::is_no_space(e) {
+                // Releasing the reserve unlinks a file: not on this worker.
+                let space = self.space.clone();
+                let _ = crate::blocking::run(move || {
+                    Ok::<_, crate::blocking::TaskFailed>(space.enter_full())
+                })
+                .await;
+            }
         }
         r
     }
@@ -186,7 +207,7 @@ impl ContentStore {
         &self,
         digest: &Digest,
         bytes: bytes::Bytes,
-    ) -> Result<(Commit, Pin), StoreError> {
+    ) -> Result<(Placement, Pin), StoreError> {
         // Through the shard, not a plain existence check: a manifest pushed
         // again while garbage collection runs must pin the blob (or find it
         // gone and write it anew), as an upload's commit does.
@@ -195,7 +216,7 @@ impl ContentStore {
             .call_shard(digest, |reply| ShardMsg::Touch { target, reply })
             .await?
         {
-            return Ok((Commit::Deduplicated, pin));
+            return Ok((Placement::Deduplicated, pin));
         }
         self.space.check_writable()?;
         let staged = self
@@ -222,7 +243,7 @@ impl ContentStore {
         })
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))??;
-        let r = self.commit(digest, staged.clone()).await;
+        let r = self.place(digest, staged.clone()).await;
         if r.is_err() {
             let _ = tokio::fs::remove_file(&staged).await;
         }

@@ -3,7 +3,7 @@
 //! and that keeps garbage collection off blobs whose metadata is still
 //! being written (pins).
 
-use super::Commit;
+use super::Placement;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::HashMap;
 use std::io;
@@ -24,10 +24,10 @@ pub struct ShardState {
 }
 
 pub enum ShardMsg {
-    Commit {
+    Place {
         staged: PathBuf,
         target: PathBuf,
-        reply: RpcReplyPort<io::Result<(Commit, Pin)>>,
+        reply: RpcReplyPort<io::Result<(Placement, Pin)>>,
     },
     /// A write of bytes that may already be stored (a manifest): if the
     /// blob exists, refresh its mtime and pin it, exactly as a
@@ -112,13 +112,13 @@ impl Actor for Shard {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ShardMsg::Commit {
+            ShardMsg::Place {
                 staged,
                 target,
                 reply,
             } => {
                 let (fsync, path) = (state.fsync, target.clone());
-                let result = blocking(move || commit(&staged, &path, fsync))
+                let result = blocking(move || place(&staged, &path, fsync))
                     .await
                     .map(|c| (c, state.pin(&myself, &target)));
                 let _ = reply.send(result);
@@ -170,10 +170,10 @@ fn touch(target: &Path) -> io::Result<bool> {
     }
 }
 
-fn commit(staged: &Path, target: &Path, fsync: bool) -> io::Result<Commit> {
+fn place(staged: &Path, target: &Path, fsync: bool) -> io::Result<Placement> {
     if touch(target)? {
         std::fs::remove_file(staged)?;
-        return Ok(Commit::Deduplicated);
+        return Ok(Placement::Deduplicated);
     }
     let dir = target
         .parent()
@@ -193,7 +193,7 @@ fn commit(staged: &Path, target: &Path, fsync: bool) -> io::Result<Commit> {
             }
         }
     }
-    Ok(Commit::Stored)
+    Ok(Placement::Stored)
 }
 
 fn delete_if_older(target: &Path, cutoff: SystemTime) -> io::Result<Option<u64>> {
