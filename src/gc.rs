@@ -105,6 +105,18 @@ impl std::fmt::Display for GcReport {
 /// commits, few enough not to crowd out pushes.
 const WRITE_WAVE: usize = 128;
 
+/// Applies GC's writes (or, in a dry run, counts them); how many took.
+async fn apply_unless_dry(
+    meta: &Meta,
+    dry_run: bool,
+    writes: Vec<MetaWrite>,
+) -> Result<usize, GcError> {
+    match dry_run {
+        true => Ok(writes.len()),
+        false => apply_each(meta, writes).await,
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, MetaError> + Send + 'static,
 ) -> Result<T, GcError> {
@@ -196,11 +208,7 @@ pub async fn collect(
                 cutoff,
             });
         }
-        report.manifests_removed = if opts.dry_run {
-            writes.len()
-        } else {
-            apply_each(meta, writes).await?
-        };
+        report.manifests_removed = apply_unless_dry(meta, opts.dry_run, writes).await?;
     }
 
     // 2. Links to blobs no manifest of the repository references.
@@ -233,11 +241,7 @@ pub async fn collect(
             cutoff,
         });
     }
-    report.links_removed = if opts.dry_run {
-        writes.len()
-    } else {
-        apply_each(meta, writes).await?
-    };
+    report.links_removed = apply_unless_dry(meta, opts.dry_run, writes).await?;
 
     // 3. Bytes nothing links or names as a manifest.
     let plan = SweepPlan {

@@ -313,6 +313,9 @@ pub(super) async fn put(
                     "tag {t} of {name} is immutable ({rule}): it cannot be moved"
                 ))
             }
+            (MetaError::Conflict(why), _, _) if why.contains(crate::meta::rules::TYPE_FIXED) => {
+                ApiError::ManifestInvalid(why)
+            }
             // A referenced blob was unlinked (garbage collection) between
             // the check above and the commit.
             (MetaError::Conflict(why), _, _) => ApiError::ManifestBlobUnknown(why),

@@ -54,6 +54,21 @@ impl<'t> RedbRows<'t> {
     }
 }
 
+/// Which of `digests` have a row keyed (repo, digest) in `table`.
+fn present<V: redb::Value + 'static>(
+    table: &redb::Table<'_, (&'static str, &'static str), V>,
+    repo: &str,
+    digests: &[String],
+) -> Result<Vec<String>, MetaError> {
+    let mut found = Vec::new();
+    for d in digests {
+        if table.get((repo, d.as_str()))?.is_some() {
+            found.push(d.clone());
+        }
+    }
+    Ok(found)
+}
+
 impl TxnRows for RedbRows<'_> {
     fn now(&self) -> u64 {
         self.now
@@ -76,13 +91,7 @@ impl TxnRows for RedbRows<'_> {
         digests: &[String],
         _: Lock,
     ) -> Result<Vec<String>, MetaError> {
-        let mut found = Vec::new();
-        for d in digests {
-            if self.links.get((repo, d.as_str()))?.is_some() {
-                found.push(d.clone());
-            }
-        }
-        Ok(found)
+        present(&self.links, repo, digests)
     }
 
     fn put_link(&mut self, repo: &str, digest: &str, size: u64, at: u64) -> Result<(), MetaError> {
@@ -113,13 +122,7 @@ impl TxnRows for RedbRows<'_> {
         digests: &[String],
         _: Lock,
     ) -> Result<Vec<String>, MetaError> {
-        let mut found = Vec::new();
-        for d in digests {
-            if self.manifests.get((repo, d.as_str()))?.is_some() {
-                found.push(d.clone());
-            }
-        }
-        Ok(found)
+        present(&self.manifests, repo, digests)
     }
 
     fn put_manifest(

@@ -18,6 +18,10 @@
 use super::{ManifestRecord, MetaError, MetaWrite};
 use crate::oci::{Digest, RepoName};
 
+/// The words of the refusal of a manifest PUT that would change a stored
+/// digest's media type (the HTTP layer answers MANIFEST_INVALID for it).
+pub const TYPE_FIXED: &str = "its type cannot change to";
+
 /// How a rule reads a row its decision rests on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lock {
@@ -196,6 +200,17 @@ fn precondition(rows: &mut dyn TxnRows, op: &MetaWrite) -> Result<Option<String>
                 rows.lock_tag_name(r, t)?;
                 if rows.tag(r, t, Lock::None)?.is_some_and(|at| at != d) {
                     return Ok(Some(format!("tag {t} is immutable")));
+                }
+            }
+            // A digest's type never changes once stored: every tag of it
+            // must keep serving what it served (an unreadable old record
+            // is replaced, as before).
+            if let Ok(Some(old)) = rows.manifest(r, &d, Lock::None) {
+                if old.media_type != record.media_type {
+                    return Ok(Some(format!(
+                        "manifest {d} is stored as {}: {TYPE_FIXED} {}",
+                        old.media_type, record.media_type
+                    )));
                 }
             }
             if record.proxied {

@@ -135,6 +135,14 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, 
             ))
         }
         (Some(body_mt), _) => body_mt.to_owned(),
+        // Docker's schema 2 types must be in the body (distribution checks
+        // the same): bytes without one are OCI, whatever a request claims,
+        // so one digest can never be served as two types.
+        (None, Some(ct)) if ct == DOCKER_MANIFEST || ct == DOCKER_LIST => {
+            return invalid(format!(
+                "a manifest pushed as {ct} must carry \"mediaType\": \"{ct}\" in its body"
+            ))
+        }
         (None, Some(ct)) if is_known_type(ct) => ct.to_owned(),
         (None, _) if raw.manifests.is_some() => OCI_INDEX.to_owned(),
         (None, _) => OCI_MANIFEST.to_owned(),
@@ -283,8 +291,13 @@ mod tests {
             parse(body.as_bytes(), None).unwrap().media_type,
             OCI_MANIFEST
         );
+        // A Docker type must be in the body (bytes without one are OCI,
+        // whatever the request claims: one digest, one type).
+        let e = parse(body.as_bytes(), Some(DOCKER_MANIFEST)).unwrap_err();
+        assert!(e.0.contains("must carry"), "{}", e.0);
+        let docker = body.replacen('{', &format!(r#"{{"mediaType":"{DOCKER_MANIFEST}","#), 1);
         assert_eq!(
-            parse(body.as_bytes(), Some(DOCKER_MANIFEST))
+            parse(docker.as_bytes(), Some(DOCKER_MANIFEST))
                 .unwrap()
                 .media_type,
             DOCKER_MANIFEST

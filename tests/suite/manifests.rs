@@ -82,6 +82,35 @@ async fn docker_schema2_and_manifest_list() {
     );
 }
 
+/// A manifest with no top-level mediaType (umoci writes such OCI
+/// manifests) is OCI: pushing the same bytes again as a Docker manifest
+/// under another tag is refused, and the first tag keeps serving OCI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_manifest_keeps_its_type_whatever_a_later_put_claims() {
+    let reg = TestRegistry::start().await;
+    let mut m = reg.image_manifest("repro/a", 3, 1).await;
+    m.as_object_mut().unwrap().remove("mediaType");
+    let body = serde_json::to_vec(&m).unwrap();
+    assert_eq!(
+        reg.put_manifest("repro/a", "v1", OCI_MANIFEST, &body)
+            .await
+            .status(),
+        201
+    );
+    let docker = "application/vnd.docker.distribution.manifest.v2+json";
+    for reference in ["other", &digest(&body)] {
+        let r = reg.put_manifest("repro/a", reference, docker, &body).await;
+        assert_oci_error(r, 400, "MANIFEST_INVALID").await;
+    }
+    for reference in ["v1", &digest(&body)] {
+        let g = reg.get(&format!("/v2/repro/a/manifests/{reference}")).await;
+        assert_eq!(header(&g, "content-type"), Some(OCI_MANIFEST));
+        assert_eq!(g.bytes().await.unwrap(), body);
+    }
+    let g = reg.get("/v2/repro/a/manifests/other").await;
+    assert_oci_error(g, 404, "MANIFEST_UNKNOWN").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_manifests_get_the_right_errors_and_leave_nothing_behind() {
     let reg = TestRegistry::start().await;

@@ -268,6 +268,50 @@ async fn contract(o: Opened) {
     assert_eq!(s.manifest_bytes(&md).await.unwrap(), Some(m));
     assert_eq!(s.manifest_bytes(&never).await.unwrap(), None);
 
+    // A stored manifest's type never changes: the metadata rules refuse a
+    // record of the same digest with another media type, in both backends.
+    let put = |media_type: &str| MetaWrite::PutManifest {
+        repo: app.clone(),
+        digest: md.clone(),
+        record: wharf::meta::ManifestRecord {
+            media_type: media_type.into(),
+            size: 19,
+            subject: None,
+            artifact_type: None,
+            annotations: None,
+            blobs: Vec::new(),
+            children: Vec::new(),
+            created: 0,
+            proxied: false,
+        },
+        tag: None,
+        tag_immutable: false,
+    };
+    let oci = "application/vnd.oci.image.manifest.v1+json";
+    o.meta.write(vec![put(oci)]).await.unwrap();
+    o.meta.write(vec![put(oci)]).await.unwrap();
+    let docker = "application/vnd.docker.distribution.manifest.v2+json";
+    let e = o.meta.write(vec![put(docker)]).await.unwrap_err();
+    assert!(
+        e.to_string().contains(wharf::meta::rules::TYPE_FIXED),
+        "{e}"
+    );
+    let (r, m) = (app.clone(), md.clone());
+    let kept = o
+        .meta
+        .query(move |meta| meta.manifest(&r, &m))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.media_type, oci);
+    o.meta
+        .write(vec![MetaWrite::DeleteManifest {
+            repo: app.clone(),
+            digest: md.clone(),
+        }])
+        .await
+        .unwrap();
+
     // The sweep frees exactly what nothing links or names, once unlinked
     // everywhere; a dry run only counts.
     let unlink = |r: &RepoName, d: &Digest| MetaWrite::UnlinkBlob {
