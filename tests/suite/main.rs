@@ -24,6 +24,7 @@ mod engine;
 mod enospc;
 mod fsck;
 mod gc;
+mod layers;
 mod limits;
 mod manifests;
 mod metrics;
