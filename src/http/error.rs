@@ -5,6 +5,7 @@ use super::body::Body;
 use crate::meta::MetaError;
 use crate::oci::ParseError;
 use crate::storage::StorageError;
+use crate::upload::Refusal;
 use http::{HeaderValue, Response, StatusCode};
 
 #[derive(Debug, thiserror::Error)]
@@ -188,9 +189,11 @@ impl From<StorageError> for ApiError {
         use StorageError as E;
         match e {
             E::BlobUnknown => ApiError::BlobUnknown,
-            E::UploadUnknown => ApiError::BlobUploadUnknown,
-            e @ E::OutOfOrder { .. } => ApiError::UploadRange(e.to_string()),
-            e @ E::DigestMismatch { .. } => ApiError::DigestInvalid(e.to_string()),
+            E::Refused(Refusal::Unknown) => ApiError::BlobUploadUnknown,
+            E::Refused(r @ Refusal::OutOfOrder { .. }) => ApiError::UploadRange(r.to_string()),
+            E::Refused(r @ Refusal::DigestMismatch { .. }) => {
+                ApiError::DigestInvalid(r.to_string())
+            }
             e @ E::UploadBusy => ApiError::BlobUploadInvalid(e.to_string()),
             E::UploadTooLarge(m) => ApiError::TooLarge(m),
             E::TooManySessions => ApiError::TooManyRequests {

@@ -148,7 +148,10 @@ pub(super) fn chunk_start(req: &Request<Incoming>, offset: u64) -> Result<u64, A
         .map_err(|_| ApiError::UploadRange("Content-Range is not ASCII".into()))?;
     let range = ContentRange::parse(text)?;
     if range.start != offset {
-        return Err(crate::storage::StorageError::OutOfOrder { offset }.into());
+        return Err(
+            crate::storage::StorageError::from(crate::upload::Refusal::OutOfOrder { offset })
+                .into(),
+        );
     }
     if let Some(len) = req
         .headers()

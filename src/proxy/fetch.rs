@@ -317,11 +317,13 @@ async fn transfer(
         Err(e) => {
             let _ = job.storage.cancel_upload(&job.repo, &id).await;
             Err(match e {
-                StorageError::DigestMismatch { .. } => UpstreamError::Invalid(format!(
-                    "the upstream's bytes do not hash to {}: {e}",
-                    job.digest
-                ))
-                .into(),
+                StorageError::Refused(crate::upload::Refusal::DigestMismatch { .. }) => {
+                    UpstreamError::Invalid(format!(
+                        "the upstream's bytes do not hash to {}: {e}",
+                        job.digest
+                    ))
+                    .into()
+                }
                 e => e.into(),
             })
         }

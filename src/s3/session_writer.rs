@@ -14,6 +14,7 @@ use crate::content::{Completed, Placement};
 use crate::meta::{MetaError, MetaWrite};
 use crate::oci::{Algorithm, Digest, RepoName};
 use crate::upload::midstate::Sha256Midstate;
+use crate::upload::Refusal;
 use bytes::Bytes;
 
 /// A session's row as one request found it.
@@ -172,7 +173,7 @@ impl SessionWriter {
                 Ok(row.and_then(|r| r.get(0)))
             })
             .await?;
-        let winner = winner.ok_or(RemoteUploadError::Unknown)?;
+        let winner = winner.ok_or(RemoteUploadError::Refused(Refusal::Unknown))?;
         if winner != created {
             let _ = self
                 .uploads
@@ -204,7 +205,7 @@ impl SessionWriter {
                         &[&id],
                     )
                     .map_err(db)?
-                    .ok_or(RemoteUploadError::Unknown)?;
+                    .ok_or(RemoteUploadError::Refused(Refusal::Unknown))?;
                 Ok(r.get(0))
             })
             .await?;
@@ -276,10 +277,10 @@ impl SessionWriter {
                     let current = c
                         .query_opt("SELECT size FROM uploads WHERE id = $1", &[&row.id])
                         .map_err(db)?
-                        .ok_or(RemoteUploadError::Unknown)?;
-                    return Err(RemoteUploadError::OutOfOrder {
+                        .ok_or(RemoteUploadError::Refused(Refusal::Unknown))?;
+                    return Err(RemoteUploadError::Refused(Refusal::OutOfOrder {
                         offset: current.get::<_, i64>(0) as u64,
-                    });
+                    }));
                 }
                 if tail_loaded {
                     t.execute("DELETE FROM upload_tail WHERE id = $1", &[&row.id])
@@ -321,10 +322,10 @@ impl SessionWriter {
         if digest.algorithm() == Algorithm::Sha256 && &actual != digest {
             // What this request sent stays in the session.
             let _ = self.save().await;
-            return Err(RemoteUploadError::DigestMismatch {
+            return Err(RemoteUploadError::Refused(Refusal::DigestMismatch {
                 expected: digest.clone(),
                 actual,
-            });
+            }));
         }
         let (id, version) = (self.row.id.clone(), self.row.version);
         let claimed = self
@@ -340,9 +341,9 @@ impl SessionWriter {
             })
             .await?;
         if !claimed {
-            return Err(RemoteUploadError::OutOfOrder {
+            return Err(RemoteUploadError::Refused(Refusal::OutOfOrder {
                 offset: self.row.size,
-            });
+            }));
         }
         // A part still in flight must be recorded before deciding between
         // one PutObject and completing the multipart upload.
@@ -382,10 +383,10 @@ impl SessionWriter {
             if hashed.as_ref() != Some(digest) {
                 let repo = self.repo.clone();
                 self.uploads.discard(&repo, &self.row.id).await?;
-                return Err(RemoteUploadError::DigestMismatch {
+                return Err(RemoteUploadError::Refused(Refusal::DigestMismatch {
                     expected: digest.clone(),
                     actual: hashed.unwrap_or(actual),
-                });
+                }));
             }
         }
         let (id, repo, d, size) = (
@@ -425,7 +426,7 @@ impl SessionWriter {
                 // Purged meanwhile (idle past the timeout): its object is
                 // queued for deletion, so it must not become the blob.
                 if t.execute("DELETE FROM uploads WHERE id = $1", &[&id]).map_err(db)? == 0 {
-                    return Err(RemoteUploadError::Unknown);
+                    return Err(RemoteUploadError::Refused(Refusal::Unknown));
                 }
                 t.execute("DELETE FROM upload_tail WHERE id = $1", &[&id])
                     .map_err(db)?;

@@ -21,8 +21,9 @@
 
 use super::client::{S3Client, S3Error};
 use super::sql::{db, now};
-use crate::oci::{Digest, RepoName};
+use crate::oci::RepoName;
 use crate::upload::midstate::Sha256Midstate;
+use crate::upload::Refusal;
 use uuid::Uuid;
 
 use super::session_writer::Row;
@@ -46,12 +47,8 @@ pub fn part_size(offset: u64) -> u64 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteUploadError {
-    #[error("upload session not found")]
-    Unknown,
-    #[error("chunk does not start at the session's offset {offset}")]
-    OutOfOrder { offset: u64 },
-    #[error("upload content hashes to {actual}, not {expected}")]
-    DigestMismatch { expected: Digest, actual: Digest },
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     #[error("upload has used all {MAX_PARTS} parts")]
     TooManyParts,
     /// `limits.max_upload_sessions` are open across the cluster.
@@ -135,7 +132,7 @@ impl RemoteUploads {
         // or upper-case spellings never alias one.
         let id = match Uuid::parse_str(id) {
             Ok(u) if u.hyphenated().to_string() == id => u,
-            _ => return Err(RemoteUploadError::Unknown),
+            _ => return Err(RemoteUploadError::Refused(Refusal::Unknown)),
         };
         let (sid, r) = (id.to_string(), repo.to_string());
         let row = self
@@ -147,7 +144,7 @@ impl RemoteUploads {
                         &[&sid, &r],
                     )
                     .map_err(db)?
-                    .ok_or(RemoteUploadError::Unknown)?;
+                    .ok_or(RemoteUploadError::Refused(Refusal::Unknown))?;
                 Ok(Row {
                     id: sid,
                     object_key: row.get(0),

@@ -6,21 +6,17 @@ use crate::blocking::TaskFailed;
 use crate::config::ConfigError;
 use crate::content::StoreError;
 use crate::meta::MetaError;
-use crate::oci::Digest;
 use crate::s3::uploads::RemoteUploadError;
 use crate::s3::S3Error;
-use crate::upload::UploadError;
+use crate::upload::{Refusal, UploadError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("blob unknown to this repository")]
     BlobUnknown,
-    #[error("upload session not found")]
-    UploadUnknown,
-    #[error("chunk does not start at the session's offset {offset}")]
-    OutOfOrder { offset: u64 },
-    #[error("upload content hashes to {actual}, not {expected}")]
-    DigestMismatch { expected: Digest, actual: Digest },
+    /// An unknown session, a chunk at the wrong offset, a digest mismatch.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// Another request is completing the session.
     #[error("upload is being completed by another request")]
     UploadBusy,
@@ -69,11 +65,7 @@ impl From<StoreError> for StorageError {
 impl From<UploadError> for StorageError {
     fn from(e: UploadError) -> Self {
         match e {
-            UploadError::Unknown => StorageError::UploadUnknown,
-            UploadError::OutOfOrder { offset } => StorageError::OutOfOrder { offset },
-            UploadError::DigestMismatch { expected, actual } => {
-                StorageError::DigestMismatch { expected, actual }
-            }
+            UploadError::Refused(r) => StorageError::Refused(r),
             UploadError::Sealed => StorageError::UploadBusy,
             UploadError::Io(io) => io.into(),
             e @ UploadError::Unavailable(_) => StorageError::Unavailable(e.to_string()),
@@ -85,11 +77,7 @@ impl From<RemoteUploadError> for StorageError {
     fn from(e: RemoteUploadError) -> Self {
         use RemoteUploadError as E;
         match e {
-            E::Unknown => StorageError::UploadUnknown,
-            E::OutOfOrder { offset } => StorageError::OutOfOrder { offset },
-            E::DigestMismatch { expected, actual } => {
-                StorageError::DigestMismatch { expected, actual }
-            }
+            E::Refused(r) => StorageError::Refused(r),
             e @ E::TooManyParts => StorageError::UploadTooLarge(e.to_string()),
             E::TooManySessions => StorageError::TooManySessions,
             e @ (E::Unavailable(_) | E::S3(S3Error::Unavailable(_))) => {

@@ -28,14 +28,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-#[derive(Debug, thiserror::Error)]
-pub enum UploadError {
+/// What an upload session refuses, whichever storage holds it (this
+/// module's actors, or the object store's rows): the refusals a client
+/// can act on, shared by both modes' errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
     #[error("upload session not found")]
     Unknown,
     #[error("chunk does not start at the session's offset {offset}")]
     OutOfOrder { offset: u64 },
     #[error("upload content hashes to {actual}, not {expected}")]
     DigestMismatch { expected: Digest, actual: Digest },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     #[error("upload is being completed by another request")]
     Sealed,
     #[error("upload storage I/O: {0}")]
@@ -81,7 +90,7 @@ impl SessionHandle {
             Ok(CallResult::Success(v)) => Ok(v),
             Ok(CallResult::Timeout) => Err(UploadError::Unavailable("timed out")),
             // The actor stopped: the session was cancelled or completed.
-            Ok(CallResult::SenderError) | Err(_) => Err(UploadError::Unknown),
+            Ok(CallResult::SenderError) | Err(_) => Err(UploadError::Refused(Refusal::Unknown)),
         }
     }
 
@@ -116,7 +125,7 @@ impl SessionHandle {
                 budget,
                 reply: tx.into(),
             })
-            .map_err(|_| UploadError::Unknown)?;
+            .map_err(|_| UploadError::Refused(Refusal::Unknown))?;
         Ok(PendingAppend {
             reply: rx,
             timeout: self.call_timeout,
@@ -154,7 +163,7 @@ impl PendingAppend {
         match tokio::time::timeout(self.timeout, self.reply).await {
             Err(_) => Err(UploadError::Unavailable("timed out")),
             // The actor stopped: the session was cancelled or completed.
-            Ok(Err(_)) => Err(UploadError::Unknown),
+            Ok(Err(_)) => Err(UploadError::Refused(Refusal::Unknown)),
             Ok(Ok(r)) => r,
         }
     }
@@ -303,15 +312,15 @@ impl UploadRegistry {
     /// Finds the session `id` of `repo`. An id that is not a uuid, or a
     /// session of another repository, is unknown.
     pub fn get(&self, repo: &RepoName, id: &str) -> Result<SessionHandle, UploadError> {
-        let parsed = Uuid::parse_str(id).map_err(|_| UploadError::Unknown)?;
+        let parsed = Uuid::parse_str(id).map_err(|_| UploadError::Refused(Refusal::Unknown))?;
         // Only the canonical form we hand out names a session, so braced or
         // upper-case spellings never alias one.
         if parsed.hyphenated().to_string() != id {
-            return Err(UploadError::Unknown);
+            return Err(UploadError::Refused(Refusal::Unknown));
         }
         match self.sessions.get(&parsed) {
             Some(e) if &e.handle.repo == repo => Ok(e.handle.clone()),
-            _ => Err(UploadError::Unknown),
+            _ => Err(UploadError::Refused(Refusal::Unknown)),
         }
     }
 
@@ -319,7 +328,7 @@ impl UploadRegistry {
     /// was committed).
     pub async fn discard(&self, id: Uuid) -> Result<(), UploadError> {
         let Some((_, entry)) = self.sessions.remove(&id) else {
-            return Err(UploadError::Unknown);
+            return Err(UploadError::Refused(Refusal::Unknown));
         };
         let _ = entry
             .handle

@@ -5,6 +5,7 @@
 //! session.
 
 use super::data_file::{self, BufferPool};
+use super::Refusal;
 use super::UploadError;
 use crate::oci::{Algorithm, Digest};
 use crate::space::DiskSpace;
@@ -153,7 +154,9 @@ async fn append(
     }
     if let Some(at) = at {
         if at != state.len {
-            return Err(UploadError::OutOfOrder { offset: state.len });
+            return Err(UploadError::Refused(Refusal::OutOfOrder {
+                offset: state.len,
+            }));
         }
     }
     if chunks.iter().any(|c| !c.is_empty()) {
@@ -221,10 +224,10 @@ async fn seal(state: &mut SessionState, digest: Digest) -> Result<Sealed, Upload
         if actual != digest {
             return (
                 Some(hasher),
-                Err(UploadError::DigestMismatch {
+                Err(UploadError::Refused(Refusal::DigestMismatch {
                     expected: digest,
                     actual,
-                }),
+                })),
             );
         }
         if fsync {
