@@ -224,7 +224,9 @@ async fn dispatch(
         return Err(ApiError::HeadersTooLarge(max_head));
     }
     let endpoint = match route::parse(req.uri().path()) {
-        Ok(Endpoint::Ui) if !st.config.ui.enabled => return Err(ApiError::NotFound),
+        Ok(Endpoint::Ui | Endpoint::Root) if !st.config.ui.enabled => {
+            return Err(ApiError::NotFound)
+        }
         Ok(e) => e,
         Err(RouteError::NotFound) => return Err(not_found(req.uri().path())),
         // A reference that is neither a tag nor a digest names nothing that
@@ -250,6 +252,16 @@ async fn dispatch(
                 retry_after_secs: wait.as_secs().max(1),
             });
         }
+    }
+    if let Endpoint::Root = endpoint {
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        // A person who opens the registry's address in a browser.
+        return Ok(empty_response(
+            StatusCode::FOUND,
+            &[("location", "/ui/".to_owned())],
+        ));
     }
     if let Endpoint::Ui = endpoint {
         let path = req.uri().path();

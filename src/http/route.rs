@@ -9,6 +9,8 @@ use crate::oci::{Digest, ParseError, Reference, RepoName};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
+    /// `/`: where a browser lands (sent on to the UI when it is on).
+    Root,
     /// `/healthz`: the process answers.
     Health,
     /// `/readyz`: ready to serve (metadata readable, not draining).
@@ -49,7 +51,8 @@ impl Endpoint {
     /// The repository the endpoint names (none for `/v2/` and the catalog).
     pub fn repo(&self) -> Option<&RepoName> {
         match self {
-            Endpoint::Health
+            Endpoint::Root
+            | Endpoint::Health
             | Endpoint::Ready
             | Endpoint::Ui
             | Endpoint::AdminGc
@@ -68,6 +71,7 @@ impl Endpoint {
     /// A short fixed name for logs and metric labels.
     pub fn label(&self) -> &'static str {
         match self {
+            Endpoint::Root => "root",
             Endpoint::Health => "healthz",
             Endpoint::Ready => "readyz",
             Endpoint::Ui => "ui",
@@ -104,6 +108,7 @@ impl From<ParseError> for RouteError {
 
 pub fn parse(path: &str) -> Result<Endpoint, RouteError> {
     match path {
+        "/" => return Ok(Endpoint::Root),
         "/healthz" => return Ok(Endpoint::Health),
         "/readyz" => return Ok(Endpoint::Ready),
         "/_wharf/gc" => return Ok(Endpoint::AdminGc),
@@ -187,6 +192,19 @@ mod tests {
         assert_eq!(parse("/v2/_catalog"), Ok(Endpoint::Catalog));
         assert_eq!(parse("/v1/"), Err(RouteError::NotFound));
         assert_eq!(parse("/v2x"), Err(RouteError::NotFound));
+    }
+
+    #[test]
+    fn operator_and_browser_paths_are_routes_too() {
+        assert_eq!(parse("/"), Ok(Endpoint::Root));
+        assert_eq!(parse("/healthz"), Ok(Endpoint::Health));
+        assert_eq!(parse("/readyz"), Ok(Endpoint::Ready));
+        assert_eq!(parse("/ui"), Ok(Endpoint::Ui));
+        assert_eq!(parse("/ui/repo/a"), Ok(Endpoint::Ui));
+        assert_eq!(parse("/uix"), Err(RouteError::NotFound));
+        assert_eq!(parse("/_wharf/gc"), Ok(Endpoint::AdminGc));
+        assert_eq!(parse("/_wharf/retention"), Ok(Endpoint::AdminRetention));
+        assert_eq!(parse("/_wharf/other"), Err(RouteError::NotFound));
     }
 
     #[test]

@@ -298,6 +298,10 @@ async fn ten_thousand_repositories_are_paged() {
 async fn the_ui_can_be_turned_off() {
     let reg = TestRegistry::start_with(|c| c.ui.enabled = false).await;
     assert_eq!(reg.get("/ui/").await.status(), 404);
+    assert_eq!(reg.get("/").await.status(), 404);
     let on = TestRegistry::start().await;
     assert_eq!(on.get("/ui/").await.status(), 200);
+    // A browser opening the registry's address is sent to the UI.
+    let r = on.get("/").await;
+    assert_eq!((r.status().as_u16(), r.url().path()), (200, "/ui/"));
 }
