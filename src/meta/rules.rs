@@ -205,13 +205,16 @@ fn precondition(rows: &mut dyn TxnRows, op: &MetaWrite) -> Result<Option<String>
             // A digest's type never changes once stored: every tag of it
             // must keep serving what it served (an unreadable old record
             // is replaced, as before).
-            if let Ok(Some(old)) = rows.manifest(r, &d, Lock::None) {
-                if old.media_type != record.media_type {
+            match rows.manifest(r, &d, Lock::None) {
+                Ok(Some(old)) if old.media_type != record.media_type => {
                     return Ok(Some(format!(
                         "manifest {d} is stored as {}: {TYPE_FIXED} {}",
                         old.media_type, record.media_type
                     )));
                 }
+                Ok(_) | Err(MetaError::Record(_)) => {}
+                // The database's trouble fails the batch, as everywhere.
+                Err(e) => return Err(e),
             }
             if record.proxied {
                 return Ok(None);

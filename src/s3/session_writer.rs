@@ -379,13 +379,19 @@ impl SessionWriter {
                 .uploads
                 .s3
                 .hash_object(&key, digest.algorithm())
-                .await?;
-            if hashed.as_ref() != Some(digest) {
+                .await?
+                // Just completed, yet not readable: the store's trouble.
+                .ok_or_else(|| {
+                    RemoteUploadError::Unavailable(format!(
+                        "completed object {key} is not readable"
+                    ))
+                })?;
+            if &hashed != digest {
                 let repo = self.repo.clone();
                 self.uploads.discard(&repo, &self.row.id).await?;
                 return Err(RemoteUploadError::Refused(Refusal::DigestMismatch {
                     expected: digest.clone(),
-                    actual: hashed.unwrap_or(actual),
+                    actual: hashed,
                 }));
             }
         }
