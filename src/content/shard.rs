@@ -109,7 +109,7 @@ impl Actor for Shard {
         &self,
         myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
-        state: &mut Self::State,
+        shard: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ShardMsg::Place {
@@ -117,26 +117,26 @@ impl Actor for Shard {
                 target,
                 reply,
             } => {
-                let (fsync, path) = (state.fsync, target.clone());
+                let (fsync, path) = (shard.fsync, target.clone());
                 let result = blocking(move || place(&staged, &path, fsync))
                     .await
-                    .map(|c| (c, state.pin(&myself, &target)));
+                    .map(|c| (c, shard.pin(&myself, &target)));
                 let _ = reply.send(result);
             }
             ShardMsg::Touch { target, reply } => {
                 let path = target.clone();
                 let result = blocking(move || touch(&path))
                     .await
-                    .map(|found| found.then(|| state.pin(&myself, &target)));
+                    .map(|found| found.then(|| shard.pin(&myself, &target)));
                 let _ = reply.send(result);
             }
             ShardMsg::Unpin { target } => {
-                let Some(n) = state.pins.get_mut(&target) else {
+                let Some(n) = shard.pins.get_mut(&target) else {
                     return Ok(());
                 };
                 *n -= 1;
                 if *n == 0 {
-                    state.pins.remove(&target);
+                    shard.pins.remove(&target);
                     if let Err(e) = blocking(move || touch(&target)).await {
                         tracing::warn!(error = %e, "cannot refresh a blob's mtime");
                     }
@@ -147,7 +147,7 @@ impl Actor for Shard {
                 cutoff,
                 reply,
             } => {
-                let result = if state.pins.contains_key(&target) {
+                let result = if shard.pins.contains_key(&target) {
                     Ok(None)
                 } else {
                     blocking(move || delete_if_older(&target, cutoff)).await

@@ -7,7 +7,7 @@ use crate::meta::MetaWrite;
 use crate::oci::range::ByteRange;
 use crate::oci::{Digest, RepoName};
 use crate::proxy::fetch::FetchJob;
-use crate::storage::{BlobContent, StorageError};
+use crate::storage::{BlobContent, BlobRequest, StorageError};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 pub(super) async fn get(
@@ -22,13 +22,16 @@ pub(super) async fn get(
         .get(http::header::RANGE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let request = BlobRequest {
+        repo: name.clone(),
+        digest: digest.clone(),
+        range,
+        head_only,
+    };
     let read = match st.proxies.route(name) {
-        None => st.storage.read_blob(name, digest, range, head_only).await?,
+        None => st.storage.read_blob(request).await?,
         Some(route) => {
-            let read = st
-                .storage
-                .read_blob(name, digest, range.clone(), head_only)
-                .await;
+            let read = st.storage.read_blob(request.clone()).await;
             let result = match &read {
                 Err(StorageError::BlobUnknown) => "miss",
                 _ => "hit",
@@ -39,9 +42,7 @@ pub(super) async fn get(
                 .with_label_values(&[&route.proxy.prefix, "blob", result])
                 .inc();
             match read {
-                Err(StorageError::BlobUnknown) => {
-                    return from_upstream(st, route, name, digest, range, head_only).await
-                }
+                Err(StorageError::BlobUnknown) => return from_upstream(st, route, request).await,
                 read => read?,
             }
         }
@@ -73,20 +74,19 @@ pub(super) async fn get(
 
 /// A blob a pull-through repository lacks: joins (or starts) its fetch
 /// and streams it as it arrives.
-async fn from_upstream(
-    st: &App,
-    route: crate::proxy::Route,
-    name: &RepoName,
-    digest: &Digest,
-    range: Option<String>,
-    head_only: bool,
-) -> HttpResult {
+async fn from_upstream(st: &App, route: crate::proxy::Route, request: BlobRequest) -> HttpResult {
+    let BlobRequest {
+        repo,
+        digest,
+        range,
+        head_only,
+    } = request;
     // Full mode: answered here (507), not by a fetch that cannot commit.
     st.storage.check_writable()?;
     let wait = route.proxy.upstream.timeout * 2;
     let (fetch, _) = st.proxies.fetches.join_or_start(FetchJob {
         route,
-        repo: name.clone(),
+        repo,
         digest: digest.clone(),
         storage: st.storage.clone(),
         metrics: st.metrics.clone(),
@@ -110,7 +110,7 @@ async fn from_upstream(
         true => StatusCode::PARTIAL_CONTENT,
         false => StatusCode::OK,
     };
-    Ok(blob_response(body, status, digest, slice, size))
+    Ok(blob_response(body, status, &digest, slice, size))
 }
 
 fn blob_response(

@@ -38,6 +38,9 @@ pub use postgres_backend::{
 pub use postgres_rows::apply_in_transaction as apply_in_postgres;
 pub use redb_backend::RedbBackend;
 
+/// What every metadata read and write answers.
+pub type MetaResult<T> = Result<T, MetaError>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
     /// Boxed: redb's error is large and would bloat every `Result`.
@@ -130,6 +133,15 @@ pub struct ManifestRecord {
 }
 
 impl ManifestRecord {
+    /// The stored form of a record: JSON, the same text in either database.
+    pub(crate) fn encode(&self) -> Result<String, MetaError> {
+        serde_json::to_string(self).map_err(|e| MetaError::Record(e.to_string()))
+    }
+
+    pub(crate) fn decode(stored: &[u8]) -> Result<ManifestRecord, MetaError> {
+        serde_json::from_slice(stored).map_err(|e| MetaError::Record(e.to_string()))
+    }
+
     /// The record of a manifest parsed from `size` bytes, pushed (or, if
     /// `proxied`, cached from an upstream) at `created`.
     pub fn new(
@@ -262,6 +274,16 @@ pub enum MetaWrite {
 pub struct Page {
     pub items: Vec<String>,
     pub more: bool,
+}
+
+impl Page {
+    /// A page of `n` from `items`, read with one extra to tell whether more
+    /// follow.
+    pub(crate) fn of(mut items: Vec<String>, n: usize) -> Page {
+        let more = items.len() > n;
+        items.truncate(n);
+        Page { items, more }
+    }
 }
 
 /// The read side of a database that can hold Wharf's metadata. Reads are

@@ -203,16 +203,6 @@ pub fn describe(e: &postgres::Error) -> String {
     }
 }
 
-fn decode_record(text: &str) -> Result<ManifestRecord, MetaError> {
-    serde_json::from_str(text).map_err(|e| MetaError::Record(e.to_string()))
-}
-
-fn page(mut items: Vec<String>, n: usize) -> Page {
-    let more = items.len() > n;
-    items.truncate(n);
-    Page { items, more }
-}
-
 impl MetaRead for PostgresBackend {
     fn blob_link(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, MetaError> {
         let row = self
@@ -237,7 +227,8 @@ impl MetaRead for PostgresBackend {
                 &[&repo.as_str(), &digest.to_string()],
             )
             .map_err(db)?;
-        row.map(|r| decode_record(r.get(0))).transpose()
+        row.map(|r| ManifestRecord::decode(r.get::<_, &str>(0).as_bytes()))
+            .transpose()
     }
 
     fn tag(&self, repo: &RepoName, tag: &str) -> Result<Option<Digest>, MetaError> {
@@ -268,7 +259,7 @@ impl MetaRead for PostgresBackend {
                 &[&repo.as_str(), &after.unwrap_or(""), &(n as i64 + 1)],
             )
             .map_err(db)?;
-        Ok(page(rows.iter().map(|r| r.get(0)).collect(), n))
+        Ok(Page::of(rows.iter().map(|r| r.get(0)).collect(), n))
     }
 
     fn repos(&self, after: Option<&str>, n: usize) -> Result<Page, MetaError> {
@@ -279,7 +270,7 @@ impl MetaRead for PostgresBackend {
                 &[&after.unwrap_or(""), &(n as i64 + 1)],
             )
             .map_err(db)?;
-        Ok(page(rows.iter().map(|r| r.get(0)).collect(), n))
+        Ok(Page::of(rows.iter().map(|r| r.get(0)).collect(), n))
     }
 
     fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Digest>, MetaError> {
@@ -324,7 +315,13 @@ impl MetaRead for PostgresBackend {
             )
             .map_err(db)?;
         rows.iter()
-            .map(|r| Ok((r.get(0), r.get(1), decode_record(r.get(2))?)))
+            .map(|r| {
+                Ok((
+                    r.get(0),
+                    r.get(1),
+                    ManifestRecord::decode(r.get::<_, &str>(2).as_bytes())?,
+                ))
+            })
             .collect()
     }
 

@@ -6,8 +6,8 @@
 //! ends: that is what orders two nodes deciding about the same rows.
 
 use super::postgres_backend::{map_error, retryable};
-use super::rules::{self, Lock, TxnRows};
-use super::{ManifestRecord, MetaError, MetaWrite};
+use super::rules::{self, Lock, ReferrerRow, TxnRows};
+use super::{ManifestRecord, MetaError, MetaResult, MetaWrite};
 use crate::oci::{Digest, RepoName};
 use postgres::Transaction;
 
@@ -30,7 +30,7 @@ pub(super) struct Failed {
 pub(super) fn apply_jobs(
     txn: &mut Transaction<'_>,
     jobs: &[Vec<MetaWrite>],
-) -> Result<Vec<Result<(), MetaError>>, Failed> {
+) -> Result<Vec<MetaResult<()>>, Failed> {
     let mut rows = PgRows {
         txn,
         now: crate::calendar::unix_now(),
@@ -51,13 +51,9 @@ fn lock_clause(lock: Lock) -> &'static str {
     }
 }
 
-fn decode_record(text: &str) -> Result<ManifestRecord, MetaError> {
-    serde_json::from_str(text).map_err(|e| MetaError::Record(e.to_string()))
-}
-
 impl PgRows<'_, '_> {
     /// Keeps the first client error whole and maps it for the rules.
-    fn sql<T>(&mut self, r: Result<T, postgres::Error>) -> Result<T, MetaError> {
+    fn sql<T>(&mut self, r: Result<T, postgres::Error>) -> MetaResult<T> {
         r.map_err(|e| {
             let mapped = map_error(&e);
             self.error.get_or_insert(e);
@@ -69,7 +65,7 @@ impl PgRows<'_, '_> {
         &mut self,
         sql: &str,
         params: &[&(dyn postgres::types::ToSql + Sync)],
-    ) -> Result<u64, MetaError> {
+    ) -> MetaResult<u64> {
         let r = self.txn.execute(sql, params);
         self.sql(r)
     }
@@ -78,7 +74,7 @@ impl PgRows<'_, '_> {
         &mut self,
         sql: &str,
         params: &[&(dyn postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<postgres::Row>, MetaError> {
+    ) -> MetaResult<Vec<postgres::Row>> {
         let r = self.txn.query(sql, params);
         self.sql(r)
     }
@@ -87,7 +83,7 @@ impl PgRows<'_, '_> {
         &mut self,
         sql: &str,
         params: &[&(dyn postgres::types::ToSql + Sync)],
-    ) -> Result<Option<postgres::Row>, MetaError> {
+    ) -> MetaResult<Option<postgres::Row>> {
         let r = self.txn.query_opt(sql, params);
         self.sql(r)
     }
@@ -99,7 +95,7 @@ impl PgRows<'_, '_> {
         repo: &str,
         digests: &[String],
         lock: Lock,
-    ) -> Result<Vec<String>, MetaError> {
+    ) -> MetaResult<Vec<String>> {
         if digests.is_empty() {
             return Ok(Vec::new());
         }
@@ -120,7 +116,7 @@ impl TxnRows for PgRows<'_, '_> {
         self.now
     }
 
-    fn ensure_repo(&mut self, repo: &str) -> Result<(), MetaError> {
+    fn ensure_repo(&mut self, repo: &str) -> MetaResult<()> {
         self.exec(
             "INSERT INTO repos (name, created) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             &[&repo, &(self.now as i64)],
@@ -128,12 +124,7 @@ impl TxnRows for PgRows<'_, '_> {
         Ok(())
     }
 
-    fn link(
-        &mut self,
-        repo: &str,
-        digest: &str,
-        lock: Lock,
-    ) -> Result<Option<(u64, u64)>, MetaError> {
+    fn link(&mut self, repo: &str, digest: &str, lock: Lock) -> MetaResult<Option<(u64, u64)>> {
         let sql = format!(
             "SELECT size, linked_at FROM blob_links WHERE repo = $1 AND digest = $2{}",
             lock_clause(lock)
@@ -148,11 +139,11 @@ impl TxnRows for PgRows<'_, '_> {
         repo: &str,
         digests: &[String],
         lock: Lock,
-    ) -> Result<Vec<String>, MetaError> {
+    ) -> MetaResult<Vec<String>> {
         self.present("blob_links", repo, digests, lock)
     }
 
-    fn put_link(&mut self, repo: &str, digest: &str, size: u64, at: u64) -> Result<(), MetaError> {
+    fn put_link(&mut self, repo: &str, digest: &str, size: u64, at: u64) -> MetaResult<()> {
         self.exec(
             "INSERT INTO blob_links (repo, digest, size, linked_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (repo, digest) DO UPDATE SET size = EXCLUDED.size, linked_at = EXCLUDED.linked_at",
@@ -161,7 +152,7 @@ impl TxnRows for PgRows<'_, '_> {
         Ok(())
     }
 
-    fn remove_link(&mut self, repo: &str, digest: &str) -> Result<(), MetaError> {
+    fn remove_link(&mut self, repo: &str, digest: &str) -> MetaResult<()> {
         self.exec(
             "DELETE FROM blob_links WHERE repo = $1 AND digest = $2",
             &[&repo, &digest],
@@ -174,13 +165,13 @@ impl TxnRows for PgRows<'_, '_> {
         repo: &str,
         digest: &str,
         lock: Lock,
-    ) -> Result<Option<ManifestRecord>, MetaError> {
+    ) -> MetaResult<Option<ManifestRecord>> {
         let sql = format!(
             "SELECT record FROM manifests WHERE repo = $1 AND digest = $2{}",
             lock_clause(lock)
         );
         self.query_opt(&sql, &[&repo, &digest])?
-            .map(|r| decode_record(r.get(0)))
+            .map(|r| ManifestRecord::decode(r.get::<_, &str>(0).as_bytes()))
             .transpose()
     }
 
@@ -189,60 +180,45 @@ impl TxnRows for PgRows<'_, '_> {
         repo: &str,
         digests: &[String],
         lock: Lock,
-    ) -> Result<Vec<String>, MetaError> {
+    ) -> MetaResult<Vec<String>> {
         self.present("manifests", repo, digests, lock)
     }
 
-    fn put_manifest(
-        &mut self,
-        repo: &str,
-        digest: &str,
-        record: &ManifestRecord,
-    ) -> Result<(), MetaError> {
-        let text = serde_json::to_string(record).map_err(|e| MetaError::Record(e.to_string()))?;
+    fn put_manifest(&mut self, repo: &str, digest: &str, record: &str) -> MetaResult<()> {
         self.exec(
             "INSERT INTO manifests (repo, digest, record) VALUES ($1, $2, $3) \
              ON CONFLICT (repo, digest) DO UPDATE SET record = EXCLUDED.record",
-            &[&repo, &digest, &text],
+            &[&repo, &digest, &record],
         )?;
         Ok(())
     }
 
-    fn remove_manifest(
-        &mut self,
-        repo: &str,
-        digest: &str,
-    ) -> Result<Option<ManifestRecord>, MetaError> {
+    fn remove_manifest(&mut self, repo: &str, digest: &str) -> MetaResult<Option<ManifestRecord>> {
         self.query_opt(
             "DELETE FROM manifests WHERE repo = $1 AND digest = $2 RETURNING record",
             &[&repo, &digest],
         )?
-        .map(|r| decode_record(r.get(0)))
+        .map(|r| ManifestRecord::decode(r.get::<_, &str>(0).as_bytes()))
         .transpose()
     }
 
-    fn put_referrer(&mut self, repo: &str, subject: &str, referrer: &str) -> Result<(), MetaError> {
+    fn put_referrer(&mut self, row: ReferrerRow) -> MetaResult<()> {
         self.exec(
             "INSERT INTO referrers (repo, subject, referrer) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            &[&repo, &subject, &referrer],
+            &[&row.repo, &row.subject, &row.referrer],
         )?;
         Ok(())
     }
 
-    fn remove_referrer(
-        &mut self,
-        repo: &str,
-        subject: &str,
-        referrer: &str,
-    ) -> Result<(), MetaError> {
+    fn remove_referrer(&mut self, row: ReferrerRow) -> MetaResult<()> {
         self.exec(
             "DELETE FROM referrers WHERE repo = $1 AND subject = $2 AND referrer = $3",
-            &[&repo, &subject, &referrer],
+            &[&row.repo, &row.subject, &row.referrer],
         )?;
         Ok(())
     }
 
-    fn put_refs(&mut self, repo: &str, manifest: &str, used: &[&str]) -> Result<(), MetaError> {
+    fn put_refs(&mut self, repo: &str, manifest: &str, used: &[&str]) -> MetaResult<()> {
         self.exec(
             "INSERT INTO refs (digest, repo, manifest) SELECT u, $2, $3 FROM unnest($1::text[]) AS u \
              ON CONFLICT DO NOTHING",
@@ -251,7 +227,7 @@ impl TxnRows for PgRows<'_, '_> {
         Ok(())
     }
 
-    fn remove_refs(&mut self, repo: &str, manifest: &str, used: &[&str]) -> Result<(), MetaError> {
+    fn remove_refs(&mut self, repo: &str, manifest: &str, used: &[&str]) -> MetaResult<()> {
         self.exec(
             "DELETE FROM refs WHERE repo = $1 AND manifest = $2 AND digest = ANY($3)",
             &[&repo, &manifest, &used],
@@ -259,7 +235,7 @@ impl TxnRows for PgRows<'_, '_> {
         Ok(())
     }
 
-    fn referenced(&mut self, repo: &str, digest: &str) -> Result<bool, MetaError> {
+    fn referenced(&mut self, repo: &str, digest: &str) -> MetaResult<bool> {
         Ok(self
             .query_opt(
                 "SELECT 1 FROM refs WHERE digest = $1 AND repo = $2 LIMIT 1",
@@ -268,7 +244,7 @@ impl TxnRows for PgRows<'_, '_> {
             .is_some())
     }
 
-    fn tag(&mut self, repo: &str, tag: &str, lock: Lock) -> Result<Option<String>, MetaError> {
+    fn tag(&mut self, repo: &str, tag: &str, lock: Lock) -> MetaResult<Option<String>> {
         let sql = format!(
             "SELECT digest FROM tags WHERE repo = $1 AND tag = $2{}",
             lock_clause(lock)
@@ -276,7 +252,7 @@ impl TxnRows for PgRows<'_, '_> {
         Ok(self.query_opt(&sql, &[&repo, &tag])?.map(|r| r.get(0)))
     }
 
-    fn lock_tag_name(&mut self, repo: &str, tag: &str) -> Result<(), MetaError> {
+    fn lock_tag_name(&mut self, repo: &str, tag: &str) -> MetaResult<()> {
         self.exec(
             "SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || $2, 0))",
             &[&repo, &tag],
@@ -284,7 +260,7 @@ impl TxnRows for PgRows<'_, '_> {
         Ok(())
     }
 
-    fn tags_on(&mut self, repo: &str, digest: &str) -> Result<Vec<String>, MetaError> {
+    fn tags_on(&mut self, repo: &str, digest: &str) -> MetaResult<Vec<String>> {
         Ok(self
             .query(
                 "SELECT tag FROM tags WHERE repo = $1 AND digest = $2 ORDER BY tag",
@@ -295,7 +271,7 @@ impl TxnRows for PgRows<'_, '_> {
             .collect())
     }
 
-    fn put_tag(&mut self, repo: &str, tag: &str, digest: &str) -> Result<(), MetaError> {
+    fn put_tag(&mut self, repo: &str, tag: &str, digest: &str) -> MetaResult<()> {
         self.exec(
             "INSERT INTO tags (repo, tag, digest) VALUES ($1, $2, $3) \
              ON CONFLICT (repo, tag) DO UPDATE SET digest = EXCLUDED.digest",
@@ -304,7 +280,7 @@ impl TxnRows for PgRows<'_, '_> {
         Ok(())
     }
 
-    fn remove_tag(&mut self, repo: &str, tag: &str) -> Result<(), MetaError> {
+    fn remove_tag(&mut self, repo: &str, tag: &str) -> MetaResult<()> {
         self.exec(
             "DELETE FROM tags WHERE repo = $1 AND tag = $2",
             &[&repo, &tag],
@@ -312,7 +288,7 @@ impl TxnRows for PgRows<'_, '_> {
         Ok(())
     }
 
-    fn raise_pulls(&mut self, pulls: &[(RepoName, Digest, u64)]) -> Result<(), MetaError> {
+    fn raise_pulls(&mut self, pulls: &[(RepoName, Digest, u64)]) -> MetaResult<()> {
         let repos: Vec<&str> = pulls.iter().map(|p| p.0.as_str()).collect();
         let digests: Vec<String> = pulls.iter().map(|p| p.1.to_string()).collect();
         let times: Vec<i64> = pulls.iter().map(|p| p.2 as i64).collect();
@@ -330,7 +306,7 @@ impl TxnRows for PgRows<'_, '_> {
         Ok(())
     }
 
-    fn remove_pull(&mut self, repo: &str, digest: &str) -> Result<(), MetaError> {
+    fn remove_pull(&mut self, repo: &str, digest: &str) -> MetaResult<()> {
         self.exec(
             "DELETE FROM pulls WHERE repo = $1 AND digest = $2",
             &[&repo, &digest],
@@ -338,7 +314,7 @@ impl TxnRows for PgRows<'_, '_> {
         Ok(())
     }
 
-    fn queued_events(&mut self, endpoint: &str) -> Result<u64, MetaError> {
+    fn queued_events(&mut self, endpoint: &str) -> MetaResult<u64> {
         let row = self.query(
             "SELECT count(*) FROM events WHERE endpoint = $1",
             &[&endpoint],
@@ -346,7 +322,7 @@ impl TxnRows for PgRows<'_, '_> {
         Ok(row.first().map_or(0, |r| r.get::<_, i64>(0).max(0) as u64))
     }
 
-    fn push_event(&mut self, endpoint: &str, payload: &[u8]) -> Result<(), MetaError> {
+    fn push_event(&mut self, endpoint: &str, payload: &[u8]) -> MetaResult<()> {
         self.exec(
             "INSERT INTO events (endpoint, payload) VALUES ($1, $2)",
             &[&endpoint, &payload],
@@ -354,7 +330,7 @@ impl TxnRows for PgRows<'_, '_> {
         Ok(())
     }
 
-    fn count_dropped_event(&mut self, endpoint: &str) -> Result<(), MetaError> {
+    fn count_dropped_event(&mut self, endpoint: &str) -> MetaResult<()> {
         self.exec(
             "INSERT INTO event_drops (endpoint, dropped) VALUES ($1, 1) \
              ON CONFLICT (endpoint) DO UPDATE SET dropped = event_drops.dropped + 1",
@@ -363,7 +339,7 @@ impl TxnRows for PgRows<'_, '_> {
         Ok(())
     }
 
-    fn remove_events(&mut self, endpoint: &str, through: u64) -> Result<(), MetaError> {
+    fn remove_events(&mut self, endpoint: &str, through: u64) -> MetaResult<()> {
         self.exec(
             "DELETE FROM events WHERE endpoint = $1 AND id <= $2",
             &[&endpoint, &(through.min(i64::MAX as u64) as i64)],
@@ -371,11 +347,7 @@ impl TxnRows for PgRows<'_, '_> {
         Ok(())
     }
 
-    fn delivery_lease(
-        &mut self,
-        endpoint: &str,
-        lock: Lock,
-    ) -> Result<Option<(String, u64)>, MetaError> {
+    fn delivery_lease(&mut self, endpoint: &str, lock: Lock) -> MetaResult<Option<(String, u64)>> {
         let sql = format!(
             "SELECT node, until FROM event_leases WHERE endpoint = $1{}",
             lock_clause(lock)
@@ -385,12 +357,7 @@ impl TxnRows for PgRows<'_, '_> {
             .map(|r| (r.get(0), r.get::<_, i64>(1).max(0) as u64)))
     }
 
-    fn put_delivery_lease(
-        &mut self,
-        endpoint: &str,
-        node: &str,
-        until: u64,
-    ) -> Result<(), MetaError> {
+    fn put_delivery_lease(&mut self, endpoint: &str, node: &str, until: u64) -> MetaResult<()> {
         self.exec(
             "INSERT INTO event_leases (endpoint, node, until) VALUES ($1, $2, $3) \
              ON CONFLICT (endpoint) DO UPDATE SET node = $2, until = $3",
@@ -399,7 +366,7 @@ impl TxnRows for PgRows<'_, '_> {
         Ok(())
     }
 
-    fn endpoints(&mut self) -> Result<Vec<String>, MetaError> {
+    fn endpoints(&mut self) -> MetaResult<Vec<String>> {
         Ok(self
             .query(
                 "SELECT endpoint FROM events UNION SELECT endpoint FROM event_drops \
@@ -411,7 +378,7 @@ impl TxnRows for PgRows<'_, '_> {
             .collect())
     }
 
-    fn forget_endpoint(&mut self, endpoint: &str) -> Result<(), MetaError> {
+    fn forget_endpoint(&mut self, endpoint: &str) -> MetaResult<()> {
         for table in ["events", "event_drops", "event_leases"] {
             self.exec(
                 &format!("DELETE FROM {table} WHERE endpoint = $1"),
@@ -429,7 +396,7 @@ impl TxnRows for PgRows<'_, '_> {
 pub fn apply_in_transaction(
     txn: &mut Transaction<'_>,
     ops: Vec<MetaWrite>,
-) -> Result<Result<(), MetaError>, MetaError> {
+) -> MetaResult<MetaResult<()>> {
     let mut results = apply_jobs(txn, &[ops]).map_err(|f| f.error)?;
     Ok(results.pop().unwrap_or(Ok(())))
 }

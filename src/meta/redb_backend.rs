@@ -182,16 +182,6 @@ fn open_database(path: &Path, space: &Arc<DiskSpace>) -> Result<Database, MetaEr
 /// The largest string that sorts after every tag, digest or name (all ASCII).
 pub(super) const AFTER_ALL: &str = "\u{7f}";
 
-pub(super) fn decode_record(bytes: &[u8]) -> Result<ManifestRecord, MetaError> {
-    serde_json::from_slice(bytes).map_err(|e| MetaError::Record(e.to_string()))
-}
-
-fn page(mut items: Vec<String>, n: usize) -> Page {
-    let more = items.len() > n;
-    items.truncate(n);
-    Page { items, more }
-}
-
 impl MetaRead for RedbBackend {
     fn blob_link(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, MetaError> {
         self.read(|txn| {
@@ -210,7 +200,7 @@ impl MetaRead for RedbBackend {
             let t = txn.open_table(MANIFESTS)?;
             let d = digest.to_string();
             match t.get((repo.as_str(), d.as_str()))? {
-                Some(v) => Ok(Some(decode_record(v.value())?)),
+                Some(v) => Ok(Some(ManifestRecord::decode(v.value())?)),
                 None => Ok(None),
             }
         })
@@ -252,7 +242,7 @@ impl MetaRead for RedbBackend {
                     break;
                 }
             }
-            Ok(page(items, n))
+            Ok(Page::of(items, n))
         })
     }
 
@@ -275,7 +265,7 @@ impl MetaRead for RedbBackend {
                     break;
                 }
             }
-            Ok(page(items, n))
+            Ok(Page::of(items, n))
         })
     }
 
@@ -322,7 +312,7 @@ impl MetaRead for RedbBackend {
                 out.push((
                     repo.to_owned(),
                     digest.to_owned(),
-                    decode_record(v.value())?,
+                    ManifestRecord::decode(v.value())?,
                 ));
             }
             Ok(out)

@@ -5,11 +5,11 @@
 //! and no other process can hold a live delivery lease.
 
 use super::redb_backend::{
-    decode_record, AFTER_ALL, BLOB_LINKS, EVENTS, EVENT_COUNTS, EVENT_LEASES, MANIFESTS, PULLS,
-    REFERRERS, REFS, REPOS, TAGS,
+    AFTER_ALL, BLOB_LINKS, EVENTS, EVENT_COUNTS, EVENT_LEASES, MANIFESTS, PULLS, REFERRERS, REFS,
+    REPOS, TAGS,
 };
-use super::rules::{Lock, TxnRows};
-use super::{ManifestRecord, MetaError};
+use super::rules::{Lock, ReferrerRow, TxnRows};
+use super::{ManifestRecord, MetaResult};
 use crate::oci::{Digest, RepoName};
 use redb::{ReadableTable, WriteTransaction};
 
@@ -30,7 +30,7 @@ pub(super) struct RedbRows<'t> {
 }
 
 impl<'t> RedbRows<'t> {
-    pub(super) fn open(txn: &'t WriteTransaction, now: u64) -> Result<Self, MetaError> {
+    pub(super) fn open(txn: &'t WriteTransaction, now: u64) -> MetaResult<Self> {
         Ok(RedbRows {
             repos: txn.open_table(REPOS)?,
             links: txn.open_table(BLOB_LINKS)?,
@@ -46,7 +46,7 @@ impl<'t> RedbRows<'t> {
         })
     }
 
-    fn counts(&self, endpoint: &str) -> Result<(u64, u64), MetaError> {
+    fn counts(&self, endpoint: &str) -> MetaResult<(u64, u64)> {
         Ok(self
             .event_counts
             .get(endpoint)?
@@ -59,7 +59,7 @@ fn present<V: redb::Value + 'static>(
     table: &redb::Table<'_, (&'static str, &'static str), V>,
     repo: &str,
     digests: &[String],
-) -> Result<Vec<String>, MetaError> {
+) -> MetaResult<Vec<String>> {
     let mut found = Vec::new();
     for d in digests {
         if table.get((repo, d.as_str()))?.is_some() {
@@ -74,14 +74,14 @@ impl TxnRows for RedbRows<'_> {
         self.now
     }
 
-    fn ensure_repo(&mut self, repo: &str) -> Result<(), MetaError> {
+    fn ensure_repo(&mut self, repo: &str) -> MetaResult<()> {
         if self.repos.get(repo)?.is_none() {
             self.repos.insert(repo, self.now)?;
         }
         Ok(())
     }
 
-    fn link(&mut self, repo: &str, digest: &str, _: Lock) -> Result<Option<(u64, u64)>, MetaError> {
+    fn link(&mut self, repo: &str, digest: &str, _: Lock) -> MetaResult<Option<(u64, u64)>> {
         Ok(self.links.get((repo, digest))?.map(|v| v.value()))
     }
 
@@ -90,16 +90,16 @@ impl TxnRows for RedbRows<'_> {
         repo: &str,
         digests: &[String],
         _: Lock,
-    ) -> Result<Vec<String>, MetaError> {
+    ) -> MetaResult<Vec<String>> {
         present(&self.links, repo, digests)
     }
 
-    fn put_link(&mut self, repo: &str, digest: &str, size: u64, at: u64) -> Result<(), MetaError> {
+    fn put_link(&mut self, repo: &str, digest: &str, size: u64, at: u64) -> MetaResult<()> {
         self.links.insert((repo, digest), (size, at))?;
         Ok(())
     }
 
-    fn remove_link(&mut self, repo: &str, digest: &str) -> Result<(), MetaError> {
+    fn remove_link(&mut self, repo: &str, digest: &str) -> MetaResult<()> {
         self.links.remove((repo, digest))?;
         Ok(())
     }
@@ -109,9 +109,9 @@ impl TxnRows for RedbRows<'_> {
         repo: &str,
         digest: &str,
         _: Lock,
-    ) -> Result<Option<ManifestRecord>, MetaError> {
+    ) -> MetaResult<Option<ManifestRecord>> {
         match self.manifests.get((repo, digest))? {
-            Some(v) => Ok(Some(decode_record(v.value())?)),
+            Some(v) => Ok(Some(ManifestRecord::decode(v.value())?)),
             None => Ok(None),
         }
     }
@@ -121,63 +121,50 @@ impl TxnRows for RedbRows<'_> {
         repo: &str,
         digests: &[String],
         _: Lock,
-    ) -> Result<Vec<String>, MetaError> {
+    ) -> MetaResult<Vec<String>> {
         present(&self.manifests, repo, digests)
     }
 
-    fn put_manifest(
-        &mut self,
-        repo: &str,
-        digest: &str,
-        record: &ManifestRecord,
-    ) -> Result<(), MetaError> {
-        let bytes = serde_json::to_vec(record).map_err(|e| MetaError::Record(e.to_string()))?;
-        self.manifests.insert((repo, digest), bytes.as_slice())?;
+    fn put_manifest(&mut self, repo: &str, digest: &str, record: &str) -> MetaResult<()> {
+        self.manifests.insert((repo, digest), record.as_bytes())?;
         Ok(())
     }
 
-    fn remove_manifest(
-        &mut self,
-        repo: &str,
-        digest: &str,
-    ) -> Result<Option<ManifestRecord>, MetaError> {
+    fn remove_manifest(&mut self, repo: &str, digest: &str) -> MetaResult<Option<ManifestRecord>> {
         let old = self
             .manifests
             .remove((repo, digest))?
             .map(|v| v.value().to_vec());
-        old.map(|bytes| decode_record(&bytes)).transpose()
+        old.map(|bytes| ManifestRecord::decode(&bytes)).transpose()
     }
 
-    fn put_referrer(&mut self, repo: &str, subject: &str, referrer: &str) -> Result<(), MetaError> {
-        self.referrers.insert((repo, subject, referrer), ())?;
+    fn put_referrer(&mut self, row: ReferrerRow) -> MetaResult<()> {
+        self.referrers
+            .insert((row.repo, row.subject, row.referrer), ())?;
         Ok(())
     }
 
-    fn remove_referrer(
-        &mut self,
-        repo: &str,
-        subject: &str,
-        referrer: &str,
-    ) -> Result<(), MetaError> {
-        self.referrers.remove((repo, subject, referrer))?;
+    fn remove_referrer(&mut self, row: ReferrerRow) -> MetaResult<()> {
+        self.referrers
+            .remove((row.repo, row.subject, row.referrer))?;
         Ok(())
     }
 
-    fn put_refs(&mut self, repo: &str, manifest: &str, used: &[&str]) -> Result<(), MetaError> {
+    fn put_refs(&mut self, repo: &str, manifest: &str, used: &[&str]) -> MetaResult<()> {
         for u in used {
             self.refs.insert((*u, repo, manifest), ())?;
         }
         Ok(())
     }
 
-    fn remove_refs(&mut self, repo: &str, manifest: &str, used: &[&str]) -> Result<(), MetaError> {
+    fn remove_refs(&mut self, repo: &str, manifest: &str, used: &[&str]) -> MetaResult<()> {
         for u in used {
             self.refs.remove((*u, repo, manifest))?;
         }
         Ok(())
     }
 
-    fn referenced(&mut self, repo: &str, digest: &str) -> Result<bool, MetaError> {
+    fn referenced(&mut self, repo: &str, digest: &str) -> MetaResult<bool> {
         Ok(self
             .refs
             .range((digest, repo, "")..(digest, repo, AFTER_ALL))?
@@ -185,15 +172,15 @@ impl TxnRows for RedbRows<'_> {
             .is_some())
     }
 
-    fn tag(&mut self, repo: &str, tag: &str, _: Lock) -> Result<Option<String>, MetaError> {
+    fn tag(&mut self, repo: &str, tag: &str, _: Lock) -> MetaResult<Option<String>> {
         Ok(self.tags.get((repo, tag))?.map(|v| v.value().to_owned()))
     }
 
-    fn lock_tag_name(&mut self, _: &str, _: &str) -> Result<(), MetaError> {
+    fn lock_tag_name(&mut self, _: &str, _: &str) -> MetaResult<()> {
         Ok(())
     }
 
-    fn tags_on(&mut self, repo: &str, digest: &str) -> Result<Vec<String>, MetaError> {
+    fn tags_on(&mut self, repo: &str, digest: &str) -> MetaResult<Vec<String>> {
         let mut out = Vec::new();
         for entry in self.tags.range((repo, "")..(repo, AFTER_ALL))? {
             let (k, v) = entry?;
@@ -204,17 +191,17 @@ impl TxnRows for RedbRows<'_> {
         Ok(out)
     }
 
-    fn put_tag(&mut self, repo: &str, tag: &str, digest: &str) -> Result<(), MetaError> {
+    fn put_tag(&mut self, repo: &str, tag: &str, digest: &str) -> MetaResult<()> {
         self.tags.insert((repo, tag), digest)?;
         Ok(())
     }
 
-    fn remove_tag(&mut self, repo: &str, tag: &str) -> Result<(), MetaError> {
+    fn remove_tag(&mut self, repo: &str, tag: &str) -> MetaResult<()> {
         self.tags.remove((repo, tag))?;
         Ok(())
     }
 
-    fn raise_pulls(&mut self, pulls: &[(RepoName, Digest, u64)]) -> Result<(), MetaError> {
+    fn raise_pulls(&mut self, pulls: &[(RepoName, Digest, u64)]) -> MetaResult<()> {
         for (repo, digest, at) in pulls {
             let (r, d) = (repo.as_str(), digest.to_string());
             if self.manifests.get((r, d.as_str()))?.is_none() {
@@ -228,16 +215,16 @@ impl TxnRows for RedbRows<'_> {
         Ok(())
     }
 
-    fn remove_pull(&mut self, repo: &str, digest: &str) -> Result<(), MetaError> {
+    fn remove_pull(&mut self, repo: &str, digest: &str) -> MetaResult<()> {
         self.pulls.remove((repo, digest))?;
         Ok(())
     }
 
-    fn queued_events(&mut self, endpoint: &str) -> Result<u64, MetaError> {
+    fn queued_events(&mut self, endpoint: &str) -> MetaResult<u64> {
         Ok(self.counts(endpoint)?.0)
     }
 
-    fn push_event(&mut self, endpoint: &str, payload: &[u8]) -> Result<(), MetaError> {
+    fn push_event(&mut self, endpoint: &str, payload: &[u8]) -> MetaResult<()> {
         let last = self
             .events
             .range((endpoint, 0)..=(endpoint, u64::MAX))?
@@ -250,13 +237,13 @@ impl TxnRows for RedbRows<'_> {
         Ok(())
     }
 
-    fn count_dropped_event(&mut self, endpoint: &str) -> Result<(), MetaError> {
+    fn count_dropped_event(&mut self, endpoint: &str) -> MetaResult<()> {
         let (queued, dropped) = self.counts(endpoint)?;
         self.event_counts.insert(endpoint, (queued, dropped + 1))?;
         Ok(())
     }
 
-    fn remove_events(&mut self, endpoint: &str, through: u64) -> Result<(), MetaError> {
+    fn remove_events(&mut self, endpoint: &str, through: u64) -> MetaResult<()> {
         let seqs: Vec<u64> = self
             .events
             .range((endpoint, 0)..=(endpoint, through))?
@@ -276,21 +263,16 @@ impl TxnRows for RedbRows<'_> {
     /// A lease in this file was taken by this process or a predecessor
     /// that is gone: never another live node's (a killed predecessor's
     /// lease must not delay the restart).
-    fn delivery_lease(&mut self, _: &str, _: Lock) -> Result<Option<(String, u64)>, MetaError> {
+    fn delivery_lease(&mut self, _: &str, _: Lock) -> MetaResult<Option<(String, u64)>> {
         Ok(None)
     }
 
-    fn put_delivery_lease(
-        &mut self,
-        endpoint: &str,
-        node: &str,
-        until: u64,
-    ) -> Result<(), MetaError> {
+    fn put_delivery_lease(&mut self, endpoint: &str, node: &str, until: u64) -> MetaResult<()> {
         self.event_leases.insert(endpoint, (node, until))?;
         Ok(())
     }
 
-    fn endpoints(&mut self) -> Result<Vec<String>, MetaError> {
+    fn endpoints(&mut self) -> MetaResult<Vec<String>> {
         Ok(self
             .event_counts
             .iter()?
@@ -298,7 +280,7 @@ impl TxnRows for RedbRows<'_> {
             .collect::<Result<_, _>>()?)
     }
 
-    fn forget_endpoint(&mut self, endpoint: &str) -> Result<(), MetaError> {
+    fn forget_endpoint(&mut self, endpoint: &str) -> MetaResult<()> {
         self.remove_events(endpoint, u64::MAX)?;
         self.event_counts.remove(endpoint)?;
         self.event_leases.remove(endpoint)?;

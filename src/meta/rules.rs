@@ -15,7 +15,7 @@
 //! transaction ends. The embedded backend has one writer, so its locks are
 //! no-ops.
 
-use super::{ManifestRecord, MetaError, MetaWrite};
+use super::{ManifestRecord, MetaError, MetaResult, MetaWrite};
 use crate::oci::{Digest, RepoName};
 
 /// The words of the refusal of a manifest PUT that would change a stored
@@ -39,20 +39,24 @@ pub enum Lock {
 /// the registry's own (repository names, digests, tags, endpoint names),
 /// already validated. Every method may fail with the backend's trouble; a
 /// failure fails the whole batch.
+/// One row of the referrers index: `referrer` (a manifest of `repo`)
+/// names `subject` as its subject.
+#[derive(Clone, Copy)]
+pub struct ReferrerRow<'a> {
+    pub repo: &'a str,
+    pub subject: &'a str,
+    pub referrer: &'a str,
+}
+
 pub trait TxnRows {
     /// The transaction's clock (unix seconds), one reading per batch.
     fn now(&self) -> u64;
 
     /// Records `repo` in the catalog if it is not there yet.
-    fn ensure_repo(&mut self, repo: &str) -> Result<(), MetaError>;
+    fn ensure_repo(&mut self, repo: &str) -> MetaResult<()>;
 
     /// A blob link's (size, linked_at).
-    fn link(
-        &mut self,
-        repo: &str,
-        digest: &str,
-        lock: Lock,
-    ) -> Result<Option<(u64, u64)>, MetaError>;
+    fn link(&mut self, repo: &str, digest: &str, lock: Lock) -> MetaResult<Option<(u64, u64)>>;
     /// Which of `digests` `repo` links, each found row locked with `lock`
     /// (in digest order, so two transactions lock in one order).
     fn links_present(
@@ -60,10 +64,10 @@ pub trait TxnRows {
         repo: &str,
         digests: &[String],
         lock: Lock,
-    ) -> Result<Vec<String>, MetaError>;
+    ) -> MetaResult<Vec<String>>;
     /// Inserts or replaces a link.
-    fn put_link(&mut self, repo: &str, digest: &str, size: u64, at: u64) -> Result<(), MetaError>;
-    fn remove_link(&mut self, repo: &str, digest: &str) -> Result<(), MetaError>;
+    fn put_link(&mut self, repo: &str, digest: &str, size: u64, at: u64) -> MetaResult<()>;
+    fn remove_link(&mut self, repo: &str, digest: &str) -> MetaResult<()>;
 
     /// A manifest's record. An unreadable record is `MetaError::Record`.
     fn manifest(
@@ -71,83 +75,61 @@ pub trait TxnRows {
         repo: &str,
         digest: &str,
         lock: Lock,
-    ) -> Result<Option<ManifestRecord>, MetaError>;
+    ) -> MetaResult<Option<ManifestRecord>>;
     /// Which of `digests` are manifests of `repo`, locked as `links_present`.
     fn manifests_present(
         &mut self,
         repo: &str,
         digests: &[String],
         lock: Lock,
-    ) -> Result<Vec<String>, MetaError>;
+    ) -> MetaResult<Vec<String>>;
     /// Inserts or replaces a manifest's record (another process may have
     /// inserted the same row since this transaction looked).
-    fn put_manifest(
-        &mut self,
-        repo: &str,
-        digest: &str,
-        record: &ManifestRecord,
-    ) -> Result<(), MetaError>;
+    /// `record` is [`ManifestRecord::encode`]'s text.
+    fn put_manifest(&mut self, repo: &str, digest: &str, record: &str) -> MetaResult<()>;
     /// Removes a manifest's record; the record it had, if any.
-    fn remove_manifest(
-        &mut self,
-        repo: &str,
-        digest: &str,
-    ) -> Result<Option<ManifestRecord>, MetaError>;
+    fn remove_manifest(&mut self, repo: &str, digest: &str) -> MetaResult<Option<ManifestRecord>>;
 
-    fn put_referrer(&mut self, repo: &str, subject: &str, referrer: &str) -> Result<(), MetaError>;
-    fn remove_referrer(
-        &mut self,
-        repo: &str,
-        subject: &str,
-        referrer: &str,
-    ) -> Result<(), MetaError>;
+    fn put_referrer(&mut self, row: ReferrerRow) -> MetaResult<()>;
+    fn remove_referrer(&mut self, row: ReferrerRow) -> MetaResult<()>;
     /// Notes that `manifest` of `repo` uses each of `used` (blobs, children).
-    fn put_refs(&mut self, repo: &str, manifest: &str, used: &[&str]) -> Result<(), MetaError>;
-    fn remove_refs(&mut self, repo: &str, manifest: &str, used: &[&str]) -> Result<(), MetaError>;
+    fn put_refs(&mut self, repo: &str, manifest: &str, used: &[&str]) -> MetaResult<()>;
+    fn remove_refs(&mut self, repo: &str, manifest: &str, used: &[&str]) -> MetaResult<()>;
     /// Whether any manifest of `repo` uses `digest`.
-    fn referenced(&mut self, repo: &str, digest: &str) -> Result<bool, MetaError>;
+    fn referenced(&mut self, repo: &str, digest: &str) -> MetaResult<bool>;
 
     /// The digest a tag points at.
-    fn tag(&mut self, repo: &str, tag: &str, lock: Lock) -> Result<Option<String>, MetaError>;
+    fn tag(&mut self, repo: &str, tag: &str, lock: Lock) -> MetaResult<Option<String>>;
     /// Serialises transactions about one tag name until the transaction
     /// ends, whether or not the tag exists yet (a row lock cannot lock a
     /// row that is not there).
-    fn lock_tag_name(&mut self, repo: &str, tag: &str) -> Result<(), MetaError>;
+    fn lock_tag_name(&mut self, repo: &str, tag: &str) -> MetaResult<()>;
     /// The tags of `repo` that point at `digest`.
-    fn tags_on(&mut self, repo: &str, digest: &str) -> Result<Vec<String>, MetaError>;
-    fn put_tag(&mut self, repo: &str, tag: &str, digest: &str) -> Result<(), MetaError>;
-    fn remove_tag(&mut self, repo: &str, tag: &str) -> Result<(), MetaError>;
+    fn tags_on(&mut self, repo: &str, digest: &str) -> MetaResult<Vec<String>>;
+    fn put_tag(&mut self, repo: &str, tag: &str, digest: &str) -> MetaResult<()>;
+    fn remove_tag(&mut self, repo: &str, tag: &str) -> MetaResult<()>;
 
     /// Raises each manifest's last-pull time to `at` (never lowers it),
     /// for manifests that still exist; the others are skipped.
-    fn raise_pulls(&mut self, pulls: &[(RepoName, Digest, u64)]) -> Result<(), MetaError>;
-    fn remove_pull(&mut self, repo: &str, digest: &str) -> Result<(), MetaError>;
+    fn raise_pulls(&mut self, pulls: &[(RepoName, Digest, u64)]) -> MetaResult<()>;
+    fn remove_pull(&mut self, repo: &str, digest: &str) -> MetaResult<()>;
 
     /// How many events are queued for `endpoint`.
-    fn queued_events(&mut self, endpoint: &str) -> Result<u64, MetaError>;
+    fn queued_events(&mut self, endpoint: &str) -> MetaResult<u64>;
     /// Appends an event after every queued one of `endpoint`.
-    fn push_event(&mut self, endpoint: &str, payload: &[u8]) -> Result<(), MetaError>;
+    fn push_event(&mut self, endpoint: &str, payload: &[u8]) -> MetaResult<()>;
     /// Counts one event dropped for a full queue.
-    fn count_dropped_event(&mut self, endpoint: &str) -> Result<(), MetaError>;
+    fn count_dropped_event(&mut self, endpoint: &str) -> MetaResult<()>;
     /// Removes `endpoint`'s events up to sequence `through`.
-    fn remove_events(&mut self, endpoint: &str, through: u64) -> Result<(), MetaError>;
+    fn remove_events(&mut self, endpoint: &str, through: u64) -> MetaResult<()>;
     /// The live delivery lease of `endpoint` held by another process: (node,
     /// until). A backend only one process can open has none.
-    fn delivery_lease(
-        &mut self,
-        endpoint: &str,
-        lock: Lock,
-    ) -> Result<Option<(String, u64)>, MetaError>;
-    fn put_delivery_lease(
-        &mut self,
-        endpoint: &str,
-        node: &str,
-        until: u64,
-    ) -> Result<(), MetaError>;
+    fn delivery_lease(&mut self, endpoint: &str, lock: Lock) -> MetaResult<Option<(String, u64)>>;
+    fn put_delivery_lease(&mut self, endpoint: &str, node: &str, until: u64) -> MetaResult<()>;
     /// Every endpoint with a queue, a drop count or a lease.
-    fn endpoints(&mut self) -> Result<Vec<String>, MetaError>;
+    fn endpoints(&mut self) -> MetaResult<Vec<String>>;
     /// Removes an endpoint's queue, drop count and lease.
-    fn forget_endpoint(&mut self, endpoint: &str) -> Result<(), MetaError>;
+    fn forget_endpoint(&mut self, endpoint: &str) -> MetaResult<()>;
 }
 
 /// Applies each job in order: a job whose precondition fails is skipped
@@ -156,7 +138,7 @@ pub trait TxnRows {
 pub fn apply_jobs(
     rows: &mut dyn TxnRows,
     jobs: &[Vec<MetaWrite>],
-) -> Result<Vec<Result<(), MetaError>>, MetaError> {
+) -> MetaResult<Vec<MetaResult<()>>> {
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs {
         let mut refused = None;
@@ -180,7 +162,7 @@ pub fn apply_jobs(
 
 /// Why `op` may not be applied now, if it may not. The rows the decision
 /// rests on stay locked until the transaction ends.
-fn precondition(rows: &mut dyn TxnRows, op: &MetaWrite) -> Result<Option<String>, MetaError> {
+fn precondition(rows: &mut dyn TxnRows, op: &MetaWrite) -> MetaResult<Option<String>> {
     Ok(match op {
         MetaWrite::MountBlob { from, digest, .. } => {
             let d = digest.to_string();
@@ -305,17 +287,21 @@ fn used(record: &ManifestRecord) -> Vec<&str> {
 
 /// Removes a manifest's record and the index entries made from it; its
 /// tags stay (the caller decides).
-fn drop_record(rows: &mut dyn TxnRows, repo: &str, digest: &str) -> Result<(), MetaError> {
+fn drop_record(rows: &mut dyn TxnRows, repo: &str, digest: &str) -> MetaResult<()> {
     if let Some(old) = rows.remove_manifest(repo, digest)? {
         if let Some(s) = &old.subject {
-            rows.remove_referrer(repo, s, digest)?;
+            rows.remove_referrer(ReferrerRow {
+                repo,
+                subject: s,
+                referrer: digest,
+            })?;
         }
         rows.remove_refs(repo, digest, &used(&old))?;
     }
     Ok(())
 }
 
-fn apply(rows: &mut dyn TxnRows, op: &MetaWrite) -> Result<(), MetaError> {
+fn apply(rows: &mut dyn TxnRows, op: &MetaWrite) -> MetaResult<()> {
     match op {
         MetaWrite::LinkBlob { repo, digest, size }
         | MetaWrite::MountBlob {
@@ -338,9 +324,13 @@ fn apply(rows: &mut dyn TxnRows, op: &MetaWrite) -> Result<(), MetaError> {
             let (r, d) = (repo.as_str(), digest.to_string());
             // A re-push replaces the record and its index entries; its tags stay.
             drop_record(rows, r, &d)?;
-            rows.put_manifest(r, &d, record)?;
+            rows.put_manifest(r, &d, &record.encode()?)?;
             if let Some(s) = &record.subject {
-                rows.put_referrer(r, s, &d)?;
+                rows.put_referrer(ReferrerRow {
+                    repo: r,
+                    subject: s,
+                    referrer: &d,
+                })?;
             }
             rows.put_refs(r, &d, &used(record))?;
             if let Some(t) = tag {

@@ -8,8 +8,8 @@
 //! the blocking pool in one trip), or hold a session's bytes itself.
 
 use super::{
-    slice_of, BlobContent, BlobRead, BlobStorage, Completed, Hold, ManifestReader, StorageError,
-    SweepPlan, UploadWriter,
+    slice_of, BlobContent, BlobRead, BlobRequest, BlobStorage, Completed, Hold, ManifestReader,
+    StorageError, SweepPlan, UploadWriter,
 };
 use crate::content::{BlobBytes, ContentStore, Placement, StoreError};
 use crate::meta::Meta;
@@ -108,17 +108,16 @@ impl BlobStorage for LocalStorage {
         blocking(move || Ok(path.is_file())).await
     }
 
-    async fn read_blob(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-        range: Option<String>,
-        head_only: bool,
-    ) -> Result<BlobRead, StorageError> {
-        let (meta, path) = (self.meta.reader(), self.store.blob_path(digest));
-        let (repo, d) = (repo.clone(), digest.clone());
+    async fn read_blob(&self, request: BlobRequest) -> Result<BlobRead, StorageError> {
+        let (meta, path) = (self.meta.reader(), self.store.blob_path(&request.digest));
         // The link and the open in one trip to the pool.
         blocking(move || {
+            let BlobRequest {
+                repo,
+                digest: d,
+                range,
+                head_only,
+            } = request;
             let size = meta
                 .blob_link(&repo, &d)?
                 .ok_or(StorageError::BlobUnknown)?;

@@ -31,6 +31,17 @@ use tokio::sync::OwnedSemaphorePermit;
 
 /// A blob read: its size, the slice served, and the bytes (or where to
 /// find them).
+/// A blob GET or HEAD: which blob, as which repository sees it, how much.
+#[derive(Clone)]
+pub struct BlobRequest {
+    pub repo: RepoName,
+    pub digest: Digest,
+    /// The request's Range header, as sent.
+    pub range: Option<String>,
+    /// HEAD: the size, no bytes.
+    pub head_only: bool,
+}
+
 pub struct BlobRead {
     pub size: u64,
     /// The slice of the blob this answer carries.
@@ -126,15 +137,8 @@ pub trait BlobStorage: Send + Sync + 'static {
     /// after the source repository's link).
     async fn has_blob(&self, digest: &Digest) -> Result<bool, StorageError>;
 
-    /// Reads a blob as `repo` may see it (linked there). `range` is the
-    /// request's Range header; `head_only` reads no bytes.
-    async fn read_blob(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-        range: Option<String>,
-        head_only: bool,
-    ) -> Result<BlobRead, StorageError>;
+    /// Reads a blob as the asking repository may see it (linked there).
+    async fn read_blob(&self, request: BlobRequest) -> Result<BlobRead, StorageError>;
 
     /// Stores a manifest's bytes under their digest (kept once). Hold the
     /// answer's [`Hold`] until the manifest's row is written.

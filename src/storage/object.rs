@@ -10,8 +10,8 @@
 
 use super::read_cache::ReadCache;
 use super::{
-    slice_of, BlobContent, BlobRead, BlobStorage, Completed, Hold, ManifestReader, StorageError,
-    SweepPlan, UploadWriter,
+    slice_of, BlobContent, BlobRead, BlobRequest, BlobStorage, Completed, Hold, ManifestReader,
+    StorageError, SweepPlan, UploadWriter,
 };
 use crate::content::Placement;
 use crate::meta::Meta;
@@ -81,13 +81,14 @@ impl BlobStorage for BucketStorage {
         Ok(self.blobs.stored(digest).await?)
     }
 
-    async fn read_blob(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-        range: Option<String>,
-        head_only: bool,
-    ) -> Result<BlobRead, StorageError> {
+    async fn read_blob(&self, request: BlobRequest) -> Result<BlobRead, StorageError> {
+        let BlobRequest {
+            repo,
+            digest,
+            range,
+            head_only,
+        } = &request;
+        let (digest, head_only) = (digest, *head_only);
         let found = self
             .blobs
             .locate(repo, digest)

@@ -109,7 +109,7 @@ impl Actor for Session {
         &self,
         myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
-        state: &mut Self::State,
+        session: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SessionMsg::Append {
@@ -118,23 +118,23 @@ impl Actor for Session {
                 budget,
                 reply,
             } => {
-                let r = append(state, at, chunks).await;
+                let r = append(session, at, chunks).await;
                 drop(budget);
                 let _ = reply.send(r);
             }
             SessionMsg::Status { reply } => {
-                let _ = reply.send(state.len);
+                let _ = reply.send(session.len);
             }
             SessionMsg::Seal { digest, reply } => {
-                let r = seal(state, digest).await;
+                let r = seal(session, digest).await;
                 let _ = reply.send(r);
             }
             SessionMsg::Unseal { reply } => {
-                state.sealed = false;
+                session.sealed = false;
                 let _ = reply.send(());
             }
             SessionMsg::Discard { reply } => {
-                let dir = state.dir.clone();
+                let dir = session.dir.clone();
                 let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
                 let _ = reply.send(());
                 myself.stop(None);

@@ -14,7 +14,9 @@ use wharf::content::Placement;
 use wharf::http::error::ApiError;
 use wharf::meta::{Meta, MetaWrite, MetaWriter};
 use wharf::oci::{Algorithm, Digest, RepoName};
-use wharf::storage::{BlobContent, BlobStorage, StorageError, SweepPlan, UploadWriter};
+use wharf::storage::{
+    BlobContent, BlobRequest, BlobStorage, StorageError, SweepPlan, UploadWriter,
+};
 
 struct Opened {
     storage: Arc<dyn BlobStorage>,
@@ -99,7 +101,12 @@ async fn read(
     range: Option<&str>,
 ) -> Result<(u64, bool, Vec<u8>), String> {
     let r = s
-        .read_blob(repo, d, range.map(str::to_owned), false)
+        .read_blob(BlobRequest {
+            repo: repo.clone(),
+            digest: d.clone(),
+            range: range.map(str::to_owned),
+            head_only: false,
+        })
         .await
         .map_err(code)?;
     let bytes = match r.content {
@@ -173,7 +180,15 @@ async fn contract(o: Opened) {
         read(s, &other, &d, None).await.err(),
         Some("BLOB_UNKNOWN/404".into())
     );
-    let head = s.read_blob(&app, &d, None, true).await.unwrap();
+    let head = s
+        .read_blob(BlobRequest {
+            repo: app.clone(),
+            digest: d.clone(),
+            range: None,
+            head_only: true,
+        })
+        .await
+        .unwrap();
     assert!(matches!(head.content, BlobContent::Empty));
     assert_eq!(head.size, data.len() as u64);
     assert!(s.has_blob(&d).await.unwrap());
