@@ -101,6 +101,7 @@ pub fn run(
         ..Default::default()
     };
     let mut present: HashSet<String> = HashSet::new();
+    let mut corrupt: HashSet<String> = HashSet::new();
     let mut writes: Vec<MetaWrite> = Vec::new();
 
     // Blob files: name and place first (and their sizes, for progress),
@@ -157,6 +158,7 @@ pub fn run(
             report.problems.push(format!(
                 "blob {digest} is corrupt (content hashes to {actual})"
             ));
+            corrupt.insert(digest.to_string());
             if repair {
                 let q = root.join("quarantine");
                 std::fs::create_dir_all(&q).map_err(io_at(&q))?;
@@ -198,14 +200,21 @@ pub fn run(
         }
     }
 
-    // Metadata references.
+    // Metadata references. A corrupt blob was reported above; what points
+    // at it says so, as what points at nothing says "missing".
+    let absent = |d: &str| match corrupt.contains(d) {
+        true => "corrupt",
+        false => "missing",
+    };
     let mut referenced: HashSet<String> = HashSet::new();
     for l in meta.all_blob_links()? {
         referenced.insert(l.digest.clone());
         if !present.contains(&l.digest) {
             report.problems.push(format!(
-                "repository {} links blob {} which is missing",
-                l.repo, l.digest
+                "repository {} links blob {} which is {}",
+                l.repo,
+                l.digest,
+                absent(&l.digest)
             ));
             if let (Ok(repo), Ok(digest)) = (RepoName::parse(&l.repo), Digest::parse(&l.digest)) {
                 writes.push(MetaWrite::UnlinkBlob { repo, digest });
@@ -221,18 +230,21 @@ pub fn run(
         referenced.insert(d.clone());
         let mut broken = !present.contains(d);
         if broken {
-            report
-                .problems
-                .push(format!("manifest {repo}@{d} has no bytes in the store"));
+            let why = match corrupt.contains(d) {
+                true => "its bytes in the store are corrupt",
+                false => "has no bytes in the store",
+            };
+            report.problems.push(format!("manifest {repo}@{d} {why}"));
         }
         // A pull-through cache fetches what a manifest references when a
         // client asks for it: absent is normal there.
         for b in rec.blobs.iter().filter(|_| !rec.proxied) {
             if !present.contains(b) {
                 broken = true;
-                report
-                    .problems
-                    .push(format!("manifest {repo}@{d} references missing blob {b}"));
+                report.problems.push(format!(
+                    "manifest {repo}@{d} references {} blob {b}",
+                    absent(b)
+                ));
             }
         }
         for c in rec.children.iter().filter(|_| !rec.proxied) {

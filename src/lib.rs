@@ -32,6 +32,8 @@
 //! - [`http`]: routing, OCI errors, the request handlers, the web UI.
 //! - [`connection`]: one accepted socket (TLS handshake, idle cut).
 //! - [`server`]: start-up, the accept loop, background tasks, shutdown.
+//! - [`cli`]: the operator's commands other than `serve` (what each
+//!   prints, its exit code).
 //!
 //! The path of a push: `http` streams request-body frames into the session
 //! actor; on completion the session verifies and syncs its file, `content`
@@ -42,6 +44,7 @@ pub mod app;
 pub mod auth;
 pub mod blocking;
 pub mod calendar;
+pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod content;

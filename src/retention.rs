@@ -18,7 +18,7 @@ use crate::config::{ConfigError, ImmutableConfig, RetentionConfig};
 use crate::meta::{ManifestRecord, Meta, MetaError, MetaWrite};
 use crate::oci::{Digest, RepoName};
 use regex::Regex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 struct Retention {
@@ -135,7 +135,7 @@ pub struct Snapshot {
     pub pulls: Vec<(String, String, u64)>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TagDecision {
     pub repository: String,
     pub tag: String,
@@ -145,7 +145,7 @@ pub struct TagDecision {
     pub dry_run: bool,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ManifestDecision {
     pub repository: String,
     pub digest: String,
@@ -156,11 +156,17 @@ pub struct ManifestDecision {
     pub cutoff: u64,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct RetentionReport {
+    /// True when this run deleted nothing because it was asked as a dry
+    /// run or every policy that decided something is one.
     pub dry_run: bool,
+    /// Deleted by this run.
     pub tags_deleted: Vec<TagDecision>,
     pub manifests_deleted: Vec<ManifestDecision>,
+    /// What a dry run (the request's or a policy's) would delete.
+    pub tags_would_delete: Vec<TagDecision>,
+    pub manifests_would_delete: Vec<ManifestDecision>,
     /// Tags under a policy that it keeps.
     pub tags_kept: usize,
     /// Decisions the database refused at commit (a tag moved meanwhile).
@@ -244,13 +250,17 @@ pub fn plan(p: &Policies, snap: &Snapshot, now: u64, force_dry: bool) -> Retenti
             if !rule.keep_tags.is_empty() {
                 why.push("matches no keep_tags".into());
             }
-            report.tags_deleted.push(TagDecision {
+            let decision = TagDecision {
                 repository: repo.to_owned(),
                 tag: tag.to_string(),
                 digest: digest.to_string(),
                 reason: why.join("; "),
                 dry_run: dry,
-            });
+            };
+            match dry {
+                true => report.tags_would_delete.push(decision),
+                false => report.tags_deleted.push(decision),
+            }
         }
         let Some(after) = rule.untagged_after_secs else {
             continue;
@@ -282,7 +292,11 @@ pub fn plan(p: &Policies, snap: &Snapshot, now: u64, force_dry: bool) -> Retenti
             }
             for (d, rec) in more {
                 gone.insert(d);
-                report.manifests_deleted.push(ManifestDecision {
+                let list = match dry {
+                    true => &mut report.manifests_would_delete,
+                    false => &mut report.manifests_deleted,
+                };
+                list.push(ManifestDecision {
                     repository: repo.to_owned(),
                     digest: d.to_string(),
                     reason: format!(
@@ -296,7 +310,39 @@ pub fn plan(p: &Policies, snap: &Snapshot, now: u64, force_dry: bool) -> Retenti
             }
         }
     }
+    report.dry_run = force_dry
+        || (report.tags_deleted.is_empty()
+            && report.manifests_deleted.is_empty()
+            && !(report.tags_would_delete.is_empty() && report.manifests_would_delete.is_empty()));
     report
+}
+
+impl std::fmt::Display for RetentionReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count = |n: usize, what: &str| match n {
+            1 => format!("1 {what}"),
+            n => format!("{n} {what}s"),
+        };
+        write!(
+            f,
+            "deleted {} and {}",
+            count(self.tags_deleted.len(), "tag"),
+            count(self.manifests_deleted.len(), "untagged manifest")
+        )?;
+        if !(self.tags_would_delete.is_empty() && self.manifests_would_delete.is_empty()) {
+            write!(
+                f,
+                "; a dry run would delete {} and {}",
+                count(self.tags_would_delete.len(), "tag"),
+                count(self.manifests_would_delete.len(), "untagged manifest")
+            )?;
+        }
+        write!(f, "; kept {}", count(self.tags_kept, "tag"))?;
+        if !self.skipped.is_empty() {
+            write!(f, "; {} skipped (changed meanwhile)", self.skipped.len())?;
+        }
+        Ok(())
+    }
 }
 
 /// Plans and applies retention; `force_dry` reports without deleting.
@@ -322,7 +368,7 @@ pub async fn run(meta: &Meta, p: &Policies, force_dry: bool) -> Result<Retention
             tag: d.tag.clone(),
             digest,
         };
-        Some((!d.dry_run, op, format!("{}:{}", d.repository, d.tag)))
+        Some((true, op, format!("{}:{}", d.repository, d.tag)))
     })
     .await?;
     let manifests = std::mem::take(&mut report.manifests_deleted);
@@ -336,7 +382,7 @@ pub async fn run(meta: &Meta, p: &Policies, force_dry: bool) -> Result<Retention
             digest,
             cutoff: d.cutoff,
         };
-        Some((!d.dry_run, op, format!("{}@{}", d.repository, d.digest)))
+        Some((true, op, format!("{}@{}", d.repository, d.digest)))
     })
     .await?;
     Ok(report)
@@ -518,13 +564,20 @@ mod tests {
         s.manifests.push(("r".into(), d(13), record(NOW - 3600)));
         let r = plan(&p, &s, NOW, true);
         let gone: Vec<&str> = r
-            .manifests_deleted
+            .manifests_would_delete
             .iter()
             .map(|m| m.digest.as_str())
             .collect();
         assert_eq!(gone, vec![d(2), d(10), d(11)]);
-        assert!(r.manifests_deleted.iter().all(|m| m.dry_run));
-        assert!(r.manifests_deleted[0].reason.contains("older than 24 h"));
+        assert!(r.dry_run && r.manifests_deleted.is_empty() && r.tags_deleted.is_empty());
+        assert!(r.manifests_would_delete[0]
+            .reason
+            .contains("older than 24 h"));
+        assert_eq!(
+            r.to_string(),
+            "deleted 0 tags and 0 untagged manifests; \
+             a dry run would delete 2 tags and 3 untagged manifests; kept 1 tag"
+        );
     }
 
     #[test]

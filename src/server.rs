@@ -68,15 +68,19 @@ impl Server {
     pub async fn start(config: Config) -> Result<Server, ServerError> {
         crate::app::check::compile(&config)?;
         let root = config.root.clone();
+        // Bound first: a port in use (another node, a second start) fails
+        // before anything is created on disk.
+        let (listener, addr) = bind(config.addr).await?;
+        let ops_listener = match config.metrics.addr {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
         // Start-up's file work (the folder, the reserve's fallocate) runs
         // on the blocking pool like every other file operation.
         let space = crate::blocking::run({
             let (root, reserve) = (root.clone(), config.disk_reserve_mib << 20);
             move || -> Result<_, ServerError> {
-                std::fs::create_dir_all(&root).map_err(|source| ServerError::Root {
-                    path: root.clone(),
-                    source,
-                })?;
+                create_root(&root)?;
                 Ok(Arc::new(DiskSpace::open(&root, reserve)))
             }
         })
@@ -94,11 +98,6 @@ impl Server {
         let auth = Authenticator::new(&config.auth)?;
         let tls = match &config.tls {
             Some(t) => Some(Arc::new(CertResolver::load(&t.cert, &t.key)?)),
-            None => None,
-        };
-        let (listener, addr) = bind(config.addr).await?;
-        let ops_listener = match config.metrics.addr {
-            Some(a) => Some(bind(a).await?),
             None => None,
         };
         let budget_kib = (config.upload_memory_budget_mib * 1024) as usize;
@@ -136,6 +135,18 @@ impl Server {
             config.limits.rate_limit_per_sec,
             config.limits.rate_limit_burst,
         );
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let started = Started {
+            storage: config.storage.backend,
+            metadata: config.metadata.backend,
+            auth: config.auth_enabled(),
+            tls: config.tls.is_some(),
+            ui: config.ui.enabled.then(|| format!("{scheme}://{addr}/ui/")),
+        };
         let state = Arc::new(App {
             config,
             storage,
@@ -172,7 +183,17 @@ impl Server {
             writer,
             stopped,
         ));
-        tracing::info!(%addr, metrics = ?metrics_addr, "wharf is serving");
+        tracing::info!(
+            %addr,
+            root = %root.display(),
+            storage = %started.storage,
+            metadata = %started.metadata,
+            auth = started.auth,
+            tls = started.tls,
+            metrics = ?metrics_addr,
+            ui = started.ui.as_deref().unwrap_or("off"),
+            "wharf is serving"
+        );
         Ok(Server {
             addr,
             metrics_addr,
@@ -202,6 +223,33 @@ impl Server {
     /// this is for a caller that selects it against a signal).
     pub async fn stopped(&mut self) {
         let _ = (&mut self.task).await;
+    }
+}
+
+/// What the start-up line tells an operator about the node.
+struct Started {
+    storage: crate::config::StorageBackend,
+    metadata: crate::config::MetadataBackend,
+    auth: bool,
+    tls: bool,
+    ui: Option<String>,
+}
+
+/// Creates the data folder itself, never its parents: a mistyped
+/// `--root /srv/wharf-dat/x` is refused, not built as a new tree.
+fn create_root(root: &std::path::Path) -> Result<(), ServerError> {
+    let failed = |source| ServerError::Root {
+        path: root.to_path_buf(),
+        source,
+    };
+    match std::fs::create_dir(root) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && root.is_dir() => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(failed(std::io::Error::new(
+            e.kind(),
+            "its parent folder does not exist (only the data folder itself is created)",
+        ))),
+        Err(e) => Err(failed(e)),
     }
 }
 

@@ -192,8 +192,17 @@ impl DiskSpace {
                 .open(&self.reserve_path)?;
             allocate(&mut f, self.reserve_bytes)
         })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&self.reserve_path);
+        match &result {
+            // Said because it is a file of real blocks the operator will
+            // find and wonder about.
+            Ok(()) => tracing::info!(
+                path = %self.reserve_path.display(),
+                mib = self.reserve_bytes >> 20,
+                "disk reserve taken (given back on a full disk so deletes and GC still work)"
+            ),
+            Err(_) => {
+                let _ = std::fs::remove_file(&self.reserve_path);
+            }
         }
         result
     }

@@ -5,7 +5,7 @@
 ARG BASE
 FROM ${BASE}
 USER 10001:10001
-# Settings come from WHARF_* variables (README "From the environment");
+# Settings come from WHARF_* variables (docs/configuration.md, "From the environment");
 # WHARF_CONFIG names a mounted file. Flags would win over both.
 ENV WHARF_ADDR=0.0.0.0:5000 WHARF_ROOT=/var/lib/wharf
 WORKDIR /var/lib/wharf

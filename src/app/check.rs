@@ -7,8 +7,9 @@
 //! Owns: which module checks which section, the checks of what the
 //! configuration names (files, addresses, the TLS pair) and the redacted
 //! rendering.
-//! Must not: bind, connect or write anything; it runs beside a live
-//! registry, on an operator's laptop, in a container's entrypoint.
+//! Must not: bind or write anything; it runs beside a live registry, on an
+//! operator's laptop, in a container's entrypoint. Only `connect` (asked
+//! for with `--connect`) reaches the services, and only reads.
 
 use crate::config::{Config, ConfigError, StorageBackend};
 use crate::s3::S3Settings;
@@ -116,6 +117,59 @@ fn without_password(url: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// One service a configuration names, tried: what it is, and what it
+/// answered (Ok: a sentence of what was seen; Err: the refusal).
+pub struct Reached {
+    pub service: String,
+    pub answer: Result<String, String>,
+}
+
+/// Logs in to what the configuration names (`wharf config check
+/// --connect`): PostgreSQL (and where its schema stands against this
+/// binary), the bucket. Changes nothing: no migration, no bucket created.
+pub async fn connect(cfg: &Config) -> Vec<Reached> {
+    let mut found = Vec::new();
+    if let (crate::config::MetadataBackend::Postgres, Some(url)) =
+        (cfg.metadata.backend, cfg.metadata.url.clone())
+    {
+        let timeout = std::time::Duration::from_secs(cfg.metadata.timeout_secs);
+        let inspected =
+            crate::blocking::run(move || crate::meta::PostgresBackend::inspect(&url, timeout))
+                .await;
+        let answer = match inspected {
+            Ok(s) if s.version > s.latest => Err(format!(
+                "schema at version {}, newer than this binary's {}: upgrade wharf",
+                s.version, s.latest
+            )),
+            Ok(s) if s.version < s.latest => Ok(format!(
+                "logged in; schema at version {} of {} (`wharf migrate` or the first node's start applies the rest)",
+                s.version, s.latest
+            )),
+            Ok(s) => Ok(format!("logged in; schema at version {} (current)", s.version)),
+            Err(e) => Err(e.to_string()),
+        };
+        found.push(Reached {
+            service: "PostgreSQL (metadata.url)".into(),
+            answer,
+        });
+    }
+    if let (StorageBackend::S3, Some(s3)) = (cfg.storage.backend, &cfg.storage.s3) {
+        let service = format!("bucket {:?} at {}", s3.bucket, s3.endpoint);
+        let answer = match S3Settings::from_config(s3)
+            .map_err(|e| e.to_string())
+            .and_then(|s| crate::s3::S3Client::new(&s).map_err(|e| e.to_string()))
+        {
+            Ok(client) => match client.check_bucket().await {
+                Ok(()) => Ok("reachable; credentials accepted; bucket lists".into()),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e),
+        };
+        found.push(Reached { service, answer });
+    }
+    found
 }
 
 #[cfg(test)]

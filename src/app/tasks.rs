@@ -181,12 +181,7 @@ pub(crate) async fn scheduled_gc(state: Arc<App>) {
                 tracing::warn!(error = %e, "pull times not recorded before retention");
             }
             match crate::retention::run(&state.meta, &state.policies, false).await {
-                Ok(r) => tracing::info!(
-                    tags = r.tags_deleted.iter().filter(|d| !d.dry_run).count(),
-                    manifests = r.manifests_deleted.iter().filter(|d| !d.dry_run).count(),
-                    would = r.tags_deleted.iter().filter(|d| d.dry_run).count(),
-                    "retention (scheduled)"
-                ),
+                Ok(r) => tracing::info!(dry_run = r.dry_run, "retention (scheduled): {r}"),
                 Err(e) => tracing::error!(error = %e, "retention failed"),
             }
         }

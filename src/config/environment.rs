@@ -14,19 +14,40 @@ use toml::{Table, Value};
 const PREFIX: &str = "WHARF_";
 
 /// Variables that share the prefix but are not settings: WHARF_LOG is
-/// tracing's filter (it predates this and names a section), the others are
-/// read by `wharf gc --url` and the test harness.
-const NOT_SETTINGS: &[&str] = &["WHARF_LOG", "WHARF_PASSWORD"];
+/// tracing's filter (it predates this and names a section), WHARF_CONFIG
+/// names the file, WHARF_PASSWORD is read by the admin commands.
+const NOT_SETTINGS: &[&str] = &["WHARF_LOG", "WHARF_CONFIG", "WHARF_PASSWORD"];
+
+/// Wharf's own tooling's variables (the test suite, CI, the load
+/// generator), documented in docs/configuration.md: never settings, so
+/// never typos.
+const TOOLING: &[&str] = &[
+    "WHARF_TEST_",
+    "WHARF_SKIP_",
+    "WHARF_CI_",
+    "WHARF_LOAD_",
+    "WHARF_REQUIRE_SERVICES",
+    "WHARF_WEED",
+    "WHARF_CRASH_ROUNDS",
+    "WHARF_SMOKE_SCRIPT",
+];
+
+fn is_setting_name(name: &str) -> bool {
+    name.starts_with(PREFIX)
+        && !NOT_SETTINGS.contains(&name)
+        && !TOOLING.iter().any(|t| name.starts_with(t))
+}
 
 /// Every key with a value, from the example file, which documents them all
 /// (a unit test keeps it so): the source of each key's type.
 fn key_types() -> Table {
-    toml::from_str(include_str!("../../wharf.example.toml")).unwrap_or_default()
+    toml::from_str(&super::documented_example()).unwrap_or_default()
 }
 
 /// Lays the settings among `vars` over `table`. Returns the names of the
-/// variables applied, for messages; a variable naming no top-level key is
-/// not a setting and is left alone (other programs share the prefix).
+/// variables applied, for messages. A `WHARF_` variable that names no
+/// setting (and is none of the few documented others) is an error naming
+/// the closest setting: a typo must not pass silently.
 pub fn overlay(
     table: &mut Table,
     vars: impl IntoIterator<Item = (String, String)>,
@@ -35,7 +56,7 @@ pub fn overlay(
     let mut applied = Vec::new();
     let mut vars: Vec<_> = vars
         .into_iter()
-        .filter(|(k, _)| k.starts_with(PREFIX) && !NOT_SETTINGS.contains(&k.as_str()))
+        .filter(|(k, _)| is_setting_name(k))
         .collect();
     vars.sort();
     for (name, text) in vars {
@@ -44,13 +65,62 @@ pub fn overlay(
             .map(str::to_ascii_lowercase)
             .collect();
         if !types.contains_key(&path[0]) {
-            continue;
+            return Err(ConfigError::Invalid(unknown(&name, &types)));
         }
         let value = typed(&name, &path, &text, &types)?;
         set(table, &path, value).map_err(|why| ConfigError::Invalid(format!("{name}: {why}")))?;
         applied.push(name);
     }
     Ok(applied)
+}
+
+/// The message for a `WHARF_` variable that is no setting: the closest
+/// one by edit distance.
+fn unknown(name: &str, types: &Table) -> String {
+    let mut names = Vec::new();
+    setting_names(types, PREFIX, &mut names);
+    let closest = names
+        .iter()
+        .map(|n| (edit_distance(name, n), n))
+        .min()
+        .filter(|(d, _)| *d <= name.len() / 3 + 2);
+    let hint = match closest {
+        Some((_, n)) => format!("; did you mean {n}?"),
+        None => String::new(),
+    };
+    format!(
+        "{name} is no setting{hint} (WHARF_<KEY>, or WHARF_<SECTION>__<KEY> with two underscores; \
+         see docs/configuration.md)"
+    )
+}
+
+/// Every setting's variable name: WHARF_KEY, WHARF_SECTION__KEY.
+fn setting_names(table: &Table, at: &str, out: &mut Vec<String>) {
+    for (k, v) in table {
+        let name = format!("{at}{}", k.to_ascii_uppercase());
+        match v {
+            Value::Table(t) => setting_names(t, &format!("{name}__"), out),
+            _ => out.push(name),
+        }
+    }
+}
+
+/// Levenshtein distance over bytes (names are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// `text` as the type `path` has in the example.
@@ -170,7 +240,9 @@ mod tests {
             &mut t,
             vars(&[
                 ("WHARF_LOG", "debug"),
+                ("WHARF_CONFIG", "/etc/wharf.toml"),
                 ("WHARF_WEED", "/x"),
+                ("WHARF_TEST_CLUSTER", "1"),
                 ("WHARF_PASSWORD", "p"),
             ]),
         )
@@ -193,9 +265,43 @@ mod tests {
     }
 
     #[test]
+    fn a_wharf_variable_that_is_no_setting_is_an_error_naming_the_closest() {
+        for (typo, meant) in [
+            (
+                "WHARF_LIMITS_RATE_LIMIT_PER_SEC",
+                "WHARF_LIMITS__RATE_LIMIT_PER_SEC",
+            ),
+            ("WHARF_GC_INTERVALL_SECS", "WHARF_GC_INTERVAL_SECS"),
+            (
+                "WHARF_LIMIT__RATE_LIMIT_PER_SEC",
+                "WHARF_LIMITS__RATE_LIMIT_PER_SEC",
+            ),
+        ] {
+            let e = overlay(&mut Table::new(), vars(&[(typo, "7")])).unwrap_err();
+            let said = e.to_string();
+            assert!(
+                said.contains(typo) && said.contains(&format!("did you mean {meant}?")),
+                "{said}"
+            );
+        }
+        // The documented others and the tooling's own pass.
+        let others = [
+            ("WHARF_LOG", "debug"),
+            ("WHARF_CONFIG", "/etc/wharf.toml"),
+            ("WHARF_PASSWORD", "pw"),
+            ("WHARF_TEST_CLUSTER", "1"),
+            ("WHARF_WEED", "/usr/bin/weed"),
+        ];
+        assert!(overlay(&mut Table::new(), vars(&others))
+            .unwrap()
+            .is_empty());
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
     fn the_example_documents_every_key_so_every_key_has_a_type() {
         let example: super::super::Config =
-            toml::from_str(include_str!("../../wharf.example.toml")).unwrap();
+            toml::from_str(&super::super::documented_example()).unwrap();
         let shown: Table = toml::from_str(&toml::to_string(&example).unwrap()).unwrap();
         fn missing(shown: &Table, types: &Table, at: &str, out: &mut Vec<String>) {
             for (k, v) in shown {

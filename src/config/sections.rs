@@ -144,6 +144,24 @@ pub enum MetadataBackend {
     Postgres,
 }
 
+impl std::fmt::Display for StorageBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StorageBackend::Filesystem => "filesystem",
+            StorageBackend::S3 => "s3",
+        })
+    }
+}
+
+impl std::fmt::Display for MetadataBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MetadataBackend::Redb => "redb",
+            MetadataBackend::Postgres => "postgres",
+        })
+    }
+}
+
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
@@ -301,7 +319,27 @@ fn default_reload_secs() -> u64 {
 pub struct MetricsConfig {
     /// `/metrics`, `/healthz` and `/readyz` are served here, never on the
     /// registry address. Absent: no metrics listener.
+    #[serde(deserialize_with = "listen_addr_opt")]
     pub addr: Option<SocketAddr>,
+}
+
+/// The one sentence for a listen address that is not IP:PORT (a host name
+/// such as `localhost:5000` is the usual slip).
+pub fn listen_addr_error(text: &str) -> String {
+    format!(
+        "{text:?} is not IP:PORT: give an address such as 127.0.0.1:5000 or 0.0.0.0:5000 \
+         (host names are not resolved)"
+    )
+}
+
+pub(crate) fn listen_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse()
+        .map_err(|_| serde::de::Error::custom(listen_addr_error(&text)))
+}
+
+fn listen_addr_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    listen_addr(d).map(Some)
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

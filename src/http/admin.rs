@@ -54,12 +54,7 @@ pub(super) async fn retention(st: &App, method: &Method, query: &Query) -> HttpR
     // Pulls noted so far count as pulls.
     st.pulls.flush(&st.meta).await?;
     let report = crate::retention::run(&st.meta, &st.policies, dry_run).await?;
-    tracing::info!(
-        dry_run,
-        tags = report.tags_deleted.len(),
-        manifests = report.manifests_deleted.len(),
-        "retention (requested)"
-    );
+    tracing::info!(dry_run = report.dry_run, "retention (requested): {report}");
     Ok(json_response(
         serde_json::to_vec(&report).unwrap_or_default(),
     ))

@@ -140,11 +140,28 @@ pub(super) async fn serve(st: &App, path: &str, query: &Query, viewer: Viewer<'_
         "/ui/" => repositories(st, query, &viewer).await,
         "/ui/repo" => repository(st, query, &viewer).await,
         "/ui/manifest" => manifest(st, query, &viewer).await,
-        _ => Ok(html_response(
-            StatusCode::NOT_FOUND,
-            "<h1>Not found</h1>".into(),
-        )),
+        _ => Err(ApiError::NotFound),
     }
+    .or_else(error_page)
+}
+
+/// A browser gets an error as a page, with the registry's status and
+/// message; a 401 stays the registry's, whose challenge makes the browser
+/// ask for a password.
+fn error_page(e: ApiError) -> HttpResult {
+    let status = e.status();
+    if status == StatusCode::UNAUTHORIZED {
+        return Err(e);
+    }
+    let title = status.canonical_reason().unwrap_or("Error");
+    let body = format!(
+        "<h1>{}</h1><p>{}</p><p><a href='/ui/'>All repositories</a></p>",
+        esc(title),
+        esc(&e.to_string())
+    );
+    let mut r = page(title, &body);
+    *r.status_mut() = status;
+    Ok(r)
 }
 
 /// The repository named by `?name=`, if the viewer may pull it.

@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use postgres_backend::{
     describe as pg_describe, unreachable as pg_unreachable, Pool as PgPool, PostgresBackend,
+    SchemaState,
 };
 pub use postgres_rows::apply_in_transaction as apply_in_postgres;
 pub use redb_backend::RedbBackend;

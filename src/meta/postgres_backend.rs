@@ -41,11 +41,16 @@ pub type PooledConnection = r2d2::PooledConnection<PostgresConnectionManager<NoT
 #[derive(Clone)]
 pub struct Pool(Arc<PoolOwner>);
 
-struct PoolOwner(Option<R2d2Pool>);
+struct PoolOwner {
+    pool: Option<R2d2Pool>,
+    /// What PostgreSQL said when a connection last failed: r2d2's own
+    /// error is only "timed out waiting for connection".
+    last_refusal: LastRefusal,
+}
 
 impl Drop for PoolOwner {
     fn drop(&mut self) {
-        if let Some(pool) = self.0.take() {
+        if let Some(pool) = self.pool.take() {
             let _ = std::thread::Builder::new()
                 .name("wharf-pg-close".into())
                 .spawn(move || drop(pool));
@@ -56,10 +61,39 @@ impl Drop for PoolOwner {
 impl Pool {
     /// A connection, waiting at most the configured timeout for one.
     pub fn get(&self) -> Result<PooledConnection, String> {
-        match &self.0 .0 {
-            Some(p) => p.get().map_err(|e| e.to_string()),
-            None => Err("connection pool is closed".into()),
+        let Some(pool) = &self.0.pool else {
+            return Err("connection pool is closed".into());
+        };
+        pool.get().map_err(|e| match self.0.last_refusal.take() {
+            Some(said) => format!("{e}; the last attempt: {said}"),
+            None => e.to_string(),
+        })
+    }
+}
+
+/// r2d2's connection-error handler: keeps the server's own message for
+/// [`Pool::get`]'s error and logs it once per distinct message, so a
+/// missing role reads `role "wharf" does not exist`, not `db error` five
+/// times.
+#[derive(Debug, Default, Clone)]
+struct LastRefusal(Arc<std::sync::Mutex<Option<String>>>);
+
+impl LastRefusal {
+    fn take(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|said| said.clone())
+    }
+}
+
+impl r2d2::HandleError<postgres::Error> for LastRefusal {
+    fn handle_error(&self, error: postgres::Error) {
+        let said = describe(&error);
+        let Ok(mut last) = self.0.lock() else {
+            return;
+        };
+        if last.as_deref() != Some(said.as_str()) {
+            tracing::warn!(error = %said, "cannot connect to PostgreSQL");
         }
+        *last = Some(said);
     }
 }
 
@@ -71,6 +105,13 @@ const RETRIES: usize = 5;
 
 pub struct PostgresBackend {
     pool: Pool,
+}
+
+/// Where a database's schema stands against this binary's migrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchemaState {
+    pub version: i32,
+    pub latest: i32,
 }
 
 impl PostgresBackend {
@@ -106,6 +147,30 @@ impl PostgresBackend {
         Ok(row.get(0))
     }
 
+    /// Logs in once, without the pool or migrating, and reads where the
+    /// schema stands: `wharf config check --connect`. The error is the
+    /// server's own sentence (a missing role, a wrong password, TLS).
+    pub fn inspect(url: &str, timeout: Duration) -> Result<SchemaState, MetaError> {
+        let mut client = client_config(url, timeout)?
+            .connect(NoTls)
+            .map_err(|e| MetaError::Unavailable(describe(&e)))?;
+        let created: bool = client
+            .query_one("SELECT to_regclass('wharf_schema') IS NOT NULL", &[])
+            .map_err(db)?
+            .get(0);
+        let version: i32 = match created {
+            false => 0,
+            true => client
+                .query_one("SELECT coalesce(max(version), 0) FROM wharf_schema", &[])
+                .map_err(db)?
+                .get(0),
+        };
+        Ok(SchemaState {
+            version,
+            latest: super::postgres_schema::MIGRATIONS.len() as i32,
+        })
+    }
+
     /// The pool, for the object-store modules that keep their own tables
     /// in this database (upload sessions, blob objects).
     pub fn pool(&self) -> Pool {
@@ -119,13 +184,17 @@ impl PostgresBackend {
     }
 }
 
-fn pool(url: &str, pool_size: u32, timeout: Duration) -> Result<Pool, MetaError> {
+/// The client settings of `url`, every wait bounded by `timeout`.
+fn client_config(url: &str, timeout: Duration) -> Result<postgres::Config, MetaError> {
     let mut config: postgres::Config = url
         .parse()
         .map_err(|e| MetaError::Record(format!("metadata.url: {e}")))?;
     let ms = timeout.as_millis();
+    // client_min_messages: the server's NOTICEs (`relation already
+    // exists, skipping` on every start) are not the operator's news.
     let options = format!(
-        "-c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout={}",
+        "-c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout={} \
+         -c client_min_messages=warning",
         ms * 6
     );
     config
@@ -138,10 +207,17 @@ fn pool(url: &str, pool_size: u32, timeout: Duration) -> Result<Pool, MetaError>
     if config.get_application_name().is_none() {
         config.application_name("wharf");
     }
+    Ok(config)
+}
+
+fn pool(url: &str, pool_size: u32, timeout: Duration) -> Result<Pool, MetaError> {
+    let config = client_config(url, timeout)?;
     let manager = PostgresConnectionManager::new(config, NoTls);
     // Built without connecting: a node whose database is down starts and
     // answers 503 until it returns (migrations, run next, still need it).
+    let last_refusal = LastRefusal::default();
     let pool = r2d2::Pool::builder()
+        .error_handler(Box::new(last_refusal.clone()))
         .max_size(pool_size)
         .min_idle(Some(0))
         .connection_timeout(timeout)
@@ -149,7 +225,10 @@ fn pool(url: &str, pool_size: u32, timeout: Duration) -> Result<Pool, MetaError>
         // a health query per checkout would double every read's round trips.
         .test_on_check_out(false)
         .build_unchecked(manager);
-    Ok(Pool(Arc::new(PoolOwner(Some(pool)))))
+    Ok(Pool(Arc::new(PoolOwner {
+        pool: Some(pool),
+        last_refusal,
+    })))
 }
 
 /// Whether an error is about reaching the database (down, cut off,

@@ -37,9 +37,9 @@ pub struct Digest {
 
 impl Digest {
     pub fn parse(s: &str) -> Result<Self, ParseError> {
-        let (alg, hex) = s
-            .split_once(':')
-            .ok_or_else(|| ParseError::Digest(format!("{s:?} is not algorithm:encoded")))?;
+        let (alg, hex) = s.split_once(':').ok_or_else(|| {
+            ParseError::Digest(format!("{} is not algorithm:encoded", super::echoed(s)))
+        })?;
         let algorithm = match alg {
             "sha256" => Algorithm::Sha256,
             "sha512" => Algorithm::Sha512,
@@ -52,7 +52,7 @@ impl Digest {
                 return Err(if well_formed {
                     ParseError::DigestAlgorithm(other.to_owned())
                 } else {
-                    ParseError::Digest(format!("{s:?} has a malformed algorithm"))
+                    ParseError::Digest(format!("{} has a malformed algorithm", super::echoed(s)))
                 });
             }
         };

@@ -24,7 +24,8 @@ impl RepoName {
         for component in s.split('/') {
             if !valid_component(component.as_bytes()) {
                 return Err(ParseError::Name(format!(
-                    "component {component:?} must match [a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*"
+                    "component {} must match [a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*",
+                    super::echoed(component)
                 )));
             }
         }

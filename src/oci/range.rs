@@ -14,7 +14,7 @@ impl ContentRange {
     /// Accepts `a-b` as the spec writes it, and `bytes a-b` / `bytes=a-b`
     /// (optionally with `/total`) as some clients send it.
     pub fn parse(s: &str) -> Result<Self, ParseError> {
-        let bad = || ParseError::Range(format!("Content-Range {s:?} is not a-b"));
+        let bad = || ParseError::Range(format!("Content-Range {} is not a-b", super::echoed(s)));
         let s = s.trim();
         let s = s
             .strip_prefix("bytes=")

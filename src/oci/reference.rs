@@ -21,7 +21,8 @@ impl Reference {
             Ok(Reference::Tag(s.to_owned()))
         } else {
             Err(ParseError::Reference(format!(
-                "{s:?} is neither a digest nor a tag matching [a-zA-Z0-9_][a-zA-Z0-9._-]{{0,127}}"
+                "{} is neither a digest nor a tag matching [a-zA-Z0-9_][a-zA-Z0-9._-]{{0,127}}",
+                super::echoed(s)
             )))
         }
     }

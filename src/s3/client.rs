@@ -41,6 +41,11 @@ pub enum S3Error {
     /// SlowDown: worth retrying later; the registry answers 503.
     #[error("object store unavailable: {0}")]
     Unavailable(String),
+    /// The store refused this node's credentials or their permissions
+    /// (401/403: a wrong or expired key, a missing grant): an operator's
+    /// error the node reports, never a fault in the client's request.
+    #[error("object store refused the credentials: {0}")]
+    Refused(String),
     /// The endpoint answered with an error that retrying will not fix.
     #[error("object store answered {status}: {body}")]
     Status { status: u16, body: String },
@@ -256,15 +261,36 @@ impl S3Client {
     async fn fail(&self, resp: hyper::Response<Incoming>) -> S3Error {
         let status = resp.status();
         let body = self.read_body(resp).await.unwrap_or_default();
-        let body = String::from_utf8_lossy(&body).chars().take(512).collect();
+        let body: String = String::from_utf8_lossy(&body).chars().take(512).collect();
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
             S3Error::Unavailable(format!("{status}: {body}"))
+        } else if status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED {
+            S3Error::Refused(refusal(status, &body))
         } else {
             S3Error::Status {
                 status: status.as_u16(),
                 body,
             }
         }
+    }
+
+    /// Whether the bucket answers this node's credentials: a HEAD of a key
+    /// that need not exist (a HEAD answer has no body, so a refusal shows
+    /// as 403 alone). For start-up, `/readyz` and `config check`.
+    pub async fn check_access(&self) -> Result<(), S3Error> {
+        self.head_object("_wharf/ready").await.map(|_| ())
+    }
+
+    /// Whether the bucket exists and lists for these credentials: one
+    /// ListObjectsV2 of at most one key, whose error body names the cause
+    /// (`NoSuchBucket`, `SignatureDoesNotMatch`, `InvalidAccessKeyId`).
+    pub async fn check_bucket(&self) -> Result<(), S3Error> {
+        let mut action = self.bucket.list_objects_v2(Some(&self.credentials));
+        action.with_prefix("_wharf/");
+        action.with_max_keys(1);
+        let url = action.sign(SIGNATURE_TTL);
+        let resp = self.send(Method::GET, url, PartBody::new([]), &[]).await?;
+        self.expect_ok(resp).await.map(|_| ())
     }
 
     async fn expect_ok(&self, resp: hyper::Response<Incoming>) -> Result<Bytes, S3Error> {
@@ -531,4 +557,20 @@ fn content_length(resp: &hyper::Response<Incoming>) -> Result<u64, S3Error> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| S3Error::Protocol("answer without Content-Length".into()))
+}
+
+/// A refusal's sentence: S3's error code and message where the answer has
+/// a body (`<Code>SignatureDoesNotMatch</Code>`), the status alone for HEAD.
+fn refusal(status: StatusCode, body: &str) -> String {
+    let field = |name: &str| {
+        let open = format!("<{name}>");
+        let start = body.find(&open)? + open.len();
+        let end = body[start..].find("</")? + start;
+        Some(body[start..end].to_owned())
+    };
+    match (field("Code"), field("Message")) {
+        (Some(code), Some(message)) => format!("{status}: {code}: {message}"),
+        (Some(code), None) => format!("{status}: {code}"),
+        _ => format!("{status} (check the access key, the secret and the bucket's grants)"),
+    }
 }

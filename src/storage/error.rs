@@ -80,9 +80,9 @@ impl From<RemoteUploadError> for StorageError {
             E::Refused(r) => StorageError::Refused(r),
             e @ E::TooManyParts => StorageError::UploadTooLarge(e.to_string()),
             E::TooManySessions => StorageError::TooManySessions,
-            e @ (E::Unavailable(_) | E::S3(S3Error::Unavailable(_))) => {
-                StorageError::Unavailable(e.to_string())
-            }
+            e @ (E::Unavailable(_)
+            | E::S3(S3Error::Unavailable(_))
+            | E::S3(S3Error::Refused(_))) => StorageError::Unavailable(e.to_string()),
             e => StorageError::Internal(e.to_string()),
         }
     }

@@ -222,6 +222,15 @@ pub async fn open_configured(
     {
         let settings = crate::s3::S3Settings::from_config(s3)?;
         let client = crate::s3::S3Client::new(&settings).map_err(RemoteUploadError::S3)?;
+        // A refused credential is the operator's to fix: said now, at
+        // start-up, rather than as every push's 503. An unreachable store
+        // is not: the node starts and is ready when the store is back.
+        if let Err(e @ crate::s3::S3Error::Refused(_)) = client.check_bucket().await {
+            return Err(StorageError::Unavailable(format!(
+                "bucket {:?} at {}: {e}",
+                settings.bucket, settings.endpoint
+            )));
+        }
         let blobs = crate::s3::objects::ObjectBlobs::new(
             client.clone(),
             pool.clone(),

@@ -19,6 +19,7 @@ use crate::oci::{Digest, RepoName};
 use crate::s3::objects::ObjectBlobs;
 use crate::s3::uploads::RemoteUploads;
 use crate::s3::uploads::SessionWriter;
+use crate::s3::S3Error;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -206,9 +207,9 @@ impl BlobStorage for BucketStorage {
     }
 
     async fn ready(&self) -> Result<(), String> {
-        // Any answer but "unreachable" will do: the key need not exist.
-        match self.uploads.s3().head_object("_wharf/ready").await {
-            Err(e @ crate::s3::S3Error::Unavailable(_)) => Err(format!("object store: {e}")),
+        // Any answer but "unreachable" or "refused" will do.
+        match self.uploads.s3().check_access().await {
+            Err(e @ (S3Error::Unavailable(_) | S3Error::Refused(_))) => Err(e.to_string()),
             _ => Ok(()),
         }
     }

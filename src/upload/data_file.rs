@@ -3,7 +3,7 @@
 //! Buffered `write(2)` costs this kind of machine ~1.5 ms of kernel CPU per
 //! MB (copying into freshly allocated page-cache folios) and caps at
 //! ~0.6 GB/s; `O_DIRECT` from an aligned buffer costs ~0.15 ms/MB and runs
-//! at the disk's ~1.7 GB/s (measured with dd; see the README). So each
+//! at the disk's ~1.7 GB/s (measured with dd; see docs/performance.md). So each
 //! batch is copied once into a 4 KiB-aligned buffer (a userspace memcpy,
 //! ~0.1 ms/MB) and the whole blocks go straight to the disk; the last
 //! partial block goes through the page cache and is read back and rewritten

@@ -90,6 +90,15 @@ async fn finds_damage_and_repairs_it() {
         out.contains(&format!("links blob {missing_d} which is missing")),
         "{out}"
     );
+    // The corrupt blob's link says what is wrong with it, not "missing".
+    assert!(
+        out.contains(&format!("links blob {victim_d} which is corrupt")),
+        "{out}"
+    );
+    assert!(
+        !out.contains(&format!("{victim_d} which is missing")),
+        "{out}"
+    );
     assert!(out.contains("LEFTOVER"), "{out}");
 
     let (code, out) = fsck(&root, true);
@@ -119,7 +128,10 @@ async fn progress_shows_on_a_terminal_and_never_in_logs() {
     let (code, out) = fsck(&root, false);
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("blobs ["), "{out}");
-    assert!(out.contains("4 blobs checked (4.0 MiB)"), "{out}");
+    assert!(
+        out.contains("4 blobs checked (4.0 MiB), no problems"),
+        "{out}"
+    );
     // On a terminal (util-linux's script gives it one): the bar.
     let command = format!(
         "{} fsck --root {}",

@@ -30,6 +30,7 @@ mod manifests;
 mod metrics;
 mod notifications;
 mod oci_client;
+mod operator_errors;
 mod process;
 mod proxy;
 mod retention;

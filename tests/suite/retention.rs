@@ -176,21 +176,26 @@ async fn retention_reports_then_deletes_what_no_keep_condition_holds() {
     assert_eq!(reg.get("/v2/ci/app/manifests/z-old").await.status(), 200);
 
     let dry = retention(&reg, true).await;
-    let tags: Vec<&str> = dry["tags_deleted"]
+    assert_eq!(dry["dry_run"], true, "{dry}");
+    assert_eq!(
+        dry["tags_deleted"],
+        serde_json::json!([]),
+        "a dry run deletes nothing"
+    );
+    let tags: Vec<&str> = dry["tags_would_delete"]
         .as_array()
         .unwrap()
         .iter()
         .map(|d| d["tag"].as_str().unwrap())
         .collect();
     assert_eq!(tags, ["m-mid"], "{dry}");
-    let reason = dry["tags_deleted"][0]["reason"].as_str().unwrap();
+    let reason = dry["tags_would_delete"][0]["reason"].as_str().unwrap();
     assert!(
         reason.contains("not among the newest 2") && reason.contains("never pulled"),
         "{reason}"
     );
-    assert_eq!(dry["tags_deleted"][0]["dry_run"], true);
     assert_eq!(
-        dry["manifests_deleted"][0]["digest"],
+        dry["manifests_would_delete"][0]["digest"],
         pushed[1].as_str(),
         "{dry}"
     );
@@ -205,7 +210,8 @@ async fn retention_reports_then_deletes_what_no_keep_condition_holds() {
 
     let real = retention(&reg, false).await;
     assert_eq!(real["tags_deleted"][0]["tag"], "m-mid", "{real}");
-    assert_eq!(real["tags_deleted"][0]["dry_run"], false);
+    assert_eq!(real["dry_run"], false, "{real}");
+    assert_eq!(real["tags_would_delete"], serde_json::json!([]));
     assert_eq!(reg.get("/v2/ci/app/manifests/m-mid").await.status(), 404);
     // Its manifest, untagged now and older than the limit, went too.
     let gone = reg
@@ -229,4 +235,56 @@ async fn retention_reports_then_deletes_what_no_keep_condition_holds() {
         0,
         "{again}"
     );
+}
+
+/// A policy that is a dry run: the answer, the log and `wharf retention`
+/// say nothing was deleted and what would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_policy_says_what_it_would_delete_and_deletes_nothing() {
+    let reg = TestRegistry::start_with(|c| {
+        c.retention = vec![wharf::config::RetentionConfig {
+            repositories: "ci/**".into(),
+            keep_last: Some(1),
+            keep_pulled_within_days: None,
+            keep_tags: vec![],
+            delete_untagged_after_hours: None,
+            dry_run: true,
+        }];
+    })
+    .await;
+    for (i, tag) in ["old", "new"].iter().enumerate() {
+        let (m, _) = image(&reg, "ci/dry", 70 + i as u64).await;
+        assert_eq!(
+            reg.put_manifest("ci/dry", tag, OCI_MANIFEST, &m)
+                .await
+                .status(),
+            201
+        );
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    // Not asked as a dry run: the policy is one.
+    let report = retention(&reg, false).await;
+    assert_eq!(report["dry_run"], true, "{report}");
+    assert_eq!(report["tags_deleted"], serde_json::json!([]), "{report}");
+    assert_eq!(report["tags_would_delete"][0]["tag"], "old", "{report}");
+
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .arg("retention")
+            .args(["--url", &reg.base])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let human = cli(&[]);
+    assert!(human.contains("WOULD DELETE ci/dry:old"), "{human}");
+    assert!(
+        human.contains("wharf retention: deleted 0 tags and 0 untagged manifests; a dry run would delete 1 tag"),
+        "{human}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&cli(&["--json", "--dry-run"])).unwrap();
+    assert_eq!(json["dry_run"], true, "{json}");
+    assert_eq!(reg.get("/v2/ci/dry/manifests/old").await.status(), 200);
 }
