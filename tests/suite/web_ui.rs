@@ -20,6 +20,11 @@ fn chromium() -> Option<PathBuf> {
 /// The page at `url` as the browser sees it: (DOM after render, and the
 /// screenshot saved as `name`.png).
 fn browse(url: &str, name: &str) -> String {
+    browse_at(url, name, "1200,800")
+}
+
+/// As `browse`, in a window `size` wide and high ("420,900": a phone).
+fn browse_at(url: &str, name: &str, size: &str) -> String {
     let bin = chromium().unwrap();
     let profile = tempfile::tempdir().unwrap();
     let flags = [
@@ -30,11 +35,12 @@ fn browse(url: &str, name: &str) -> String {
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
-        "--window-size=1200,800",
     ];
+    let window = format!("--window-size={size}");
     let user_data = format!("--user-data-dir={}", profile.path().display());
     let dom = Command::new(&bin)
         .args(flags)
+        .arg(&window)
         .arg(&user_data)
         .args(["--dump-dom", url])
         .output()
@@ -45,6 +51,7 @@ fn browse(url: &str, name: &str) -> String {
     let shot = shots.join(format!("{name}.png"));
     let out = Command::new(&bin)
         .args(flags)
+        .arg(&window)
         .arg(&user_data)
         .arg(format!("--screenshot={}", shot.display()))
         .arg(url)
@@ -113,22 +120,115 @@ async fn a_browser_sees_repositories_tags_layers_and_referrers() {
     }
     let reg = TestRegistry::start().await;
     let (image_d, sbom_d, index_d) = populate(&reg, "team/app").await;
+    // The newest push, a second later, under a name that sorts last: the
+    // tag list puts it first. Its config is a real image configuration.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let config = serde_json::to_vec(&json!({
+        "os": "linux", "architecture": "arm64", "created": "2026-12-01T00:00:00Z",
+        "config": {"Entrypoint": ["/bin/app"], "Cmd": ["--serve"], "Env": ["PATH=/bin", "MODE=ci"],
+                   "Labels": {"org.opencontainers.image.source": "https://git.example/app"},
+                   "ExposedPorts": {"8080/tcp": {}}},
+        "rootfs": {"type": "layers", "diff_ids": []},
+        "history": [{"created_by": "ADD rootfs.tar /"}, {"created_by": "ENV MODE=ci", "empty_layer": true},
+                    {"created_by": "COPY app /bin/app"}]
+    }))
+    .unwrap();
+    let (layer_a, layer_b) = (payload(3000, 91), payload(5000, 92));
+    for blob in [&config, &layer_a, &layer_b] {
+        reg.push_mono("team/app", blob).await;
+    }
+    let newest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
+        "layers": [descriptor("application/vnd.oci.image.layer.v1.tar", &layer_a),
+                   descriptor("application/vnd.oci.image.layer.v1.tar", &layer_b)],
+    }))
+    .unwrap();
+    assert_eq!(
+        reg.put_manifest("team/app", "zz-newest", OCI_MANIFEST, &newest)
+            .await
+            .status(),
+        201
+    );
     let base = &reg.base;
     let host = base.trim_start_matches("http://");
 
     let dom = browse(&format!("{base}/ui/"), "repositories");
     assert!(dom.contains("<table id=\"repositories\">"), "{dom}");
     assert!(
-        dom.contains(">team/app</a></td><td class=\"n\">2</td>"),
-        "two tags: {dom}"
+        dom.contains(">team/app</a></td><td class=\"n\" data-v=\"3\">3</td>"),
+        "three tags: {dom}"
     );
     assert!(dom.contains(" KiB</td>"), "a size: {dom}");
+    assert!(
+        dom.contains("<th class=\"n\" data-sort=\"\">Size</th>"),
+        "numeric headers align: {dom}"
+    );
+    let dom = browse(&format!("{base}/ui/?q=TEAM"), "repositories-filtered");
+    assert!(dom.contains(">team/app</a>"), "{dom}");
+    let dom = browse(
+        &format!("{base}/ui/?q=nothing-like-it"),
+        "repositories-none",
+    );
+    assert!(dom.contains("No repository matches."), "{dom}");
 
     let dom = browse(&format!("{base}/ui/repo?name=team/app"), "repository");
     assert!(
         dom.contains("<td>v1</td>") && dom.contains("<td>multi</td>"),
         "{dom}"
     );
+    let at = |tag: &str| dom.find(&format!("<td>{tag}</td>")).unwrap();
+    assert!(
+        at("zz-newest") < at("multi") && at("zz-newest") < at("v1"),
+        "newest push first: {dom}"
+    );
+    assert!(
+        dom.contains(&format!("data-copy=\"docker pull {host}/team/app:v1\"")),
+        "a pull line per tag: {dom}"
+    );
+    let filtered = browse(
+        &format!("{base}/ui/repo?name=team/app&q=mul"),
+        "repository-filtered",
+    );
+    assert!(
+        filtered.contains("<td>multi</td>") && !filtered.contains("<td>v1</td>"),
+        "{filtered}"
+    );
+    assert!(
+        filtered.contains("value=\"mul\""),
+        "the filter box keeps its text: {filtered}"
+    );
+
+    let dom = browse(
+        &format!(
+            "{base}/ui/manifest?name=team/app&digest={}",
+            digest(&newest)
+        ),
+        "manifest-config",
+    );
+    assert!(dom.contains("id=\"image-config\""), "{dom}");
+    for shown in [
+        "linux/arm64",
+        "/bin/app",
+        "--serve",
+        "MODE=ci",
+        "8080/tcp",
+        "https://git.example/app",
+        "COPY app /bin/app",
+    ] {
+        assert!(dom.contains(shown), "{shown}: {dom}");
+    }
+    assert!(
+        dom.contains("<code>zz-newest</code>"),
+        "the tags pointing at it: {dom}"
+    );
+    // A phone's width: the same page, laid out for it (screenshot kept).
+    let narrow = browse_at(
+        &format!("{base}/ui/repo?name=team/app"),
+        "repository-420px",
+        "420,900",
+    );
+    assert!(narrow.contains("<td>zz-newest</td>"), "{narrow}");
     assert!(
         dom.contains("linux/amd64, linux/arm64/v8"),
         "platforms of the index: {dom}"
