@@ -404,4 +404,23 @@ async fn the_ui_can_be_turned_off() {
     // A browser opening the registry's address is sent to the UI.
     let r = on.get("/").await;
     assert_eq!((r.status().as_u16(), r.url().path()), (200, "/ui/"));
+    // Errors under /ui/ are pages for a browser, not the registry's JSON.
+    for path in [
+        "/ui/no-such-page",
+        "/ui/repo?name=nobody/here",
+        "/ui/repo?name=Bad%20Name",
+    ] {
+        let r = on.get(path).await;
+        assert!(r.status().is_client_error(), "{path}");
+        assert_eq!(
+            header(&r, "content-type"),
+            Some("text/html; charset=utf-8"),
+            "{path}"
+        );
+        let body = r.text().await.unwrap();
+        assert!(
+            body.contains("<h1>") && body.contains("All repositories"),
+            "{body}"
+        );
+    }
 }
