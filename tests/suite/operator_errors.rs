@@ -323,3 +323,26 @@ fn the_example_configuration_runs_as_it_says() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_is_oci_json_and_echoes_only_a_prefix() {
+    let reg = TestRegistry::start().await;
+    // Past hyper's own limit on a request line: its 414, with our body.
+    let huge = "a".repeat(100_000);
+    let r = reg.get(&format!("/v2/x/manifests/{huge}")).await;
+    assert_eq!(r.status(), 414);
+    assert_eq!(header(&r, "content-type"), Some("application/json"));
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["errors"][0]["code"], "SIZE_INVALID", "{v}");
+    // A long tag in a PUT is named by a prefix, not sent back whole.
+    let long = "t".repeat(10_000);
+    let r = reg.put_manifest("x", &long, OCI_MANIFEST, b"{}").await;
+    assert_eq!(r.status(), 400);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.len() < 1_000 && body.contains("(10000 characters)"),
+        "{body}"
+    );
+    // The connection's next request is served as before (a new one).
+    assert_eq!(reg.get("/v2/").await.status(), 200);
+}

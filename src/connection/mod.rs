@@ -3,8 +3,11 @@
 //! socket a client holds without using it (slowloris, stalled bodies,
 //! forgotten keep-alives).
 //!
-//! Owns: the per-connection stream wrapper and watchdog.
+//! Owns: the per-connection stream wrappers (activity; `parse_refusal`,
+//! the body of hyper's own 414/431) and watchdog.
 //! Must not: route or answer requests; it hands them to `http::handle`.
+
+mod parse_refusal;
 
 use crate::app::App;
 use crate::http;
@@ -93,7 +96,7 @@ async fn run<S>(
     });
     let conn = ctx
         .builder
-        .serve_connection(TokioIo::new(io), svc)
+        .serve_connection(TokioIo::new(parse_refusal::ParseRefusalBody::new(io)), svc)
         .into_owned();
     let conn = watcher.watch(conn);
     tokio::select! {
