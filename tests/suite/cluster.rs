@@ -953,6 +953,12 @@ async fn the_gc_command_collects_beside_a_running_node() {
     let real = gc(false);
     // The deleted manifest, its config and its layer; the tagged image stays.
     assert!(real.contains(" 3 blobs removed"), "{real}");
+    // A command keeps no read cache: nothing made in its root but what it
+    // needs.
+    assert!(
+        !scratch.join("cache").exists(),
+        "gc --config created a read cache"
+    );
     assert_eq!(count(&layer), "0");
     assert_eq!(count(&md), "0");
     assert_eq!(count(&kept), "1");
