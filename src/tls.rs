@@ -105,7 +105,8 @@ fn load_pair(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError
     Ok(ck)
 }
 
-fn client_builder() -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>, String> {
+pub(crate) fn client_builder(
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>, String> {
     ClientConfig::builder_with_provider(Arc::new(provider::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("tls: {e}"))

@@ -17,6 +17,7 @@
 mod postgres_backend;
 mod postgres_rows;
 mod postgres_schema;
+mod postgres_tls;
 mod redb_backend;
 mod redb_file;
 mod redb_rows;

@@ -23,16 +23,16 @@
 
 use super::postgres_rows::{self, Failed};
 use super::postgres_schema::apply_migrations;
+use super::postgres_tls::{self, PgTls};
 use super::{BlobLink, ManifestRecord, MetaBackend, MetaError, MetaRead, MetaWrite, Page};
 use crate::oci::{Digest, RepoName};
 use postgres::error::SqlState;
-use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
 use std::sync::Arc;
 use std::time::Duration;
 
-type R2d2Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
-pub type PooledConnection = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+type R2d2Pool = r2d2::Pool<PostgresConnectionManager<PgTls>>;
+pub type PooledConnection = r2d2::PooledConnection<PostgresConnectionManager<PgTls>>;
 
 /// The connection pool, shared by the metadata backend and the
 /// object-store modules. The last handle to go drops the pool on a thread
@@ -151,8 +151,9 @@ impl PostgresBackend {
     /// schema stands: `wharf config check --connect`. The error is the
     /// server's own sentence (a missing role, a wrong password, TLS).
     pub fn inspect(url: &str, timeout: Duration) -> Result<SchemaState, MetaError> {
-        let mut client = client_config(url, timeout)?
-            .connect(NoTls)
+        let (config, tls) = client_config(url, timeout)?;
+        let mut client = config
+            .connect(tls)
             .map_err(|e| MetaError::Unavailable(describe(&e)))?;
         let created: bool = client
             .query_one("SELECT to_regclass('wharf_schema') IS NOT NULL", &[])
@@ -184,11 +185,16 @@ impl PostgresBackend {
     }
 }
 
-/// The client settings of `url`, every wait bounded by `timeout`.
-fn client_config(url: &str, timeout: Duration) -> Result<postgres::Config, MetaError> {
-    let mut config: postgres::Config = url
+/// The client settings of `url` (libpq's TLS keys read by
+/// `postgres_tls`), every wait bounded by `timeout`, and the TLS
+/// connector they ask for.
+fn client_config(url: &str, timeout: Duration) -> Result<(postgres::Config, PgTls), MetaError> {
+    let (rest, tls) = postgres_tls::split(url)?;
+    let mut config: postgres::Config = rest
         .parse()
         .map_err(|e| MetaError::Record(format!("metadata.url: {e}")))?;
+    config.ssl_mode(tls.mode);
+    let tls = PgTls::new(&tls)?;
     let ms = timeout.as_millis();
     // client_min_messages: the server's NOTICEs (`relation already
     // exists, skipping` on every start) are not the operator's news.
@@ -201,18 +207,23 @@ fn client_config(url: &str, timeout: Duration) -> Result<postgres::Config, MetaE
         .connect_timeout(timeout)
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(30))
+        // A host that goes silent (a cut link, a hung primary) answers
+        // nothing, so no server-side timeout fires: unacknowledged bytes
+        // older than the timeout end the connection, and the pool's next
+        // one goes to whichever host now accepts writes.
+        .tcp_user_timeout(timeout)
         // Statements and lock waits are bounded too: a stuck database or a
         // lock held by a vanished node answers 503, never a hung request.
         .options(&options);
     if config.get_application_name().is_none() {
         config.application_name("wharf");
     }
-    Ok(config)
+    Ok((config, tls))
 }
 
 fn pool(url: &str, pool_size: u32, timeout: Duration) -> Result<Pool, MetaError> {
-    let config = client_config(url, timeout)?;
-    let manager = PostgresConnectionManager::new(config, NoTls);
+    let (config, tls) = client_config(url, timeout)?;
+    let manager = PostgresConnectionManager::new(config, tls);
     // Built without connecting: a node whose database is down starts and
     // answers 503 until it returns (migrations, run next, still need it).
     let last_refusal = LastRefusal::default();

@@ -26,6 +26,7 @@ mod fsck;
 mod gc;
 mod layers;
 mod limits;
+mod managed_postgres;
 mod manifests;
 mod metrics;
 mod notifications;

@@ -129,10 +129,21 @@ impl Postgres {
     }
 
     fn start() -> Option<Postgres> {
+        let dir = std::env::temp_dir().join(format!("wharf-pg-{}", std::process::id()));
+        Postgres::start_in(dir, None)
+    }
+
+    /// A server of the caller's own in `dir` that speaks only TLS (`ssl =
+    /// on`, `hostssl` lines alone in pg_hba.conf) with the certificate
+    /// and key `tls` (PEM), as managed PostgreSQL services are set up.
+    pub fn start_tls(dir: PathBuf, tls: (&str, &str)) -> Option<Postgres> {
+        Postgres::start_in(dir, Some(tls))
+    }
+
+    fn start_in(dir: PathBuf, tls: Option<(&str, &str)>) -> Option<Postgres> {
         let initdb = pg_bin("initdb")?;
         let postgres = pg_bin("postgres")?;
         let user = pg_user();
-        let dir = std::env::temp_dir().join(format!("wharf-pg-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         if let Some((uid, gid)) = user {
@@ -155,12 +166,35 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let mut ssl: Vec<&str> = Vec::new();
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(data.join("server.crt"), cert).unwrap();
+            std::fs::write(data.join("server.key"), key).unwrap();
+            std::fs::set_permissions(
+                data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .unwrap();
+            if let Some((uid, gid)) = user {
+                for f in ["server.crt", "server.key", "pg_hba.conf"] {
+                    std::os::unix::fs::chown(data.join(f), Some(uid), Some(gid)).unwrap();
+                }
+            }
+            ssl.extend(["-c", "ssl=on"]);
+        }
         let port = free_port();
         let log = std::fs::File::create(dir.join("postgres.log")).unwrap();
         let child = as_pg_user(
             Command::new(&postgres)
                 .arg("-D")
                 .arg(&data)
+                .args(&ssl)
                 .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
                 .arg(&dir)
                 // A test server: durability of the server's own files is

@@ -1,0 +1,111 @@
+//! PostgreSQL as managed services run it: TLS only (`ssl = on`, `hostssl`
+//! lines alone), a server certificate from a CA the node is given. libpq's
+//! URL keys mean what they mean to libpq: `verify-full` checks the chain
+//! and the host name, a wrong CA stops the start with the certificate
+//! check named, and `sslmode=disable` gets PostgreSQL's own refusal.
+
+use crate::common::pki::{write_file, TestCa};
+use crate::common::services::{skip_without, Postgres};
+use crate::common::*;
+
+struct TlsPostgres {
+    pg: Postgres,
+    ca: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn tls_postgres() -> Option<TlsPostgres> {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("wharf test database CA");
+    let (cert, key) = ca.server_cert();
+    let pg = Postgres::start_tls(dir.path().join("pg"), (&cert, &key))?;
+    let ca = write_file(dir.path(), "db-ca.pem", &ca.cert_pem);
+    Some(TlsPostgres { pg, ca, _dir: dir })
+}
+
+async fn start(url: String) -> Result<TestRegistry, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_for(dir.path().to_path_buf());
+    cfg.metadata.backend = wharf::config::MetadataBackend::Postgres;
+    cfg.metadata.url = Some(url);
+    cfg.metadata.timeout_secs = 3;
+    match wharf::Server::start(cfg.clone()).await {
+        Ok(server) => {
+            server.shutdown().await;
+            Ok(TestRegistry::start_with(move |c| {
+                c.metadata = cfg.metadata.clone();
+            })
+            .await)
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_full_over_tls_only_and_refusals_that_say_why() {
+    if cluster_mode() {
+        return;
+    }
+    let Some(db) = tls_postgres() else {
+        skip_without("postgresql", false);
+        return;
+    };
+    let url = db.pg.fresh_database();
+    let ca = db.ca.display().to_string();
+
+    let node = start(format!("{url}?sslmode=verify-full&sslrootcert={ca}"))
+        .await
+        .expect("verify-full with the right CA starts");
+    let d = node.push_mono("tls/app", &payload(5000, 1)).await;
+    assert_eq!(node.get_blob("tls/app", &d).await.status(), 200);
+    let db_name = url.rsplit('/').next().unwrap();
+    let encrypted = db
+        .pg
+        .psql(
+            db_name,
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+             WHERE ssl AND application_name = 'wharf'",
+        )
+        .unwrap();
+    assert_ne!(encrypted.trim(), "0", "the node's connections are TLS");
+
+    // Another CA: the start stops, naming the certificate check.
+    let dir = tempfile::tempdir().unwrap();
+    let other = write_file(
+        dir.path(),
+        "other.pem",
+        &TestCa::new("someone else").cert_pem,
+    );
+    let e = start(format!(
+        "{url}?sslmode=verify-full&sslrootcert={}",
+        other.display()
+    ))
+    .await
+    .err()
+    .expect("a wrong CA must not start");
+    assert!(
+        e.contains("certificate") && e.contains("UnknownIssuer"),
+        "{e}"
+    );
+
+    // verify-ca (the chain, not the name) with the right CA starts too.
+    start(format!("{url}?sslmode=verify-ca&sslrootcert={ca}"))
+        .await
+        .expect("verify-ca with the right CA starts");
+
+    // No TLS at all: PostgreSQL's own refusal, at once.
+    let started = std::time::Instant::now();
+    let e = start(format!("{url}?sslmode=disable"))
+        .await
+        .err()
+        .expect("plain text must not start");
+    assert!(
+        e.contains("no pg_hba.conf entry") && e.contains("no encryption"),
+        "{e}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
