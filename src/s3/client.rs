@@ -24,6 +24,8 @@ use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -104,7 +106,9 @@ impl S3Settings {
     }
 }
 
-/// A request body made of the `Bytes` it was given, sent without copying.
+/// A request body made of the `Bytes` it was given, sent without copying
+/// (a clone shares them: a retry sends the same bytes again).
+#[derive(Clone)]
 pub struct PartBody {
     chunks: VecDeque<Bytes>,
     len: u64,
@@ -166,6 +170,36 @@ pub struct S3Client {
     credentials: Credentials,
     http: Client<HttpsConnector<HttpConnector>, PartBody>,
     timeout: Duration,
+    /// Requests sent again after a transient failure, for metrics and
+    /// tests (shared by clones).
+    retried: Arc<AtomicU64>,
+}
+
+/// Attempts of one request at most: the first and this many retries.
+const MAX_RETRIES: u32 = 6;
+
+/// The first retry's pause at most; each next one doubles, up to the cap.
+const BACKOFF_BASE: Duration = Duration::from_millis(50);
+const BACKOFF_CAP: Duration = Duration::from_secs(2);
+
+/// Full jitter: a random pause below the attempt's exponential bound, so
+/// nodes throttled together do not retry together.
+fn backoff(attempt: u32) -> Duration {
+    use std::hash::BuildHasher;
+    let bound = BACKOFF_BASE
+        .saturating_mul(1 << attempt.min(16))
+        .min(BACKOFF_CAP);
+    let random = std::collections::hash_map::RandomState::new().hash_one(attempt);
+    Duration::from_micros(random % (bound.as_micros() as u64).max(1))
+}
+
+/// Answers S3 asks clients to retry: throttling and server faults.
+fn transient(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::INTERNAL_SERVER_ERROR
+        || status == StatusCode::BAD_GATEWAY
+        || status == StatusCode::SERVICE_UNAVAILABLE
+        || status == StatusCode::GATEWAY_TIMEOUT
 }
 
 impl S3Client {
@@ -211,6 +245,7 @@ impl S3Client {
             credentials,
             http,
             timeout: s.timeout,
+            retried: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -218,8 +253,21 @@ impl S3Client {
         self.timeout + Duration::from_secs(bytes / MIN_BYTES_PER_SEC)
     }
 
+    /// Requests sent again after a transient failure since this client
+    /// was made.
+    pub fn retries(&self) -> u64 {
+        self.retried.load(Ordering::Relaxed)
+    }
+
     /// Sends a signed request and waits for the answer's head, within the
-    /// deadline for its size.
+    /// deadline for its size. Throttling (503 SlowDown, 429), server
+    /// faults and broken connections are retried with jittered
+    /// exponential backoff inside that same deadline, as S3 asks of its
+    /// clients; only then does the caller see `Unavailable`. Every S3 call
+    /// Wharf makes may be sent twice: reads, deletes, PutObject and
+    /// UploadPart are idempotent, a CreateMultipartUpload sent twice leaves
+    /// an upload the orphan purge aborts, and CompleteMultipartUpload
+    /// checks for its own earlier success (`complete_multipart`).
     async fn send(
         &self,
         method: Method,
@@ -227,7 +275,44 @@ impl S3Client {
         body: PartBody,
         headers: &[(&str, String)],
     ) -> Result<hyper::Response<Incoming>, S3Error> {
-        let deadline = self.deadline(body.len());
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.deadline(body.len());
+        let mut attempt = 0;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let failure = match self
+                .send_once(method.clone(), &url, body.clone(), headers, left)
+                .await
+            {
+                Ok(resp) if transient(resp.status()) => {
+                    let status = resp.status();
+                    let body = self.read_body(resp).await.unwrap_or_default();
+                    let said: String = String::from_utf8_lossy(&body).chars().take(512).collect();
+                    S3Error::Unavailable(format!("{status}: {said}"))
+                }
+                Ok(resp) => return Ok(resp),
+                Err(e @ S3Error::Unavailable(_)) => e,
+                Err(e) => return Err(e),
+            };
+            let pause = backoff(attempt);
+            if attempt >= MAX_RETRIES || tokio::time::Instant::now() + pause >= deadline {
+                return Err(failure);
+            }
+            attempt += 1;
+            self.retried.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%method, attempt, error = %failure, "object store request retried");
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    async fn send_once(
+        &self,
+        method: Method,
+        url: &url::Url,
+        body: PartBody,
+        headers: &[(&str, String)],
+        deadline: Duration,
+    ) -> Result<hyper::Response<Incoming>, S3Error> {
         let mut req = Request::builder()
             .method(method)
             .uri(url.as_str())
@@ -510,7 +595,18 @@ impl S3Client {
             .send(Method::POST, url, PartBody::new([body]), &[])
             .await?;
         let status = resp.status();
-        let body = self.expect_ok(resp).await?;
+        let body = match self.expect_ok(resp).await {
+            // A retry of a completion that went through the first time
+            // (its answer lost): the upload is gone and the object is
+            // there. Keys are one per session, so the object is ours.
+            Err(S3Error::Status { status: 404, body }) if body.contains("NoSuchUpload") => {
+                return match self.head_object(key).await? {
+                    Some(_) => Ok(()),
+                    None => Err(S3Error::Status { status: 404, body }),
+                };
+            }
+            other => other?,
+        };
         // S3 may answer 200 and put the failure in the body, after a
         // long completion.
         let text = String::from_utf8_lossy(&body);

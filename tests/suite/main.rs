@@ -36,6 +36,7 @@ mod process;
 mod proxy;
 mod retention;
 mod s3_client;
+mod s3_faults;
 mod secure_clients;
 mod security;
 mod slow_clients;

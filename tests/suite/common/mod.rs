@@ -4,6 +4,7 @@
 
 pub mod balancer;
 pub mod docker;
+pub mod fault_proxy;
 pub mod pki;
 pub mod receiver;
 pub mod services;
