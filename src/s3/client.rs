@@ -619,6 +619,45 @@ impl S3Client {
         Ok(())
     }
 
+    /// The multipart uploads in progress under `prefix`, as (key, upload
+    /// id, unix time it was started), a page of up to 1,000 at a time.
+    /// rusty-s3 has no ListMultipartUploads, so it is signed here with its
+    /// signing function.
+    pub async fn list_multipart_uploads(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, String, u64)>, S3Error> {
+        let mut out = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        loop {
+            let mut query: Vec<(&str, &str)> = vec![("uploads", ""), ("prefix", prefix)];
+            if let Some((key, id)) = &markers {
+                query.push(("key-marker", key));
+                query.push(("upload-id-marker", id));
+            }
+            let url = rusty_s3::signing::sign(
+                &jiff::Timestamp::now(),
+                rusty_s3::Method::Get,
+                self.bucket.base_url().clone(),
+                self.credentials.key(),
+                self.credentials.secret(),
+                self.credentials.token(),
+                self.bucket.region(),
+                SIGNATURE_TTL.as_secs(),
+                query.iter().copied(),
+                std::iter::empty(),
+            );
+            let resp = self.send(Method::GET, url, PartBody::new([]), &[]).await?;
+            let body = self.expect_ok(resp).await?;
+            let page = ListedUploads::parse(&String::from_utf8_lossy(&body));
+            out.extend(page.uploads);
+            match page.next {
+                Some(next) => markers = Some(next),
+                None => return Ok(out),
+            }
+        }
+    }
+
     /// Abandons a multipart upload and frees its parts. An upload that is
     /// already gone counts as aborted.
     pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), S3Error> {
@@ -627,6 +666,45 @@ impl S3Client {
             .abort_multipart_upload(Some(&self.credentials), key, upload_id)
             .sign(SIGNATURE_TTL);
         self.delete(url).await
+    }
+}
+
+/// A page of ListMultipartUploadsResult, read by element names (the
+/// document is flat and Wharf's keys need no unescaping).
+struct ListedUploads {
+    uploads: Vec<(String, String, u64)>,
+    next: Option<(String, String)>,
+}
+
+impl ListedUploads {
+    fn parse(xml: &str) -> ListedUploads {
+        fn field<'a>(block: &'a str, name: &str) -> Option<&'a str> {
+            let open = format!("<{name}>");
+            let start = block.find(&open)? + open.len();
+            let end = block[start..].find(&format!("</{name}>"))? + start;
+            Some(&block[start..end])
+        }
+        let uploads = xml
+            .split("<Upload>")
+            .skip(1)
+            .filter_map(|block| {
+                let started = field(block, "Initiated")?.parse::<jiff::Timestamp>().ok()?;
+                Some((
+                    field(block, "Key")?.to_owned(),
+                    field(block, "UploadId")?.to_owned(),
+                    started.as_second().max(0) as u64,
+                ))
+            })
+            .collect();
+        let truncated = field(xml, "IsTruncated") == Some("true");
+        let next = match (
+            field(xml, "NextKeyMarker"),
+            field(xml, "NextUploadIdMarker"),
+        ) {
+            (Some(k), Some(u)) if truncated && !k.is_empty() => Some((k.to_owned(), u.to_owned())),
+            _ => None,
+        };
+        ListedUploads { uploads, next }
     }
 }
 
@@ -668,5 +746,44 @@ fn refusal(status: StatusCode, body: &str) -> String {
         (Some(code), Some(message)) => format!("{status}: {code}: {message}"),
         (Some(code), None) => format!("{status}: {code}"),
         _ => format!("{status} (check the access key, the secret and the bucket's grants)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn listed_uploads_and_the_next_page() {
+        let xml = "<ListMultipartUploadsResult><Bucket>b</Bucket><IsTruncated>true</IsTruncated>\
+            <NextKeyMarker>blobs/b</NextKeyMarker><NextUploadIdMarker>u2</NextUploadIdMarker>\
+            <Upload><Key>blobs/a</Key><UploadId>u1</UploadId><Initiated>2026-12-05T10:00:00.000Z</Initiated></Upload>\
+            <Upload><Key>blobs/b</Key><UploadId>u2</UploadId><Initiated>2026-12-05T10:00:01Z</Initiated></Upload>\
+            </ListMultipartUploadsResult>";
+        let page = super::ListedUploads::parse(xml);
+        assert_eq!(page.uploads.len(), 2);
+        assert_eq!(
+            page.uploads[0],
+            ("blobs/a".into(), "u1".into(), 1_796_464_800)
+        );
+        assert_eq!(page.next, Some(("blobs/b".into(), "u2".into())));
+        let last = super::ListedUploads::parse("<IsTruncated>false</IsTruncated>");
+        assert!(last.uploads.is_empty() && last.next.is_none());
+    }
+
+    #[test]
+    fn backoff_stays_under_its_bound_and_only_transient_answers_retry() {
+        for attempt in 0..10 {
+            assert!(super::backoff(attempt) <= super::BACKOFF_CAP);
+        }
+        assert!(super::backoff(0) <= super::BACKOFF_BASE);
+        for (code, retried) in [
+            (503, true),
+            (500, true),
+            (429, true),
+            (404, false),
+            (403, false),
+        ] {
+            let status = http::StatusCode::from_u16(code).unwrap();
+            assert_eq!(super::transient(status), retried, "{code}");
+        }
     }
 }

@@ -256,6 +256,15 @@ impl RemoteUploads {
                 deleted.push(key);
             }
         }
+        let orphans = match self.abort_orphans(cutoff).await {
+            Ok(n) => n,
+            // A store without ListMultipartUploads, or a passing fault:
+            // the next purge tries again; sessions' own aborts still run.
+            Err(e) => {
+                tracing::debug!(error = %e, "orphaned multipart uploads not listed");
+                0
+            }
+        };
         let n = deleted.len();
         if n > 0 {
             self.sql(move |c| {
@@ -268,7 +277,46 @@ impl RemoteUploads {
             })
             .await?;
         }
-        Ok((dropped, n))
+        Ok((dropped, n + orphans))
+    }
+
+    /// Aborts the multipart uploads under Wharf's prefix that no session
+    /// and no queued deletion owns (a lost abort; a CreateMultipartUpload
+    /// sent twice), once started before `cutoff`: a session records its
+    /// upload id moments after creating it, so a young upload is left be.
+    async fn abort_orphans(&self, cutoff: i64) -> Result<usize, RemoteUploadError> {
+        let old: Vec<(String, String)> = self
+            .s3
+            .list_multipart_uploads("blobs/")
+            .await?
+            .into_iter()
+            .filter(|(_, _, started)| (*started as i64) < cutoff)
+            .map(|(key, id, _)| (key, id))
+            .collect();
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<String> = old.iter().map(|(_, id)| id.clone()).collect();
+        let owned: std::collections::HashSet<String> = self
+            .sql(move |c| {
+                let rows = c
+                    .query(
+                        "SELECT multipart_id FROM uploads WHERE multipart_id = ANY($1) \
+                         UNION SELECT multipart_id FROM object_deletions WHERE multipart_id = ANY($1)",
+                        &[&ids],
+                    )
+                    .map_err(db)?;
+                Ok(rows.iter().map(|r| r.get(0)).collect())
+            })
+            .await?;
+        let mut aborted = 0;
+        for (key, id) in old.into_iter().filter(|(_, id)| !owned.contains(id)) {
+            if self.s3.abort_multipart(&key, &id).await.is_ok() {
+                tracing::info!(%key, upload_id = %id, "orphaned multipart upload aborted");
+                aborted += 1;
+            }
+        }
+        Ok(aborted)
     }
 }
 
