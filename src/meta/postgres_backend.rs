@@ -289,7 +289,9 @@ pub(super) fn retryable(e: &postgres::Error) -> bool {
 pub fn describe(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(d) => format!("PostgreSQL: {} (SQLSTATE {})", d.message(), d.code().code()),
-        None => format!("PostgreSQL: {e}"),
+        // A connection's failure: its causes say which (a refused
+        // certificate, a reset), not just "error performing TLS handshake".
+        None => format!("PostgreSQL: {}", crate::tls::with_causes(e)),
     }
 }
 

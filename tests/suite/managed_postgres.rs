@@ -28,7 +28,7 @@ async fn start(url: String) -> Result<TestRegistry, String> {
     let mut cfg = config_for(dir.path().to_path_buf());
     cfg.metadata.backend = wharf::config::MetadataBackend::Postgres;
     cfg.metadata.url = Some(url);
-    cfg.metadata.timeout_secs = 3;
+    cfg.metadata.timeout_secs = 10;
     match wharf::Server::start(cfg.clone()).await {
         Ok(server) => {
             server.shutdown().await;
@@ -104,7 +104,7 @@ async fn verify_full_over_tls_only_and_refusals_that_say_why() {
         "{e}"
     );
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(10),
+        started.elapsed() < std::time::Duration::from_secs(8),
         "{:?}",
         started.elapsed()
     );
