@@ -118,6 +118,16 @@ impl PostgresBackend {
     /// Connects (bounded by `timeout`), applies pending migrations under the
     /// advisory lock, and keeps up to `pool_size` connections.
     pub fn connect(url: &str, pool_size: u32, timeout: Duration) -> Result<Self, MetaError> {
+        // One login first: a refusal (a role, a password, pg_hba.conf, the
+        // server's certificate) is final and said at once, where the pool
+        // would retry it until its timeout. A server that cannot be reached
+        // is left to the pool's wait.
+        let (config, tls) = client_config(url, timeout)?;
+        if let Err(e) = config.connect(tls) {
+            if refusal(&e) {
+                return Err(MetaError::Unavailable(describe(&e)));
+            }
+        }
         let pool = pool(url, pool_size, timeout)?;
         let backend = PostgresBackend { pool };
         backend.migrate()?;
@@ -240,6 +250,27 @@ fn pool(url: &str, pool_size: u32, timeout: Duration) -> Result<Pool, MetaError>
         pool: Some(pool),
         last_refusal,
     })))
+}
+
+/// Whether a failed login is the server's or the certificate check's
+/// refusal, which trying again will not change.
+fn refusal(e: &postgres::Error) -> bool {
+    if e.as_db_error().is_some() {
+        // "Starting up", "too many connections": worth the pool's wait.
+        return !unreachable(e);
+    }
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let tls = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .is_some_and(|inner| inner.is::<rustls::Error>());
+        if tls || c.is::<rustls::Error>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Whether an error is about reaching the database (down, cut off,
