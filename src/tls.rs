@@ -145,6 +145,24 @@ pub fn with_causes(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// Whether an outgoing connection failed because TLS refused the peer (an
+/// untrusted or wrong-named certificate): final, unlike a reset or a
+/// timeout, so not worth retrying.
+pub fn refused_by_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        let inner_tls = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .is_some_and(|inner| inner.is::<rustls::Error>());
+        if inner_tls || c.is::<rustls::Error>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// A client configuration for plain-http endpoints (never used to verify).
 pub fn client_trusting_nothing() -> Result<ClientConfig, String> {
     Ok(client_builder()?

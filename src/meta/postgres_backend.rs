@@ -259,18 +259,7 @@ fn refusal(e: &postgres::Error) -> bool {
         // "Starting up", "too many connections": worth the pool's wait.
         return !unreachable(e);
     }
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        let tls = c
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .is_some_and(|inner| inner.is::<rustls::Error>());
-        if tls || c.is::<rustls::Error>() {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
+    crate::tls::refused_by_tls(e)
 }
 
 /// Whether an error is about reaching the database (down, cut off,

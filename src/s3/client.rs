@@ -64,6 +64,9 @@ pub struct S3Settings {
     pub region: String,
     pub access_key_id: String,
     pub secret_access_key: String,
+    /// Temporary credentials' token (`AWS_SESSION_TOKEN`, with the keys
+    /// from the environment).
+    pub session_token: Option<String>,
     pub path_style: bool,
     pub timeout: Duration,
     /// Extra roots for an https endpoint (see `S3Config::ca_file`).
@@ -75,6 +78,12 @@ impl S3Settings {
     /// or the environment.
     pub fn from_config(c: &S3Config) -> Result<S3Settings, ConfigError> {
         let from_env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+        // A session token belongs to the keys beside it: only with keys
+        // from the environment.
+        let session_token = match c.access_key_id {
+            Some(_) => None,
+            None => from_env("AWS_SESSION_TOKEN"),
+        };
         let access = c
             .access_key_id
             .clone()
@@ -99,6 +108,7 @@ impl S3Settings {
             region: c.region.clone(),
             access_key_id: access,
             secret_access_key: secret,
+            session_token,
             path_style: c.path_style,
             timeout: Duration::from_secs(c.timeout_secs.max(1)),
             ca_file: c.ca_file.clone(),
@@ -224,7 +234,14 @@ impl S3Client {
         };
         let bucket = Bucket::new(endpoint, style, s.bucket.clone(), s.region.clone())
             .map_err(|e| S3Error::Config(format!("storage.s3: {e}")))?;
-        let credentials = Credentials::new(s.access_key_id.clone(), s.secret_access_key.clone());
+        let credentials = match &s.session_token {
+            Some(token) => Credentials::new_with_token(
+                s.access_key_id.clone(),
+                s.secret_access_key.clone(),
+                token.clone(),
+            ),
+            None => Credentials::new(s.access_key_id.clone(), s.secret_access_key.clone()),
+        };
         let tls = match https {
             true => crate::tls::client_trust(
                 s.ca_file.as_deref(),
@@ -291,8 +308,8 @@ impl S3Client {
                     S3Error::Unavailable(format!("{status}: {said}"))
                 }
                 Ok(resp) => return Ok(resp),
-                Err(e @ S3Error::Unavailable(_)) => e,
-                Err(e) => return Err(e),
+                Err((e @ S3Error::Unavailable(_), false)) => e,
+                Err((e, _)) => return Err(e),
             };
             let pause = backoff(attempt);
             if attempt >= MAX_RETRIES || tokio::time::Instant::now() + pause >= deadline {
@@ -312,7 +329,7 @@ impl S3Client {
         body: PartBody,
         headers: &[(&str, String)],
         deadline: Duration,
-    ) -> Result<hyper::Response<Incoming>, S3Error> {
+    ) -> Result<hyper::Response<Incoming>, (S3Error, bool)> {
         let mut req = Request::builder()
             .method(method)
             .uri(url.as_str())
@@ -322,13 +339,17 @@ impl S3Client {
         }
         let req = req
             .body(body)
-            .map_err(|e| S3Error::Protocol(format!("request: {e}")))?;
+            .map_err(|e| (S3Error::Protocol(format!("request: {e}")), true))?;
+        // The bool: final (a certificate TLS refused), not worth a retry.
         match tokio::time::timeout(deadline, self.http.request(req)).await {
-            Err(_) => Err(S3Error::Unavailable(format!(
-                "no answer within {} s",
-                deadline.as_secs()
-            ))),
-            Ok(Err(e)) => Err(S3Error::Unavailable(crate::tls::with_causes(&e))),
+            Err(_) => Err((
+                S3Error::Unavailable(format!("no answer within {} s", deadline.as_secs())),
+                false,
+            )),
+            Ok(Err(e)) => Err((
+                S3Error::Unavailable(crate::tls::with_causes(&e)),
+                crate::tls::refused_by_tls(&e),
+            )),
             Ok(Ok(r)) => Ok(r),
         }
     }

@@ -94,6 +94,7 @@ async fn an_unreachable_endpoint_is_unavailable_quickly() {
         region: "us-east-1".into(),
         access_key_id: "k".into(),
         secret_access_key: "s".into(),
+        session_token: None,
         path_style: true,
         timeout: std::time::Duration::from_secs(2),
         ca_file: None,

@@ -496,6 +496,7 @@ impl Seaweed {
             region: "us-east-1".into(),
             access_key_id: S3_KEY.into(),
             secret_access_key: S3_SECRET.into(),
+            session_token: None,
             path_style: true,
             timeout: Duration::from_secs(10),
             ca_file: None,
