@@ -187,23 +187,24 @@ impl PgTls {
         let bad = |why: String| MetaError::Record(format!("metadata.url: {why}"));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = crate::tls::client_builder().map_err(bad)?;
-        let builder = match params.verify {
-            Verify::Nothing => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Unverified(provider))),
+        let webpki = match params.verify {
+            Verify::Nothing => None,
             Verify::Chain | Verify::Full => {
                 let roots = roots(params.root_cert.as_deref()).map_err(bad)?;
-                let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .map_err(|e| bad(format!("sslrootcert: {e}")))?;
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(Verified {
-                        webpki,
-                        names: params.verify == Verify::Full,
-                    }))
+                let verifier =
+                    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                        .build()
+                        .map_err(|e| bad(format!("sslrootcert: {e}")))?;
+                Some(verifier)
             }
         };
+        let builder = builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PgVerifier {
+                webpki,
+                names: params.verify == Verify::Full,
+                provider,
+            }));
         let config = match (&params.cert, &params.key) {
             (Some(cert), Some(key)) => {
                 let certs = CertificateDer::pem_file_iter(cert)
@@ -251,65 +252,18 @@ fn roots(root_cert: Option<&str>) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
-/// `prefer`/`require`: encrypted, the peer not authenticated (as libpq);
-/// signatures are still checked, so the handshake is a real one.
+/// The server's certificate checked as the mode says: `Nothing`
+/// (encrypted, the peer not authenticated, as libpq's `prefer`/`require`;
+/// signatures are still checked, so the handshake is a real one), `Chain`
+/// (webpki, a wrong name forgiven) or `Full` (webpki).
 #[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca` (`names: false`) and `verify-full`: the chain, and for
-/// `verify-full` the host name too.
-#[derive(Debug)]
-struct Verified {
-    webpki: Arc<WebPkiServerVerifier>,
+struct PgVerifier {
+    webpki: Option<Arc<WebPkiServerVerifier>>,
     names: bool,
+    provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for Verified {
+impl ServerCertVerifier for PgVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -318,10 +272,10 @@ impl ServerCertVerifier for Verified {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let checked =
-            self.webpki
-                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
-        match checked {
+        let Some(webpki) = &self.webpki else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) if !self.names => Ok(ServerCertVerified::assertion()),
@@ -335,7 +289,8 @@ impl ServerCertVerifier for Verified {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -344,11 +299,14 @@ impl ServerCertVerifier for Verified {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

@@ -11,17 +11,24 @@ use crate::common::*;
 use futures_util::StreamExt;
 use std::sync::atomic::Ordering;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn slowdowns_and_resets_are_retried_and_no_client_sees_them() {
+/// A fresh database and bucket, and the store; `None` (the test skips) in
+/// the cluster pass or without the services.
+async fn services() -> Option<(String, String, &'static Seaweed)> {
     if cluster_mode() {
-        return;
+        return None;
     }
     let (Some(pg), Some(weed)) = (Postgres::shared(), Seaweed::shared()) else {
         skip_without("postgresql and seaweedfs", false);
+        return None;
+    };
+    Some((pg.fresh_database(), weed.fresh_bucket().await, weed))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slowdowns_and_resets_are_retried_and_no_client_sees_them() {
+    let Some((url, bucket, weed)) = services().await else {
         return;
     };
-    let url = pg.fresh_database();
-    let bucket = weed.fresh_bucket().await;
     let proxy = FaultProxy::start(weed.endpoint(), 5, 50).await;
     let endpoint = proxy.endpoint();
     let mut nodes = Vec::new();
@@ -100,15 +107,9 @@ async fn slowdowns_and_resets_are_retried_and_no_client_sees_them() {
 /// one a live session owns stays, and that session completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_purge_aborts_orphaned_multipart_uploads_only() {
-    if cluster_mode() {
-        return;
-    }
-    let (Some(pg), Some(weed)) = (Postgres::shared(), Seaweed::shared()) else {
-        skip_without("postgresql and seaweedfs", false);
+    let Some((url, bucket, weed)) = services().await else {
         return;
     };
-    let url = pg.fresh_database();
-    let bucket = weed.fresh_bucket().await;
     let endpoint = weed.endpoint();
     let node = TestRegistry::start_with(|c| {
         use_object_store(c, &url, &endpoint, &bucket);
