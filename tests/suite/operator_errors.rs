@@ -265,20 +265,18 @@ fn a_port_in_use_or_a_mistyped_root_creates_nothing() {
 fn a_wharf_variable_that_is_no_setting_is_refused_with_the_closest() {
     // The binary's path; the unit tests in config::environment cover the
     // kinds of typo.
-    for (typo, meant) in [("WHARF_GC_INTERVALL_SECS", "WHARF_GC_INTERVAL_SECS")] {
-        let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
-            .args(["config", "check"])
-            .env_remove("WHARF_CONFIG")
-            .env(typo, "7")
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{typo}");
-        assert!(
-            said(&out).contains(&format!("did you mean {meant}?")),
-            "{}",
-            said(&out)
-        );
-    }
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["config", "check"])
+        .env_remove("WHARF_CONFIG")
+        .env("WHARF_GC_INTERVALL_SECS", "7")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = said(&out);
+    assert!(
+        text.contains("did you mean WHARF_GC_INTERVAL_SECS?"),
+        "{text}"
+    );
 }
 
 #[test]
