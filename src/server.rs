@@ -15,6 +15,7 @@ use crate::meta::{Meta, MetaError, MetaWriter};
 use crate::metrics::{Metrics, MetricsError};
 use crate::space::DiskSpace;
 use crate::tls::{CertResolver, TlsError};
+use crate::upload::budget::MemoryBudget;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::signal::unix::Signal;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 #[derive(Debug, thiserror::Error)]
@@ -87,12 +88,15 @@ impl Server {
         .await?;
         let (meta, writer, pg_pool) = Meta::open_configured(&config, space.clone()).await?;
         let metrics = Arc::new(Metrics::new()?);
+        let budget =
+            MemoryBudget::new(config.upload_memory_budget_mib, config.actor_call_timeout());
         let storage = crate::storage::open_configured(
             &config,
             &meta,
             pg_pool,
             space.clone(),
             metrics.read_cache.clone(),
+            budget.clone(),
         )
         .await?;
         let auth = Authenticator::new(&config.auth)?;
@@ -100,7 +104,6 @@ impl Server {
             Some(t) => Some(Arc::new(CertResolver::load(&t.cert, &t.key)?)),
             None => None,
         };
-        let budget_kib = (config.upload_memory_budget_mib * 1024) as usize;
         let mut retention = crate::proxy::retention_rules(&config.proxy);
         retention.extend(config.retention.iter().cloned());
         let policies = Arc::new(crate::retention::Policies::new(
@@ -151,7 +154,7 @@ impl Server {
             config,
             storage,
             meta,
-            body_budget: Arc::new(Semaphore::new(budget_kib)),
+            budget,
             gc_running: AtomicBool::new(false),
             auth,
             rate_limiter,

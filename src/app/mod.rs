@@ -20,7 +20,6 @@ use crate::meta::Meta;
 use crate::metrics::Metrics;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tokio::sync::Semaphore;
 
 /// Everything a handler may use. Built once at start-up.
 pub struct App {
@@ -34,7 +33,9 @@ pub struct App {
     /// this instead of filling memory, and a slow client holds only what
     /// it has sent (and, with batches flushed after a short linger, only
     /// briefly).
-    pub body_budget: Arc<Semaphore>,
+    /// `upload_memory_budget_mib`: bodies' bytes in memory, and in
+    /// object-store mode the parts being sent (the storage holds a clone).
+    pub budget: crate::upload::budget::MemoryBudget,
     /// Set while garbage collection or retention runs, so runs never
     /// overlap (a flag, not a lock: nothing waits on it).
     pub gc_running: AtomicBool,

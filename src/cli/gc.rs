@@ -78,14 +78,17 @@ pub fn offline(mut cfg: Config, dry_run: bool, json: bool) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let storage =
-            match crate::storage::open_configured(&cfg, &meta, pg, space, cache_metrics).await {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("wharf gc: {e}");
-                    return ExitCode::from(2);
-                }
-            };
+        // Nothing is uploaded offline; the budget is only the type's.
+        let budget = crate::upload::budget::MemoryBudget::new(1, std::time::Duration::ZERO);
+        let opened =
+            crate::storage::open_configured(&cfg, &meta, pg, space, cache_metrics, budget).await;
+        let storage = match opened {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("wharf gc: {e}");
+                return ExitCode::from(2);
+            }
+        };
         let result = crate::gc::collect(
             &meta,
             storage.as_ref(),

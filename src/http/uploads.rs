@@ -324,10 +324,14 @@ pub(super) async fn collect_batch(
 ) -> Result<Batch, ApiError> {
     let idle = std::time::Duration::from_secs(st.config.limits.body_idle_timeout_secs);
     let mut reserved = (*want).clamp(LEAST_BATCH_BYTES, st.batch_bytes());
-    let kib = budget_kib(st, reserved);
-    let mut ticket = match st.body_budget.clone().try_acquire_many_owned(kib) {
-        Ok(p) => p,
-        Err(_) => wait_for_budget(st, kib).await?,
+    let kib = st.budget.kib_for(reserved);
+    let mut ticket = match st.budget.try_take(kib) {
+        Some(p) => p,
+        None => st
+            .budget
+            .take(kib)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?,
     };
     let mut batch = Batch {
         chunks: Vec::new(),
@@ -357,7 +361,7 @@ pub(super) async fn collect_batch(
                 Ok(f) => f,
                 Err(_) => {
                     reserved = LEAST_BATCH_BYTES.min(reserved);
-                    shrink(&mut ticket, budget_kib(st, reserved));
+                    shrink(&mut ticket, st.budget.kib_for(reserved));
                     let rest = idle.saturating_sub(BATCH_LINGER);
                     match tokio::time::timeout(rest, body.frame()).await {
                         Ok(f) => f,
@@ -382,10 +386,10 @@ pub(super) async fn collect_batch(
     // Hold what the batch holds. A last frame past the reservation takes
     // the rest if it is free; if not, it is over the budget by less than
     // one read buffer, until it is written.
-    let need = budget_kib(st, batch.bytes);
+    let need = st.budget.kib_for(batch.bytes);
     let held = ticket.num_permits() as u32;
     if need > held {
-        if let Ok(more) = st.body_budget.clone().try_acquire_many_owned(need - held) {
+        if let Some(more) = st.budget.try_take(need - held) {
             ticket.merge(more);
         }
     } else {
@@ -408,21 +412,4 @@ fn shrink(ticket: &mut OwnedSemaphorePermit, keep: u32) {
     if held > keep {
         drop(ticket.split((held - keep) as usize));
     }
-}
-
-/// Budget units (KiB) for `len` bytes; never more than the whole budget.
-fn budget_kib(st: &App, len: usize) -> u32 {
-    let whole = (st.config.upload_memory_budget_mib * 1024) as usize;
-    len.div_ceil(1024).min(whole) as u32
-}
-
-/// Waits (bounded) for `kib` units of budget.
-async fn wait_for_budget(st: &App, kib: u32) -> Result<OwnedSemaphorePermit, ApiError> {
-    tokio::time::timeout(
-        st.config.actor_call_timeout(),
-        st.body_budget.clone().acquire_many_owned(kib),
-    )
-    .await
-    .map_err(|_| ApiError::Unavailable("upload memory budget exhausted for too long".into()))?
-    .map_err(|_| ApiError::Unavailable("shutting down".into()))
 }

@@ -656,6 +656,8 @@ impl S3Client {
                 query.push(("key-marker", key));
                 query.push(("upload-id-marker", id));
             }
+            // The signer merges these with its own parameters as sorted runs.
+            query.sort();
             let url = rusty_s3::signing::sign(
                 &jiff::Timestamp::now(),
                 rusty_s3::Method::Get,

@@ -8,6 +8,7 @@
 pub mod client;
 pub mod objects;
 mod session_writer;
+pub mod spill;
 mod sql;
 pub mod uploads;
 

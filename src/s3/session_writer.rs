@@ -8,6 +8,7 @@
 //! Must not: hold a database transaction across an S3 call.
 
 use super::client::PartBody;
+use super::spill::Spill;
 use super::sql::{db, now};
 use super::uploads::{part_size, queue_deletion, RemoteUploadError, RemoteUploads, MAX_PARTS};
 use crate::content::{Completed, Placement};
@@ -16,6 +17,7 @@ use crate::oci::{Algorithm, Digest, RepoName};
 use crate::upload::midstate::Sha256Midstate;
 use crate::upload::Refusal;
 use bytes::Bytes;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// A session's row as one request found it.
 #[derive(Clone, Debug)]
@@ -38,13 +40,13 @@ pub struct SessionWriter {
     pub(super) row: Row,
     pub(super) hasher: Sha256Midstate,
     /// Bytes after the last part, in order: the stored tail (once loaded)
-    /// then what this request fed.
-    pub(super) held: Vec<Bytes>,
-    pub(super) held_len: u64,
+    /// then what this request fed, in a scratch file (not memory).
+    pub(super) held: Spill,
     /// Whether `held` starts with the stored tail (loaded to cut a part),
     /// in which case saving rewrites the tail instead of appending to it.
     pub(super) tail_loaded: bool,
     /// The part being uploaded while the body is read on: (number, ETag).
+    /// Its task holds the part's memory budget until the store answers.
     pub(super) inflight: Option<tokio::task::JoinHandle<Result<(i32, String), RemoteUploadError>>>,
     /// Length of the stored tail (`size - part_bytes` when loaded).
     pub(super) stored_tail: u64,
@@ -65,8 +67,15 @@ impl SessionWriter {
         self.size
     }
 
-    /// Adds body bytes: hashes them and uploads every part that fills.
-    pub async fn feed(&mut self, chunks: Vec<Bytes>) -> Result<(), RemoteUploadError> {
+    /// Adds body bytes: hashes them, puts them in the scratch file, gives
+    /// their memory budget (`permit`) back, then uploads every part that
+    /// fills. The permit goes before a part waits for budget of its own,
+    /// so no request waits for memory while holding some.
+    pub async fn feed(
+        &mut self,
+        chunks: Vec<Bytes>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<(), RemoteUploadError> {
         let n: u64 = chunks.iter().map(|c| c.len() as u64).sum();
         if n == 0 {
             return Ok(());
@@ -81,10 +90,10 @@ impl SessionWriter {
         })
         .await
         .map_err(|e| RemoteUploadError::Unavailable(format!("hash task: {e}")))?;
+        self.held.push(chunks).await?;
+        drop(permit);
         self.size += n;
-        self.held_len += n;
-        self.held.extend(chunks);
-        while self.stored_tail + self.held_len >= part_size(self.row.part_bytes) {
+        while self.stored_tail + self.held.len() >= part_size(self.row.part_bytes) {
             self.cut_part(false).await?;
         }
         Ok(())
@@ -120,31 +129,10 @@ impl SessionWriter {
                 self.stored_tail
             )));
         }
-        let mine = std::mem::take(&mut self.held);
-        self.held = tail;
-        self.held.extend(mine);
-        self.held_len += self.stored_tail;
+        self.held.prepend(tail).await?;
         self.stored_tail = 0;
         self.tail_loaded = true;
         Ok(())
-    }
-
-    /// Takes the first `n` held bytes, splitting a `Bytes` without copying.
-    fn take_held(&mut self, n: u64) -> Vec<Bytes> {
-        let mut out = Vec::new();
-        let mut left = n as usize;
-        while left > 0 && !self.held.is_empty() {
-            let first = &mut self.held[0];
-            if first.len() <= left {
-                left -= first.len();
-                out.push(self.held.remove(0));
-            } else {
-                out.push(first.split_to(left));
-                left = 0;
-            }
-        }
-        self.held_len -= n - left as u64;
-        out
     }
 
     async fn multipart_id(&mut self) -> Result<String, RemoteUploadError> {
@@ -188,12 +176,20 @@ impl SessionWriter {
     /// Uploads the next part from the held bytes (the last part, of any
     /// size, when `last`).
     async fn cut_part(&mut self, last: bool) -> Result<(), RemoteUploadError> {
-        self.load_tail().await?;
-        let want = if last {
-            self.held_len
-        } else {
-            part_size(self.row.part_bytes)
+        // One part of this session in memory at a time, under the budget:
+        // the previous part is sent first, then this one's memory is
+        // waited for (a crowd of pushes queues here, not at the store).
+        self.settle().await?;
+        let want = match last {
+            true => self.stored_tail + self.held.len(),
+            false => part_size(self.row.part_bytes),
         };
+        let budget = &self.uploads.budget;
+        let permit = budget
+            .take(budget.kib_for(want as usize))
+            .await
+            .map_err(|e| RemoteUploadError::Unavailable(e.to_string()))?;
+        self.load_tail().await?;
         let upload_id = self.multipart_id().await?;
         let id = self.row.id.clone();
         let number: i32 = self
@@ -212,16 +208,12 @@ impl SessionWriter {
         if number > MAX_PARTS {
             return Err(RemoteUploadError::TooManyParts);
         }
-        let body = PartBody::new(self.take_held(want));
-        // One part in flight while the body goes on being read: wait for
-        // the previous one first, so memory stays at two parts a session.
-        self.settle().await?;
+        let body = PartBody::new([self.held.take(want).await?]);
         let (s3, key) = (self.uploads.s3.clone(), self.row.object_key.clone());
         self.inflight = Some(tokio::spawn(async move {
-            let etag = s3
-                .upload_part(&key, &upload_id, number as u16, body)
-                .await?;
-            Ok((number, etag))
+            let etag = s3.upload_part(&key, &upload_id, number as u16, body).await;
+            drop(permit);
+            Ok((number, etag?))
         }));
         self.row.part_bytes += want;
         Ok(())
@@ -247,11 +239,14 @@ impl SessionWriter {
         let size = self.size;
         let row = self.row.clone();
         let mid = self.hasher.to_bytes();
-        let (held, tail_loaded, start) = (
-            concat(&self.held),
-            self.tail_loaded,
-            self.size - self.held_len,
-        );
+        let budget = &self.uploads.budget;
+        let _permit = budget
+            .take(budget.kib_for(self.held.len() as usize))
+            .await
+            .map_err(|e| RemoteUploadError::Unavailable(e.to_string()))?;
+        let start = self.size - self.held.len();
+        let held = self.held.take(self.held.len()).await?.to_vec();
+        let tail_loaded = self.tail_loaded;
         self.uploads
             .sql(move |c| {
                 let mut t = c.transaction().map_err(db)?;
@@ -300,7 +295,6 @@ impl SessionWriter {
         self.row.version += 1;
         self.row.size = size;
         self.held.clear();
-        self.held_len = 0;
         self.tail_loaded = false;
         self.stored_tail = size - self.row.part_bytes;
         Ok(size)
@@ -350,11 +344,17 @@ impl SessionWriter {
         self.settle().await?;
         let key = self.row.object_key.clone();
         if self.row.part_numbers.is_empty() {
+            let budget = &self.uploads.budget;
+            let len = self.stored_tail + self.held.len();
+            let _permit = budget
+                .take(budget.kib_for(len as usize))
+                .await
+                .map_err(|e| RemoteUploadError::Unavailable(e.to_string()))?;
             self.load_tail().await?;
-            let body = PartBody::new(std::mem::take(&mut self.held));
+            let body = PartBody::new([self.held.take(len).await?]);
             self.uploads.s3.put_object(&key, body).await?;
         } else {
-            if self.stored_tail + self.held_len > 0 {
+            if self.stored_tail + self.held.len() > 0 {
                 self.cut_part(true).await?;
             }
             self.settle().await?;
@@ -460,12 +460,4 @@ impl Drop for SessionWriter {
             part.abort();
         }
     }
-}
-
-fn concat(chunks: &[Bytes]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(chunks.iter().map(|c| c.len()).sum());
-    for c in chunks {
-        out.extend_from_slice(c);
-    }
-    out
 }

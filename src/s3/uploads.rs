@@ -20,10 +20,13 @@
 //! losing request can never overwrite a winner's part.
 
 use super::client::{S3Client, S3Error};
+use super::spill::Spill;
 use super::sql::{db, now};
 use crate::oci::RepoName;
+use crate::upload::budget::MemoryBudget;
 use crate::upload::midstate::Sha256Midstate;
 use crate::upload::Refusal;
+use std::path::PathBuf;
 use uuid::Uuid;
 
 use super::session_writer::Row;
@@ -61,6 +64,9 @@ pub enum RemoteUploadError {
     Unavailable(String),
     #[error("upload state: {0}")]
     Db(String),
+    /// The node's scratch file for bytes below a part.
+    #[error("upload scratch file: {0}")]
+    Scratch(#[from] std::io::Error),
 }
 
 impl From<crate::blocking::TaskFailed> for RemoteUploadError {
@@ -76,14 +82,26 @@ pub struct RemoteUploads {
     pool: Pool,
     /// Sessions open at once across every node (`limits.max_upload_sessions`).
     max_sessions: i64,
+    /// What parts in memory count against (`upload_memory_budget_mib`).
+    pub(super) budget: MemoryBudget,
+    /// `<root>/scratch`: requests' bytes below a part.
+    scratch: PathBuf,
 }
 
 impl RemoteUploads {
-    pub fn new(s3: S3Client, pool: Pool, max_sessions: usize) -> Self {
+    pub fn new(
+        s3: S3Client,
+        pool: Pool,
+        max_sessions: usize,
+        budget: MemoryBudget,
+        scratch: PathBuf,
+    ) -> Self {
         RemoteUploads {
             s3,
             pool,
             max_sessions: i64::try_from(max_sessions).unwrap_or(i64::MAX),
+            budget,
+            scratch,
         }
     }
 
@@ -167,8 +185,7 @@ impl RemoteUploads {
             stored_tail: row.size - row.part_bytes,
             row,
             hasher,
-            held: Vec::new(),
-            held_len: 0,
+            held: Spill::new(self.scratch.clone()),
             tail_loaded: false,
             inflight: None,
         })

@@ -80,6 +80,8 @@ impl From<RemoteUploadError> for StorageError {
             E::Refused(r) => StorageError::Refused(r),
             e @ E::TooManyParts => StorageError::UploadTooLarge(e.to_string()),
             E::TooManySessions => StorageError::TooManySessions,
+            // The scratch disk: full is full (507), the rest a fault.
+            E::Scratch(io) => io.into(),
             e @ (E::Unavailable(_)
             | E::S3(S3Error::Unavailable(_))
             | E::S3(S3Error::Refused(_))) => StorageError::Unavailable(e.to_string()),

@@ -216,6 +216,7 @@ pub async fn open_configured(
     pg: Option<crate::s3::uploads::Pool>,
     space: std::sync::Arc<crate::space::DiskSpace>,
     cache_metrics: crate::metrics::ReadCacheMetrics,
+    budget: crate::upload::budget::MemoryBudget,
 ) -> Result<std::sync::Arc<dyn BlobStorage>, StorageError> {
     if let (Some(s3), Some(pool), crate::config::StorageBackend::S3) =
         (&config.storage.s3, pg, config.storage.backend)
@@ -237,8 +238,17 @@ pub async fn open_configured(
             s3.delete_delay_secs,
             s3.redirect_reads,
         );
-        let uploads =
-            crate::s3::uploads::RemoteUploads::new(client, pool, config.limits.max_upload_sessions);
+        // Bytes below a part wait in files here, not in memory.
+        let scratch = config.root.join("scratch");
+        let dir = scratch.clone();
+        crate::blocking::run(move || crate::s3::spill::prepare(&dir)).await?;
+        let uploads = crate::s3::uploads::RemoteUploads::new(
+            client,
+            pool,
+            config.limits.max_upload_sessions,
+            budget,
+            scratch,
+        );
         let cache = match s3.read_cache_mib {
             0 => None,
             mib => {

@@ -238,11 +238,9 @@ impl UploadWriter for ObjectWriter {
         chunks: Vec<Bytes>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<(), StorageError> {
-        // The bytes are hashed and held (or cut into a part) by the time
-        // this returns, so the batch's budget goes back here.
-        let r = self.session.feed(chunks).await;
-        drop(permit);
-        Ok(r?)
+        // The session gives the batch's budget back once its bytes are in
+        // the scratch file, before any part waits for budget of its own.
+        Ok(self.session.feed(chunks, permit).await?)
     }
 
     async fn save(&mut self) -> Result<u64, StorageError> {

@@ -7,6 +7,7 @@
 //! Must not: know about tags or manifests, or move a finished upload into the
 //! content store (the caller commits the sealed file it is handed).
 
+pub mod budget;
 mod data_file;
 pub mod midstate;
 mod session;

@@ -48,6 +48,10 @@ async fn open(tweak: impl FnOnce(&mut wharf::Config)) -> Opened {
         pg,
         space,
         wharf::metrics::ReadCacheMetrics::new().unwrap(),
+        wharf::upload::budget::MemoryBudget::new(
+            cfg.upload_memory_budget_mib,
+            std::time::Duration::from_secs(30),
+        ),
     )
     .await
     .expect("storage opens");
