@@ -74,15 +74,17 @@ pub fn with_body(head: &[u8]) -> Option<Vec<u8>> {
 
 impl<S: AsyncRead + Unpin> AsyncRead for ParseRefusalBody<S> {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let read = buf.filled().len() - before;
-        self.read_since_write = self.read_since_write.saturating_add(read);
-        r
+        let this = self.get_mut();
+        let filled = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.read_since_write = this
+            .read_since_write
+            .saturating_add(buf.filled().len() - filled);
+        polled
     }
 }
 
@@ -150,16 +152,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ParseRefusalBody<S> {
         Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
+    // The rest passes through: hyper's vectored writes stay vectored.
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
