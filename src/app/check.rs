@@ -51,8 +51,10 @@ pub fn problems(cfg: &Config) -> Vec<String> {
         found.push(format!("root {}: not a directory", cfg.root.display()));
     }
     if let Some(url) = &cfg.metadata.url {
-        if let Err(e) = url.parse::<postgres::Config>() {
-            found.push(format!("metadata.url: {e}"));
+        // As the pool reads it: libpq's TLS keys too, and the certificate
+        // files they name opened.
+        if let Err(e) = crate::meta::PostgresBackend::check_url(url) {
+            found.push(e.to_string());
         }
     }
     if let (Some(s3), StorageBackend::S3) = (&cfg.storage.s3, cfg.storage.backend) {

@@ -157,6 +157,12 @@ impl PostgresBackend {
         Ok(row.get(0))
     }
 
+    /// Reads `url` as a connection would (libpq's keys, the certificate
+    /// files they name), without connecting: `wharf config check`.
+    pub fn check_url(url: &str) -> Result<(), MetaError> {
+        client_config(url, Duration::from_secs(1)).map(|_| ())
+    }
+
     /// Logs in once, without the pool or migrating, and reads where the
     /// schema stands: `wharf config check --connect`. The error is the
     /// server's own sentence (a missing role, a wrong password, TLS).

@@ -24,6 +24,7 @@ mod engine;
 mod enospc;
 mod fsck;
 mod gc;
+mod kubernetes;
 mod layers;
 mod limits;
 mod managed_postgres;
