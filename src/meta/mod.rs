@@ -50,6 +50,10 @@ pub enum MetaError {
     Db(Box<redb::Error>),
     #[error("metadata record is unreadable: {0}")]
     Record(String),
+    /// A setting the backend cannot use (`metadata.url` and the files it
+    /// names).
+    #[error("{0}")]
+    Config(String),
     #[error("metadata writer has stopped")]
     WriterGone,
     #[error("metadata commit failed: {0}")]

@@ -208,7 +208,7 @@ fn client_config(url: &str, timeout: Duration) -> Result<(postgres::Config, PgTl
     let (rest, tls) = postgres_tls::split(url)?;
     let mut config: postgres::Config = rest
         .parse()
-        .map_err(|e| MetaError::Record(format!("metadata.url: {e}")))?;
+        .map_err(|e| MetaError::Config(format!("metadata.url: {e}")))?;
     config.ssl_mode(tls.mode);
     let tls = PgTls::new(&tls)?;
     let ms = timeout.as_millis();

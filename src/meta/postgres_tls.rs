@@ -54,7 +54,7 @@ pub struct TlsParams {
 /// does not know. Both of libpq's forms: `postgres://...?k=v&...` and
 /// `k=v k=v`.
 pub fn split(url: &str) -> Result<(String, TlsParams), MetaError> {
-    let bad = |why: String| MetaError::Record(format!("metadata.url: {why}"));
+    let bad = |why: String| MetaError::Config(format!("metadata.url: {why}"));
     let uri = url.starts_with("postgres://") || url.starts_with("postgresql://");
     let (base, pairs): (String, Vec<(String, String)>) = match uri {
         true => match url.split_once('?') {
@@ -184,7 +184,7 @@ pub struct PgTls {
 
 impl PgTls {
     pub fn new(params: &TlsParams) -> Result<PgTls, MetaError> {
-        let bad = |why: String| MetaError::Record(format!("metadata.url: {why}"));
+        let bad = |why: String| MetaError::Config(format!("metadata.url: {why}"));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = crate::tls::client_builder().map_err(bad)?;
         let webpki = match params.verify {
