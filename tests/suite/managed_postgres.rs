@@ -109,3 +109,93 @@ async fn verify_full_over_tls_only_and_refusals_that_say_why() {
         started.elapsed()
     );
 }
+
+/// A primary and a synchronous streaming standby; the node's URL names
+/// both with `target_session_attrs=read-write`. The primary is killed:
+/// requests answer 503 (never 500, never a hang past the deadline) until
+/// the standby is promoted, then pushes go on without a restart, and
+/// everything acknowledged before reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_primary_and_a_promoted_standby_lose_nothing_acknowledged() {
+    if cluster_mode() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(primary) = Postgres::start_own(dir.path().join("primary")) else {
+        skip_without("postgresql", false);
+        return;
+    };
+    let url = primary.fresh_database();
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    let standby = primary.start_standby(dir.path().join("standby"));
+    // Synchronous: a commit the primary acknowledged is on the standby.
+    primary
+        .psql(
+            "postgres",
+            "ALTER SYSTEM SET synchronous_standby_names = '*'",
+        )
+        .unwrap();
+    primary.psql("postgres", "SELECT pg_reload_conf()").unwrap();
+    let both = format!(
+        "postgres://wharf@127.0.0.1:{},127.0.0.1:{}/{db}?target_session_attrs=read-write",
+        primary.port, standby.port
+    );
+    let node = TestRegistry::start_with(|c| {
+        c.metadata.backend = wharf::config::MetadataBackend::Postgres;
+        c.metadata.url = Some(both);
+        c.metadata.timeout_secs = 3;
+    })
+    .await;
+    let mut acknowledged = Vec::new();
+    for i in 0..4u64 {
+        let m = serde_json::to_vec(&node.image_manifest("failover/app", 90 + i, 1).await).unwrap();
+        let tag = format!("v{i}");
+        let r = node
+            .put_manifest("failover/app", &tag, OCI_MANIFEST, &m)
+            .await;
+        assert_eq!(r.status(), 201);
+        acknowledged.push((tag, m));
+    }
+
+    primary.kill();
+    let started = std::time::Instant::now();
+    let mut unavailable = 0;
+    for i in 0..2u64 {
+        let asked = std::time::Instant::now();
+        let status = node
+            .push_mono_status("failover/app", &payload(2000, 500 + i))
+            .await;
+        assert_eq!(status, 503, "no primary: 503, never 500");
+        assert!(
+            asked.elapsed() < std::time::Duration::from_secs(15),
+            "{:?}",
+            asked.elapsed()
+        );
+        unavailable += 1;
+    }
+    standby.psql("postgres", "SELECT pg_promote()").unwrap();
+    loop {
+        match node
+            .push_mono_status("failover/app", &payload(2000, 600))
+            .await
+        {
+            201 => break,
+            503 => unavailable += 1,
+            other => panic!("{other} during the switch"),
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "pushes did not resume after the promotion"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "failover: {unavailable} answers of 503 over {:.1} s, then pushes went on",
+        started.elapsed().as_secs_f64()
+    );
+    for (tag, m) in acknowledged {
+        let r = node.get(&format!("/v2/failover/app/manifests/{tag}")).await;
+        assert_eq!(r.status(), 200, "{tag}");
+        assert_eq!(r.bytes().await.unwrap().as_ref(), m.as_slice(), "{tag}");
+    }
+}

@@ -84,6 +84,7 @@ pub struct Postgres {
     pub port: u16,
     pub dir: PathBuf,
     next_db: AtomicUsize,
+    pid: u32,
 }
 
 fn pg_bin(name: &str) -> Option<PathBuf> {
@@ -133,6 +134,11 @@ impl Postgres {
         Postgres::start_in(dir, None)
     }
 
+    /// A plain server of the caller's own in `dir` (one a test may kill).
+    pub fn start_own(dir: PathBuf) -> Option<Postgres> {
+        Postgres::start_in(dir, None)
+    }
+
     /// A server of the caller's own in `dir` that speaks only TLS (`ssl =
     /// on`, `hostssl` lines alone in pg_hba.conf) with the certificate
     /// and key `tls` (PEM), as managed PostgreSQL services are set up.
@@ -142,7 +148,7 @@ impl Postgres {
 
     fn start_in(dir: PathBuf, tls: Option<(&str, &str)>) -> Option<Postgres> {
         let initdb = pg_bin("initdb")?;
-        let postgres = pg_bin("postgres")?;
+        pg_bin("postgres")?;
         let user = pg_user();
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -188,13 +194,20 @@ impl Postgres {
             }
             ssl.extend(["-c", "ssl=on"]);
         }
+        Some(Postgres::launch(dir, &ssl, user))
+    }
+
+    /// Starts `postgres` on `<dir>/data` on a free port and waits until it
+    /// answers.
+    fn launch(dir: PathBuf, extra: &[&str], user: Option<(u32, u32)>) -> Postgres {
+        let postgres = pg_bin("postgres").expect("postgres is installed");
         let port = free_port();
         let log = std::fs::File::create(dir.join("postgres.log")).unwrap();
         let child = as_pg_user(
             Command::new(&postgres)
                 .arg("-D")
-                .arg(&data)
-                .args(&ssl)
+                .arg(dir.join("data"))
+                .args(extra)
                 .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
                 .arg(&dir)
                 // A test server: durability of the server's own files is
@@ -207,11 +220,13 @@ impl Postgres {
         )
         .spawn()
         .expect("postgres starts");
+        let pid = child.id();
         adopt(child, libc::SIGINT);
         let pg = Postgres {
             port,
             dir,
             next_db: AtomicUsize::new(0),
+            pid,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while pg.psql("postgres", "SELECT 1").is_err() {
@@ -222,7 +237,48 @@ impl Postgres {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Some(pg)
+        pg
+    }
+
+    /// A streaming standby of this server in `dir` (`pg_basebackup -R`),
+    /// started and following it.
+    pub fn start_standby(&self, dir: PathBuf) -> Postgres {
+        let user = pg_user();
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
+        }
+        let out = as_pg_user(
+            Command::new(pg_bin("pg_basebackup").expect("pg_basebackup is installed"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "wharf",
+                ])
+                .arg("-D")
+                .arg(dir.join("data"))
+                .args(["-R", "-X", "stream", "--no-sync", "--checkpoint=fast"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+            user,
+        )
+        .output()
+        .expect("pg_basebackup runs");
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Postgres::launch(dir, &[], user)
+    }
+
+    /// SIGKILL: a primary that dies.
+    pub fn kill(&self) {
+        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
     }
 
     /// Runs one statement with psql against `db`.
