@@ -223,10 +223,12 @@ fn client_config(url: &str, timeout: Duration) -> Result<(postgres::Config, PgTl
         .connect_timeout(timeout)
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(30))
-        // A host that goes silent (a cut link, a hung primary) answers
+        // A host cut off (a severed link, a machine gone) answers
         // nothing, so no server-side timeout fires: unacknowledged bytes
         // older than the timeout end the connection, and the pool's next
-        // one goes to whichever host now accepts writes.
+        // one goes to whichever host now accepts writes. (A hung process
+        // whose kernel still acknowledges is not caught by this: that
+        // needs client-side deadlines.)
         .tcp_user_timeout(timeout)
         // Statements and lock waits are bounded too: a stuck database or a
         // lock held by a vanished node answers 503, never a hung request.
