@@ -6,7 +6,9 @@
 //! purge aborts them, and only them.
 
 use crate::common::fault_proxy::FaultProxy;
-use crate::common::services::{skip_without, use_object_store, Postgres, Seaweed};
+use crate::common::services::{
+    skip_without, use_object_store, Postgres, Seaweed, S3_KEY, S3_SECRET,
+};
 use crate::common::*;
 use futures_util::StreamExt;
 use std::sync::atomic::Ordering;
@@ -176,4 +178,58 @@ async fn the_purge_aborts_orphaned_multipart_uploads_only() {
         .await
         .unwrap();
     assert!(back.as_ref() == data.as_slice());
+}
+
+/// A crowd of pushes to one object-store node stays inside the memory
+/// budget: parts wait for memory at the node, bytes below a part wait on
+/// its scratch disk. (Before the budget covered parts, 96 such pushes
+/// peaked at 650 MiB; see docs/performance.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_of_pushes_stays_inside_the_memory_budget() {
+    let Some((url, bucket, weed)) = services().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wharf.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[log]\naccess = false\n[metadata]\nbackend = \"postgres\"\nurl = \"{url}\"\n\
+             [storage]\nbackend = \"s3\"\n[storage.s3]\nendpoint = \"{}\"\nbucket = \"{bucket}\"\n\
+             access_key_id = \"{S3_KEY}\"\nsecret_access_key = \"{S3_SECRET}\"\nread_cache_mib = 0\n",
+            weed.endpoint()
+        ),
+    )
+    .unwrap();
+    // The binary, so its peak RSS is the node's alone; the default budget
+    // (32 MiB).
+    let wharf = WharfProcess::start_args(
+        &dir.path().join("node"),
+        &["--config".as_ref(), config.as_os_str()],
+    );
+    let client = reqwest::Client::new();
+    let data = std::sync::Arc::new(payload(6 << 20, 9));
+    let pushes: Vec<_> = (0..128u64)
+        .map(|i| {
+            let (client, base, data) = (client.clone(), wharf.base.clone(), data.clone());
+            tokio::spawn(async move {
+                let mut body = data.to_vec();
+                body[..8].copy_from_slice(&i.to_le_bytes());
+                let d = digest(&body);
+                let r = client
+                    .post(format!("{base}/v2/crowd/n{i}/blobs/uploads/?digest={d}"))
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                r.status().as_u16()
+            })
+        })
+        .collect();
+    for p in pushes {
+        assert_eq!(p.await.unwrap(), 201, "a push of the crowd failed");
+    }
+    let peak_mib = wharf.status_kib("VmHWM") / 1024;
+    eprintln!("peak RSS under 128 concurrent 6 MiB pushes to the object store: {peak_mib} MiB");
+    assert!(peak_mib < 320, "peak RSS {peak_mib} MiB");
 }
