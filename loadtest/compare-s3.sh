@@ -140,8 +140,8 @@ run() { # hosts label scenario args -> RESULT line
   fi
   echo "$out" | grep '^RESULT'
 }
-printf '\n%-30s %-5s %10s %10s %7s | %8s %8s | %-5s | %-16s %-16s\n' scenario unit "wharf x3" distrib. ratio "w p99" "d p99" errs \
-  "cpu s w-run" "cpu s d-run"
+printf '\n%-30s %-5s %10s %10s %7s | %8s %8s | %-5s | %-16s %-16s | %9s %9s\n' scenario unit "wharf x3" distrib. ratio "w p99" "d p99" errs \
+  "cpu s w-run" "cpu s d-run" "w cpu/GB" "d cpu/GB"
 n=0
 declare -A wharf_mb
 for s in "${scenarios[@]}"; do
@@ -153,9 +153,13 @@ for s in "${scenarios[@]}"; do
   wv=$(field "$metric" <<<"$w"); dv=$(field "$metric" <<<"$d")
   ratio=$(awk -v a="${wv:-0}" -v b="${dv:-0}" 'BEGIN{ if (b>0) printf "%.2fx", a/b; else print "-" }')
   wharf_mb["$label"]=$wv
-  printf '%-30s %-5s %10s %10s %7s | %8s %8s | %-5s | %-16s %-16s\n' "$label" MB/s "${wv:--}" "${dv:--}" "$ratio" \
+  # Registry CPU seconds per GB moved: the Wharf nodes in their run,
+  # distribution in its run (SeaweedFS and PostgreSQL not counted).
+  gb=$(awk -v a="$args" 'BEGIN{ n=split(a,x," "); for(i=1;i<n;i++){ if(x[i]=="--size") s=x[i+1]; if(x[i]=="--ops") o=x[i+1] } printf "%.3f", s*o/1e9 }')
+  per_gb() { awk -v a="$1" -v b="$2" -v k="$3" -v g="$gb" 'BEGIN{ split(a,x," "); split(b,y," "); if (g>0) printf "%.1f", (y[k]-x[k])/g; else print "-" }'; }
+  printf '%-30s %-5s %10s %10s %7s | %8s %8s | %-5s | %-16s %-16s | %9s %9s\n' "$label" MB/s "${wv:--}" "${dv:--}" "$ratio" \
     "$(field p99_ms <<<"$w")" "$(field p99_ms <<<"$d")" "$(field errors <<<"$w")/$(field errors <<<"$d")" \
-    "$(split_cpu "$c0" "$c1")" "$(split_cpu "$c1" "$c2")"
+    "$(split_cpu "$c0" "$c1")" "$(split_cpu "$c1" "$c2")" "$(per_gb "$c0" "$c1" 1)" "$(per_gb "$c1" "$c2" 2)"
 done
 
 # The store's own ceiling: the same blobs, clients and sizes PUT straight
@@ -222,4 +226,5 @@ fi
 
 echo
 echo "cpu s: CPU seconds spent during the Wharf run and during the distribution run, as wharf/distribution/SeaweedFS/PostgreSQL"
+echo "cpu/GB: the registry's own CPU seconds per GB moved (Wharf's three nodes in its run, distribution in its run)"
 echo "machine: $(nproc) cores, $(uname -r); SeaweedFS $("$WEED" version 2>/dev/null | head -1 | awk '{print $3}'), PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'), distribution: $(docker-registry --version 2>/dev/null | head -1)"
