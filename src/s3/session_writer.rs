@@ -245,7 +245,8 @@ impl SessionWriter {
             .await
             .map_err(|e| RemoteUploadError::Unavailable(e.to_string()))?;
         let start = self.size - self.held.len();
-        let held = self.held.take(self.held.len()).await?.to_vec();
+        // The read's own buffer, not a copy of it.
+        let held = Vec::from(self.held.take(self.held.len()).await?);
         let tail_loaded = self.tail_loaded;
         self.uploads
             .sql(move |c| {

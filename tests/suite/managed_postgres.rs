@@ -14,10 +14,11 @@ struct TlsPostgres {
     _dir: tempfile::TempDir,
 }
 
-fn tls_postgres() -> Option<TlsPostgres> {
+/// A TLS-only server whose certificate names `names`.
+fn tls_postgres(names: &[&str]) -> Option<TlsPostgres> {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("wharf test database CA");
-    let (cert, key) = ca.server_cert();
+    let (cert, key) = ca.server_cert_for(names);
     let pg = Postgres::start_tls(dir.path().join("pg"), (&cert, &key))?;
     let ca = write_file(dir.path(), "db-ca.pem", &ca.cert_pem);
     Some(TlsPostgres { pg, ca, _dir: dir })
@@ -46,7 +47,7 @@ async fn verify_full_over_tls_only_and_refusals_that_say_why() {
     if cluster_mode() {
         return;
     }
-    let Some(db) = tls_postgres() else {
+    let Some(db) = tls_postgres(&["localhost", "127.0.0.1"]) else {
         skip_without("postgresql", false);
         return;
     };
@@ -88,10 +89,25 @@ async fn verify_full_over_tls_only_and_refusals_that_say_why() {
         "{e}"
     );
 
-    // verify-ca (the chain, not the name) with the right CA starts too.
-    start(format!("{url}?sslmode=verify-ca&sslrootcert={ca}"))
-        .await
-        .expect("verify-ca with the right CA starts");
+    // A certificate from the right CA for another name: verify-ca (the
+    // chain only) accepts it, verify-full refuses it, naming why.
+    let Some(elsewhere) = tls_postgres(&["db.example.com"]) else {
+        return;
+    };
+    let other_url = elsewhere.pg.fresh_database();
+    let other_ca = elsewhere.ca.display().to_string();
+    start(format!(
+        "{other_url}?sslmode=verify-ca&sslrootcert={other_ca}"
+    ))
+    .await
+    .expect("verify-ca checks the chain, not the name");
+    let e = start(format!(
+        "{other_url}?sslmode=verify-full&sslrootcert={other_ca}"
+    ))
+    .await
+    .err()
+    .expect("verify-full checks the name");
+    assert!(e.contains("not valid for name"), "{e}");
 
     // No TLS at all: PostgreSQL's own refusal, at once.
     let started = std::time::Instant::now();
