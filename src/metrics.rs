@@ -32,6 +32,18 @@ pub struct Metrics {
     pub read_cache: ReadCacheMetrics,
     pub proxy: ProxyMetrics,
     pub notifications: NotificationMetrics,
+    pub database: DatabaseMetrics,
+}
+
+/// The PostgreSQL pool's figures (cluster mode), copied in at each scrape.
+pub struct DatabaseMetrics {
+    /// Connections by state: in_use, idle; and the pool's maximum.
+    pub connections: IntGaugeVec,
+    pub connections_max: IntGauge,
+    /// Callers waiting for a connection now.
+    pub waiting: IntGauge,
+    pub checkouts: IntCounter,
+    pub wait_seconds: prometheus::Counter,
 }
 
 /// What webhook delivery reports, by endpoint URL.
@@ -230,7 +242,33 @@ impl Metrics {
                 &["endpoint"],
             )?,
         };
+        let database = DatabaseMetrics {
+            connections: IntGaugeVec::new(
+                Opts::new(
+                    "postgres_connections",
+                    "PostgreSQL connections of this node's pool, by state (in_use, idle).",
+                ),
+                &["state"],
+            )?,
+            connections_max: IntGauge::new(
+                "postgres_connections_max",
+                "The pool's size limit (metadata.pool_size).",
+            )?,
+            waiting: IntGauge::new(
+                "postgres_pool_waiting",
+                "Callers waiting for a free PostgreSQL connection.",
+            )?,
+            checkouts: IntCounter::new(
+                "postgres_pool_checkouts_total",
+                "Connections taken from the pool.",
+            )?,
+            wait_seconds: prometheus::Counter::new(
+                "postgres_pool_wait_seconds_total",
+                "Time callers spent waiting for a connection (including new logins).",
+            )?,
+        };
         let m = Metrics {
+            database,
             proxy,
             notifications,
             read_cache,
@@ -281,6 +319,11 @@ impl Metrics {
         r.register(Box::new(m.notifications.dropped.clone()))?;
         r.register(Box::new(m.notifications.delivered.clone()))?;
         r.register(Box::new(m.notifications.failed.clone()))?;
+        r.register(Box::new(m.database.connections.clone()))?;
+        r.register(Box::new(m.database.connections_max.clone()))?;
+        r.register(Box::new(m.database.waiting.clone()))?;
+        r.register(Box::new(m.database.checkouts.clone()))?;
+        r.register(Box::new(m.database.wait_seconds.clone()))?;
         Ok(m)
     }
 

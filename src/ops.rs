@@ -84,6 +84,7 @@ async fn answer(st: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, content_type, body): (StatusCode, &str, Bytes) = match req.uri().path() {
         "/metrics" => {
             st.note_sessions().await;
+            st.note_database();
             st.metrics.disk_full.set(st.space.is_full() as i64);
             (
                 StatusCode::OK,

@@ -93,7 +93,7 @@ impl Server {
         let storage = crate::storage::open_configured(
             &config,
             &meta,
-            pg_pool,
+            pg_pool.clone(),
             space.clone(),
             metrics.read_cache.clone(),
             budget.clone(),
@@ -165,6 +165,7 @@ impl Server {
             pulls: Default::default(),
             proxies,
             notifier,
+            database: pg_pool,
         });
         let (stop, stopped) = oneshot::channel();
         let metrics_addr = ops_listener.as_ref().map(|(_, a)| *a);

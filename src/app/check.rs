@@ -53,7 +53,8 @@ pub fn problems(cfg: &Config) -> Vec<String> {
     if let Some(url) = &cfg.metadata.url {
         // As the pool reads it: libpq's TLS keys too, and the certificate
         // files they name opened.
-        if let Err(e) = crate::meta::PostgresBackend::check_url(url) {
+        let timeout = std::time::Duration::from_secs(cfg.metadata.timeout_secs);
+        if let Err(e) = crate::meta::PostgresBackend::check_url(url, timeout) {
             found.push(e.to_string());
         }
     }
@@ -119,6 +120,21 @@ fn without_password(url: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// What the configuration will do where that is not plain from its text
+/// (the PostgreSQL hosts, TLS checks and deadlines the URL amounts to).
+pub fn settings(cfg: &Config) -> Vec<String> {
+    let mut said = Vec::new();
+    if let (crate::config::MetadataBackend::Postgres, Some(url)) =
+        (cfg.metadata.backend, cfg.metadata.url.as_deref())
+    {
+        let timeout = std::time::Duration::from_secs(cfg.metadata.timeout_secs);
+        if let Ok(s) = crate::meta::PostgresBackend::check_url(url, timeout) {
+            said.push(format!("PostgreSQL (metadata.url): {s}"));
+        }
+    }
+    said
 }
 
 /// One service a configuration names, tried: what it is, and what it
@@ -202,6 +218,27 @@ mod tests {
         );
         // What is printed is itself a valid configuration file.
         toml::from_str::<Config>(&text).unwrap();
+    }
+
+    #[test]
+    fn the_postgres_settings_are_said_without_the_password() {
+        let mut cfg = Config::default();
+        cfg.metadata.backend = crate::config::MetadataBackend::Postgres;
+        cfg.metadata.url = Some(
+            "postgres://wharf:hunter2@db1:5432,db2:5433/w?target_session_attrs=read-write&sslmode=require"
+                .into(),
+        );
+        let said = settings(&cfg).join("\n");
+        assert!(
+            said.contains("db1:5432, db2:5433 (target_session_attrs=read-write"),
+            "{said}"
+        );
+        assert!(
+            said.contains("TLS required, the certificate not checked"),
+            "{said}"
+        );
+        assert!(said.contains("bounded by 10 s"), "{said}");
+        assert!(!said.contains("hunter2"), "{said}");
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct App {
     pub proxies: Arc<crate::proxy::Proxies>,
     /// Webhooks (`[[notifications]]`): events to queue with changes.
     pub notifier: Arc<crate::notify::Notifier>,
+    /// The PostgreSQL pool (cluster mode), for its figures.
+    pub database: Option<crate::meta::PgPool>,
 }
 
 impl App {
@@ -64,6 +66,27 @@ impl App {
             Ok(n) => self.metrics.upload_sessions_open.set(n as i64),
             Err(e) => tracing::debug!(error = %e, "upload sessions not counted"),
         }
+    }
+
+    /// Copies the PostgreSQL pool's figures into the metrics (a scrape).
+    pub fn note_database(&self) {
+        let Some(pool) = &self.database else {
+            return;
+        };
+        let f = pool.figures();
+        let m = &self.metrics.database;
+        m.connections
+            .with_label_values(&["in_use"])
+            .set(f.in_use as i64);
+        m.connections
+            .with_label_values(&["idle"])
+            .set(f.open.saturating_sub(f.in_use) as i64);
+        m.connections_max.set(f.max as i64);
+        m.waiting.set(f.waiting as i64);
+        m.checkouts
+            .inc_by(f.checkouts.saturating_sub(m.checkouts.get()));
+        m.wait_seconds
+            .inc_by((f.wait_seconds - m.wait_seconds.get()).max(0.0));
     }
 
     pub fn batch_bytes(&self) -> usize {

@@ -12,6 +12,9 @@ pub fn run(file: Option<&Path>, connect: bool) -> ExitCode {
     };
     let mut problems = crate::app::check::problems(&cfg);
     print!("{}", crate::app::check::redacted(&cfg));
+    for said in crate::app::check::settings(&cfg) {
+        eprintln!("wharf config check: {said}");
+    }
     for p in &problems {
         eprintln!("wharf config check: {p}");
     }

@@ -15,6 +15,7 @@
 //! previous commit is syncing (group commit).
 
 mod postgres_backend;
+mod postgres_pool;
 mod postgres_rows;
 mod postgres_schema;
 mod postgres_tls;
@@ -33,9 +34,9 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-pub use postgres_backend::{
-    describe as pg_describe, unreachable as pg_unreachable, Pool as PgPool, PostgresBackend,
-    SchemaState,
+pub use postgres_backend::{PostgresBackend, SchemaState};
+pub use postgres_pool::{
+    Params as PgParams, PgConnection, PgError, PgTransaction, Pool as PgPool, PoolFigures,
 };
 pub use postgres_rows::apply_in_transaction as apply_in_postgres;
 pub use redb_backend::RedbBackend;
@@ -370,7 +371,7 @@ impl Meta {
     pub async fn open_configured(
         config: &crate::config::Config,
         space: Arc<DiskSpace>,
-    ) -> Result<(Meta, MetaWriter, Option<postgres_backend::Pool>), MetaError> {
+    ) -> Result<(Meta, MetaWriter, Option<PgPool>), MetaError> {
         let (root, durable, meta) = (config.root.clone(), config.fsync, config.metadata.clone());
         tokio::task::spawn_blocking(move || match meta.backend {
             MetadataBackend::Postgres => {

@@ -1,12 +1,12 @@
 //! The shared backend: PostgreSQL, for any number of Wharf nodes on one
 //! database.
 //!
-//! Owns: the connection pool, running the migrations (`postgres_schema`),
-//! the SQL behind [`MetaRead`], and the commit loop around the rules
-//! (`postgres_rows` translates their rows).
-//! Must not: be called from an async worker (the `postgres` client blocks;
-//! callers are on the blocking pool or the writer thread), or hold a
-//! transaction open across anything but SQL.
+//! Owns: the connection settings read from `metadata.url`, running the
+//! migrations (`postgres_schema`), the SQL behind [`MetaRead`], and the
+//! commit loop around the rules (`postgres_rows` translates their rows).
+//! Must not: be called from an async worker (its calls block until the
+//! pool's runtime answers; callers are on the blocking pool or the writer
+//! thread), or hold a transaction open across anything but SQL.
 //!
 //! Races between nodes are closed with row locks inside each write's
 //! transaction, at READ COMMITTED, where the rules ask for a `Lock`: a
@@ -17,85 +17,19 @@
 //! reference and spares the row). A batch that loses a deadlock or
 //! serialization check is retried whole.
 //!
-//! Why the blocking `postgres` client with r2d2: the metadata traits are
-//! synchronous by design (redb is), and every caller is already on a
-//! blocking thread; both crates are the maintained tokio-postgres family.
+//! Why a blocking face over an async client (`postgres_pool`): the
+//! metadata traits are synchronous by design (redb is) and their callers
+//! are already on blocking threads; the client's I/O and deadlines run on
+//! the server's runtime.
 
+use super::postgres_pool::{per_host, PgConnection, PgError, Pool};
 use super::postgres_rows::{self, Failed};
 use super::postgres_schema::apply_migrations;
 use super::postgres_tls::{self, PgTls};
 use super::{BlobLink, ManifestRecord, MetaBackend, MetaError, MetaRead, MetaWrite, Page};
 use crate::oci::{Digest, RepoName};
-use postgres::error::SqlState;
-use r2d2_postgres::PostgresConnectionManager;
-use std::sync::Arc;
-use std::time::Duration;
-
-type R2d2Pool = r2d2::Pool<PostgresConnectionManager<PgTls>>;
-pub type PooledConnection = r2d2::PooledConnection<PostgresConnectionManager<PgTls>>;
-
-/// The connection pool, shared by the metadata backend and the
-/// object-store modules. The last handle to go drops the pool on a thread
-/// of its own: closing a blocking client runs a small runtime, which must
-/// not happen on an async worker (where a server's state is dropped).
-#[derive(Clone)]
-pub struct Pool(Arc<PoolOwner>);
-
-struct PoolOwner {
-    pool: Option<R2d2Pool>,
-    /// What PostgreSQL said when a connection last failed: r2d2's own
-    /// error is only "timed out waiting for connection".
-    last_refusal: LastRefusal,
-}
-
-impl Drop for PoolOwner {
-    fn drop(&mut self) {
-        if let Some(pool) = self.pool.take() {
-            let _ = std::thread::Builder::new()
-                .name("wharf-pg-close".into())
-                .spawn(move || drop(pool));
-        }
-    }
-}
-
-impl Pool {
-    /// A connection, waiting at most the configured timeout for one.
-    pub fn get(&self) -> Result<PooledConnection, String> {
-        let Some(pool) = &self.0.pool else {
-            return Err("connection pool is closed".into());
-        };
-        pool.get().map_err(|e| match self.0.last_refusal.take() {
-            Some(said) => format!("{e}; the last attempt: {said}"),
-            None => e.to_string(),
-        })
-    }
-}
-
-/// r2d2's connection-error handler: keeps the server's own message for
-/// [`Pool::get`]'s error and logs it once per distinct message, so a
-/// missing role reads `role "wharf" does not exist`, not `db error` five
-/// times.
-#[derive(Debug, Default, Clone)]
-struct LastRefusal(Arc<std::sync::Mutex<Option<String>>>);
-
-impl LastRefusal {
-    fn take(&self) -> Option<String> {
-        self.0.lock().ok().and_then(|said| said.clone())
-    }
-}
-
-impl r2d2::HandleError<postgres::Error> for LastRefusal {
-    fn handle_error(&self, error: postgres::Error) {
-        let said = describe(&error);
-        let Ok(mut last) = self.0.lock() else {
-            return;
-        };
-        if last.as_deref() != Some(said.as_str()) {
-            tracing::warn!(error = %said, "cannot connect to PostgreSQL");
-        }
-        *last = Some(said);
-    }
-}
+use std::time::{Duration, Instant};
+use tokio_postgres::error::SqlState;
 
 /// Key of the session advisory lock held while migrating ("wharf" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0077_6861_7266;
@@ -118,17 +52,22 @@ impl PostgresBackend {
     /// Connects (bounded by `timeout`), applies pending migrations under the
     /// advisory lock, and keeps up to `pool_size` connections.
     pub fn connect(url: &str, pool_size: u32, timeout: Duration) -> Result<Self, MetaError> {
-        // One login first: a refusal (a role, a password, pg_hba.conf, the
-        // server's certificate) is final and said at once, where the pool
-        // would retry it until its timeout. A server that cannot be reached
-        // is left to the pool's wait.
-        let (config, tls) = client_config(url, timeout)?;
-        if let Err(e) = config.connect(tls) {
-            if refusal(&e) {
-                return Err(MetaError::Unavailable(describe(&e)));
+        let (hosts, tls) = client_config(url, timeout)?;
+        let pool = Pool::new(hosts, tls, pool_size, timeout).map_err(db)?;
+        // The first login: a refusal (a role, a password, pg_hba.conf, the
+        // server's certificate) is final and said at once; a server that
+        // cannot be reached yet (starting, restarting) gets the timeout.
+        let started = Instant::now();
+        loop {
+            match pool.get() {
+                Ok(_) => break,
+                Err(e) if e.refusal() || started.elapsed() >= timeout => return Err(db(e)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot connect to PostgreSQL yet");
+                    std::thread::sleep(Duration::from_millis(250));
+                }
             }
         }
-        let pool = pool(url, pool_size, timeout)?;
         let backend = PostgresBackend { pool };
         backend.migrate()?;
         Ok(backend)
@@ -158,19 +97,45 @@ impl PostgresBackend {
     }
 
     /// Reads `url` as a connection would (libpq's keys, the certificate
-    /// files they name), without connecting: `wharf config check`.
-    pub fn check_url(url: &str) -> Result<(), MetaError> {
-        client_config(url, Duration::from_secs(1)).map(|_| ())
+    /// files they name), without connecting, and says what connecting
+    /// will do: `wharf config check`. The password is never in it.
+    pub fn check_url(url: &str, timeout: Duration) -> Result<String, MetaError> {
+        let (hosts, _) = client_config(url, timeout)?;
+        let (_, tls) = postgres_tls::split(url)?;
+        let names: Vec<String> = hosts
+            .iter()
+            .map(|h| {
+                let name = match h.get_hosts().first() {
+                    Some(tokio_postgres::config::Host::Tcp(name)) => name.clone(),
+                    #[cfg(unix)]
+                    Some(tokio_postgres::config::Host::Unix(dir)) => dir.display().to_string(),
+                    None => "localhost".into(),
+                };
+                format!("{name}:{}", h.get_ports().first().copied().unwrap_or(5432))
+            })
+            .collect();
+        let writer = match hosts.first().map(|h| h.get_target_session_attrs()) {
+            Some(tokio_postgres::config::TargetSessionAttrs::ReadWrite) => {
+                " (target_session_attrs=read-write: the one that accepts writes)"
+            }
+            _ => "",
+        };
+        Ok(format!(
+            "{}{writer}; {}; login and statements bounded by {} s",
+            names.join(", "),
+            tls.summary(),
+            timeout.as_secs()
+        ))
     }
 
     /// Logs in once, without the pool or migrating, and reads where the
     /// schema stands: `wharf config check --connect`. The error is the
     /// server's own sentence (a missing role, a wrong password, TLS).
     pub fn inspect(url: &str, timeout: Duration) -> Result<SchemaState, MetaError> {
-        let (config, tls) = client_config(url, timeout)?;
-        let mut client = config
-            .connect(tls)
-            .map_err(|e| MetaError::Unavailable(describe(&e)))?;
+        let (hosts, tls) = client_config(url, timeout)?;
+        let mut client = Pool::new(hosts, tls, 1, timeout)
+            .and_then(|pool| pool.get())
+            .map_err(|e| MetaError::Unavailable(e.to_string()))?;
         let created: bool = client
             .query_one("SELECT to_regclass('wharf_schema') IS NOT NULL", &[])
             .map_err(db)?
@@ -194,23 +159,23 @@ impl PostgresBackend {
         self.pool.clone()
     }
 
-    fn conn(&self) -> Result<PooledConnection, MetaError> {
-        self.pool
-            .get()
-            .map_err(|e| MetaError::Unavailable(format!("PostgreSQL: {e}")))
+    fn conn(&self) -> Result<PgConnection, MetaError> {
+        self.pool.get().map_err(db)
     }
 }
 
-/// The client settings of `url` (libpq's TLS keys read by
-/// `postgres_tls`), every wait bounded by `timeout`, and the TLS
-/// connector they ask for.
-fn client_config(url: &str, timeout: Duration) -> Result<(postgres::Config, PgTls), MetaError> {
+/// The client settings of `url`, one per host in its order (libpq's TLS
+/// keys read by `postgres_tls`), every wait bounded by `timeout`, and the
+/// TLS connector they ask for.
+fn client_config(
+    url: &str,
+    timeout: Duration,
+) -> Result<(Vec<tokio_postgres::Config>, PgTls), MetaError> {
     let (rest, tls) = postgres_tls::split(url)?;
-    let mut config: postgres::Config = rest
+    let config: tokio_postgres::Config = rest
         .parse()
         .map_err(|e| MetaError::Config(format!("metadata.url: {e}")))?;
-    config.ssl_mode(tls.mode);
-    let tls = PgTls::new(&tls)?;
+    let connector = PgTls::new(&tls)?;
     let ms = timeout.as_millis();
     // client_min_messages: the server's NOTICEs (`relation already
     // exists, skipping` on every start) are not the operator's news.
@@ -219,108 +184,53 @@ fn client_config(url: &str, timeout: Duration) -> Result<(postgres::Config, PgTl
          -c client_min_messages=warning",
         ms * 6
     );
-    config
-        .connect_timeout(timeout)
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(30))
-        // A host cut off (a severed link, a machine gone) answers
-        // nothing, so no server-side timeout fires: unacknowledged bytes
-        // older than the timeout end the connection, and the pool's next
-        // one goes to whichever host now accepts writes. (A hung process
-        // whose kernel still acknowledges is not caught by this: that
-        // needs client-side deadlines.)
-        .tcp_user_timeout(timeout)
-        // Statements and lock waits are bounded too: a stuck database or a
-        // lock held by a vanished node answers 503, never a hung request.
-        .options(&options);
-    if config.get_application_name().is_none() {
-        config.application_name("wharf");
+    let mut hosts = per_host(&config);
+    for host in &mut hosts {
+        host.ssl_mode(tls.mode)
+            .connect_timeout(timeout)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            // A host cut off (a severed link, a machine gone) answers
+            // nothing, so no server-side timeout fires: unacknowledged
+            // bytes older than the timeout end the connection. A hung
+            // process whose kernel still acknowledges is caught by the
+            // pool's statement deadline instead.
+            .tcp_user_timeout(timeout)
+            // Statements and lock waits are bounded by the server too: a
+            // stuck database or a lock held by a vanished node answers 503
+            // and leaves the connection usable.
+            .options(&options);
+        if host.get_application_name().is_none() {
+            host.application_name("wharf");
+        }
     }
-    Ok((config, tls))
-}
-
-fn pool(url: &str, pool_size: u32, timeout: Duration) -> Result<Pool, MetaError> {
-    let (config, tls) = client_config(url, timeout)?;
-    let manager = PostgresConnectionManager::new(config, tls);
-    // Built without connecting: a node whose database is down starts and
-    // answers 503 until it returns (migrations, run next, still need it).
-    let last_refusal = LastRefusal::default();
-    let pool = r2d2::Pool::builder()
-        .error_handler(Box::new(last_refusal.clone()))
-        .max_size(pool_size)
-        .min_idle(Some(0))
-        .connection_timeout(timeout)
-        // A broken connection shows on its next use and is dropped then;
-        // a health query per checkout would double every read's round trips.
-        .test_on_check_out(false)
-        .build_unchecked(manager);
-    Ok(Pool(Arc::new(PoolOwner {
-        pool: Some(pool),
-        last_refusal,
-    })))
-}
-
-/// Whether a failed login is the server's or the certificate check's
-/// refusal, which trying again will not change.
-fn refusal(e: &postgres::Error) -> bool {
-    if e.as_db_error().is_some() {
-        // "Starting up", "too many connections": worth the pool's wait.
-        return !unreachable(e);
-    }
-    crate::tls::refused_by_tls(e)
-}
-
-/// Whether an error is about reaching the database (down, cut off,
-/// restarting, saturated, timed out): an answer of 503, retry later, as
-/// opposed to a fault in what was asked. The object-store modules use it
-/// too, so both kinds of PostgreSQL work fail the same way.
-pub fn unreachable(e: &postgres::Error) -> bool {
-    if e.is_closed() || e.as_db_error().is_none() {
-        return true;
-    }
-    e.code().is_some_and(|c| {
-        *c == SqlState::QUERY_CANCELED
-            || *c == SqlState::LOCK_NOT_AVAILABLE
-            || *c == SqlState::ADMIN_SHUTDOWN
-            || *c == SqlState::CANNOT_CONNECT_NOW
-            || *c == SqlState::TOO_MANY_CONNECTIONS
-    })
+    Ok((hosts, connector))
 }
 
 /// Maps a client error: anything about reaching the database is
 /// `Unavailable` (503, retry), the rest is a database fault.
-pub(super) fn db(e: postgres::Error) -> MetaError {
+pub(super) fn db(e: PgError) -> MetaError {
     map_error(&e)
 }
 
-pub(super) fn map_error(e: &postgres::Error) -> MetaError {
-    if unreachable(e) {
-        return MetaError::Unavailable(describe(e));
+pub(super) fn map_error(e: &PgError) -> MetaError {
+    if e.unreachable() {
+        return MetaError::Unavailable(e.to_string());
     }
     match e.code() {
-        Some(c) if *c == SqlState::DISK_FULL => MetaError::NoSpace(describe(e)),
-        _ => MetaError::CommitFailed(describe(e)),
+        Some(c) if *c == SqlState::DISK_FULL => MetaError::NoSpace(e.to_string()),
+        _ => MetaError::CommitFailed(e.to_string()),
     }
 }
 
 /// Races between nodes that a rerun of the whole transaction settles: its
 /// preconditions are checked again against what the other node committed.
-pub(super) fn retryable(e: &postgres::Error) -> bool {
+pub(super) fn retryable(e: &PgError) -> bool {
     e.code().is_some_and(|c| {
         *c == SqlState::T_R_DEADLOCK_DETECTED
             || *c == SqlState::T_R_SERIALIZATION_FAILURE
             || *c == SqlState::UNIQUE_VIOLATION
     })
-}
-
-/// What PostgreSQL said, not just "db error": its message and SQLSTATE.
-pub fn describe(e: &postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(d) => format!("PostgreSQL: {} (SQLSTATE {})", d.message(), d.code().code()),
-        // A connection's failure: its causes say which (a refused
-        // certificate, a reset), not just "error performing TLS handshake".
-        None => format!("PostgreSQL: {}", crate::tls::with_causes(e)),
-    }
 }
 
 impl MetaRead for PostgresBackend {
@@ -532,11 +442,11 @@ impl MetaBackend for PostgresBackend {
 
 /// One attempt at a batch, in one transaction.
 fn commit_once(
-    conn: &mut postgres::Client,
+    conn: &mut PgConnection,
     jobs: &[Vec<MetaWrite>],
     durable: bool,
 ) -> Result<Vec<Result<(), MetaError>>, Failed> {
-    let failed = |e: postgres::Error| Failed {
+    let failed = |e: PgError| Failed {
         retry: retryable(&e),
         error: db(e),
     };

@@ -6,17 +6,17 @@
 //! ends: that is what orders two nodes deciding about the same rows.
 
 use super::postgres_backend::{map_error, retryable};
+use super::postgres_pool::{Params, PgError, PgTransaction as Transaction};
 use super::rules::{self, Lock, ReferrerRow, TxnRows};
 use super::{ManifestRecord, MetaError, MetaResult, MetaWrite};
 use crate::oci::{Digest, RepoName};
-use postgres::Transaction;
 
 /// Rows of one transaction. The first client error is kept whole, so the
 /// commit loop can tell a lost race (retry the batch) from a fault.
 pub(super) struct PgRows<'a, 't> {
     txn: &'a mut Transaction<'t>,
     now: u64,
-    pub(super) error: Option<postgres::Error>,
+    pub(super) error: Option<PgError>,
 }
 
 /// Why a batch failed: the error, and whether rerunning it may succeed (a
@@ -53,7 +53,7 @@ fn lock_clause(lock: Lock) -> &'static str {
 
 impl PgRows<'_, '_> {
     /// Keeps the first client error whole and maps it for the rules.
-    fn sql<T>(&mut self, r: Result<T, postgres::Error>) -> MetaResult<T> {
+    fn sql<T>(&mut self, r: Result<T, PgError>) -> MetaResult<T> {
         r.map_err(|e| {
             let mapped = map_error(&e);
             self.error.get_or_insert(e);
@@ -61,20 +61,12 @@ impl PgRows<'_, '_> {
         })
     }
 
-    fn exec(
-        &mut self,
-        sql: &str,
-        params: &[&(dyn postgres::types::ToSql + Sync)],
-    ) -> MetaResult<u64> {
+    fn exec(&mut self, sql: &str, params: Params<'_>) -> MetaResult<u64> {
         let r = self.txn.execute(sql, params);
         self.sql(r)
     }
 
-    fn query(
-        &mut self,
-        sql: &str,
-        params: &[&(dyn postgres::types::ToSql + Sync)],
-    ) -> MetaResult<Vec<postgres::Row>> {
+    fn query(&mut self, sql: &str, params: Params<'_>) -> MetaResult<Vec<tokio_postgres::Row>> {
         let r = self.txn.query(sql, params);
         self.sql(r)
     }
@@ -82,8 +74,8 @@ impl PgRows<'_, '_> {
     fn query_opt(
         &mut self,
         sql: &str,
-        params: &[&(dyn postgres::types::ToSql + Sync)],
-    ) -> MetaResult<Option<postgres::Row>> {
+        params: Params<'_>,
+    ) -> MetaResult<Option<tokio_postgres::Row>> {
         let r = self.txn.query_opt(sql, params);
         self.sql(r)
     }

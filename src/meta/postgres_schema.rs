@@ -2,6 +2,7 @@
 //! and recorded in `wharf_schema`.
 
 use super::postgres_backend::db;
+use super::postgres_pool::PgConnection;
 use super::MetaError;
 
 /// The schema, one step per entry, applied in order and recorded in
@@ -120,7 +121,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
-pub(super) fn apply_migrations(conn: &mut postgres::Client) -> Result<usize, MetaError> {
+pub(super) fn apply_migrations(conn: &mut PgConnection) -> Result<usize, MetaError> {
     conn.batch_execute(
         "CREATE TABLE IF NOT EXISTS wharf_schema (
             version    integer PRIMARY KEY,

@@ -11,8 +11,6 @@
 //! with `sslrootcert` verifies as `verify-ca`, as libpq does.
 
 use super::MetaError;
-use postgres::config::SslMode;
-use postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
@@ -28,6 +26,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 
 /// How much of the server's certificate is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +48,41 @@ pub struct TlsParams {
     pub root_cert: Option<String>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+}
+
+impl TlsParams {
+    /// What the connection will do, in words: `wharf config check`.
+    pub fn summary(&self) -> String {
+        let roots = match self.root_cert.as_deref() {
+            Some("system") => "the system's roots".to_owned(),
+            Some(file) => file.to_owned(),
+            None => "~/.postgresql/root.crt".to_owned(),
+        };
+        let mut said = match (self.mode, self.verify) {
+            (SslMode::Disable, _) => "TLS off (sslmode=disable)".to_owned(),
+            (SslMode::Prefer, _) => {
+                "TLS when the server offers it, its certificate not checked (sslmode=prefer)"
+                    .to_owned()
+            }
+            (_, Verify::Nothing) => {
+                "TLS required, the certificate not checked (sslmode=require)".to_owned()
+            }
+            (_, Verify::Chain) => {
+                format!("TLS required, the chain checked against {roots} (verify-ca)")
+            }
+            (_, Verify::Full) => {
+                format!("TLS required, the chain checked against {roots} and the host name (verify-full)")
+            }
+        };
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            said.push_str(&format!(
+                "; client certificate {} (key {})",
+                cert.display(),
+                key.display()
+            ));
+        }
+        said
+    }
 }
 
 /// Splits `url` into what the client library parses and the TLS keys it

@@ -45,7 +45,7 @@ impl ObjectBlobs {
 
     async fn sql<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut postgres::Client) -> Result<T, RemoteUploadError> + Send + 'static,
+        f: impl FnOnce(&mut crate::meta::PgConnection) -> Result<T, RemoteUploadError> + Send + 'static,
     ) -> Result<T, RemoteUploadError> {
         super::sql::blocking(&self.pool, f).await
     }

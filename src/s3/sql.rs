@@ -2,29 +2,29 @@
 //! connection on the blocking pool, and the error mapping they share.
 
 use super::uploads::RemoteUploadError;
-use crate::meta::PgPool;
+use crate::meta::{PgConnection, PgError, PgPool};
 
 /// Runs blocking database work on the blocking pool (the client blocks).
 pub(super) async fn blocking<T: Send + 'static>(
     pool: &PgPool,
-    f: impl FnOnce(&mut postgres::Client) -> Result<T, RemoteUploadError> + Send + 'static,
+    f: impl FnOnce(&mut PgConnection) -> Result<T, RemoteUploadError> + Send + 'static,
 ) -> Result<T, RemoteUploadError> {
     let pool = pool.clone();
     crate::blocking::run(move || {
         let mut conn = pool
             .get()
-            .map_err(|e| RemoteUploadError::Unavailable(format!("PostgreSQL: {e}")))?;
+            .map_err(|e| RemoteUploadError::Unavailable(e.to_string()))?;
         f(&mut conn)
     })
     .await
 }
 
 /// Not reaching the database is `Unavailable` (503); the rest is a fault.
-pub(super) fn db(e: postgres::Error) -> RemoteUploadError {
-    if crate::meta::pg_unreachable(&e) {
-        RemoteUploadError::Unavailable(crate::meta::pg_describe(&e))
+pub(super) fn db(e: PgError) -> RemoteUploadError {
+    if e.unreachable() {
+        RemoteUploadError::Unavailable(e.to_string())
     } else {
-        RemoteUploadError::Db(crate::meta::pg_describe(&e))
+        RemoteUploadError::Db(e.to_string())
     }
 }
 

@@ -111,7 +111,7 @@ impl RemoteUploads {
 
     pub(super) async fn sql<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut postgres::Client) -> Result<T, RemoteUploadError> + Send + 'static,
+        f: impl FnOnce(&mut crate::meta::PgConnection) -> Result<T, RemoteUploadError> + Send + 'static,
     ) -> Result<T, RemoteUploadError> {
         super::sql::blocking(&self.pool, f).await
     }
@@ -340,7 +340,7 @@ impl RemoteUploads {
 /// Queues an object (and its multipart upload, if any) for deletion after
 /// `delay_secs`.
 pub(crate) fn queue_deletion(
-    t: &mut postgres::Transaction<'_>,
+    t: &mut crate::meta::PgTransaction<'_>,
     key: &str,
     multipart_id: Option<&str>,
     delay_secs: i64,

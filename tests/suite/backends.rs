@@ -444,6 +444,23 @@ async fn postgres_unreachable_answers_503_and_recovers() {
     let d = reg.push_mono("up", b"after").await;
     assert_eq!(reg.get_blob("up", &d).await.status(), 200);
     assert_eq!(reg.get_blob("up", &digest(b"before")).await.status(), 200);
+
+    // The pool's figures: connections by state, checkouts and their wait.
+    let text = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let figure = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+    };
+    assert!(figure("wharf_postgres_pool_checkouts_total") > 0.0);
+    assert!(figure("wharf_postgres_connections{state=\"idle\"}") >= 1.0);
+    assert_eq!(figure("wharf_postgres_connections_max"), 16.0);
+    assert!(figure("wharf_postgres_pool_wait_seconds_total") > 0.0);
 }
 
 fn free_addr() -> std::net::SocketAddr {

@@ -6,7 +6,9 @@
 
 use crate::common::pki::{write_file, TestCa};
 use crate::common::services::{skip_without, Postgres};
+use crate::common::silent_proxy::SilentProxy;
 use crate::common::*;
+use std::time::{Duration, Instant};
 
 struct TlsPostgres {
     pg: Postgres,
@@ -136,25 +138,13 @@ async fn a_killed_primary_and_a_promoted_standby_lose_nothing_acknowledged() {
     if cluster_mode() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let Some(primary) = Postgres::start_own(dir.path().join("primary")) else {
-        skip_without("postgresql", false);
+    let Some(pair) = Replicated::start() else {
         return;
     };
-    let url = primary.fresh_database();
-    let db = url.rsplit('/').next().unwrap().to_owned();
-    let standby = primary.start_standby(dir.path().join("standby"));
-    // Synchronous: a commit the primary acknowledged is on the standby.
-    primary
-        .psql(
-            "postgres",
-            "ALTER SYSTEM SET synchronous_standby_names = '*'",
-        )
-        .unwrap();
-    primary.psql("postgres", "SELECT pg_reload_conf()").unwrap();
+    let (primary, standby) = (&pair.primary, &pair.standby);
     let both = format!(
-        "postgres://wharf@127.0.0.1:{},127.0.0.1:{}/{db}?target_session_attrs=read-write",
-        primary.port, standby.port
+        "postgres://wharf@127.0.0.1:{},127.0.0.1:{}/{}?target_session_attrs=read-write",
+        primary.port, standby.port, pair.db
     );
     let node = TestRegistry::start_with(|c| {
         c.metadata.backend = wharf::config::MetadataBackend::Postgres;
@@ -176,18 +166,25 @@ async fn a_killed_primary_and_a_promoted_standby_lose_nothing_acknowledged() {
     primary.kill();
     let started = std::time::Instant::now();
     let mut unavailable = 0;
-    for i in 0..2u64 {
+    // The postmaster dies at once; its backends notice within moments and
+    // may finish a commit first (synchronously replicated, so it counts
+    // as acknowledged and must read back).
+    let mut blobs = Vec::new();
+    let mut i = 0u64;
+    while unavailable < 2 {
+        let data = payload(2000, 500 + i);
+        i += 1;
         let asked = std::time::Instant::now();
-        let status = node
-            .push_mono_status("failover/app", &payload(2000, 500 + i))
-            .await;
-        assert_eq!(status, 503, "no primary: 503, never 500");
+        match node.push_mono_status("failover/app", &data).await {
+            503 => unavailable += 1,
+            201 if started.elapsed() < Duration::from_secs(2) => blobs.push(data),
+            other => panic!("{other} with no primary: 503, never 500"),
+        }
         assert!(
             asked.elapsed() < std::time::Duration::from_secs(15),
             "{:?}",
             asked.elapsed()
         );
-        unavailable += 1;
     }
     standby.psql("postgres", "SELECT pg_promote()").unwrap();
     loop {
@@ -209,9 +206,181 @@ async fn a_killed_primary_and_a_promoted_standby_lose_nothing_acknowledged() {
         "failover: {unavailable} answers of 503 over {:.1} s, then pushes went on",
         started.elapsed().as_secs_f64()
     );
+    for data in blobs {
+        let r = node.get_blob("failover/app", &digest(&data)).await;
+        assert_eq!(r.status(), 200, "an acknowledged blob reads back");
+    }
     for (tag, m) in acknowledged {
         let r = node.get(&format!("/v2/failover/app/manifests/{tag}")).await;
         assert_eq!(r.status(), 200, "{tag}");
         assert_eq!(r.bytes().await.unwrap().as_ref(), m.as_slice(), "{tag}");
     }
+}
+
+/// A primary and a synchronous streaming standby (`pg_basebackup -R`):
+/// a commit the primary acknowledged is on the standby.
+struct Replicated {
+    primary: Postgres,
+    standby: Postgres,
+    db: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Replicated {
+    fn start() -> Option<Replicated> {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(primary) = Postgres::start_own(dir.path().join("primary")) else {
+            skip_without("postgresql", false);
+            return None;
+        };
+        let url = primary.fresh_database();
+        let db = url.rsplit('/').next().unwrap().to_owned();
+        let standby = primary.start_standby(dir.path().join("standby"));
+        primary
+            .psql(
+                "postgres",
+                "ALTER SYSTEM SET synchronous_standby_names = '*'",
+            )
+            .unwrap();
+        primary.psql("postgres", "SELECT pg_reload_conf()").unwrap();
+        Some(Replicated {
+            primary,
+            standby,
+            db,
+            _dir: dir,
+        })
+    }
+}
+
+/// The failover that usually happens: the primary does not die, it goes
+/// silent (a proxy in front of it keeps every connection open and
+/// acknowledged but forwards nothing). Requests in the switch answer 503
+/// within the deadline (never 500, never a hang), pushes go on after the
+/// standby's promotion without a node restart, an upload open across the
+/// switch completes, and every acknowledged blob and manifest reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_primary_and_a_promoted_standby_lose_nothing_acknowledged() {
+    if cluster_mode() {
+        return;
+    }
+    let Some(pair) = Replicated::start() else {
+        return;
+    };
+    let front = SilentProxy::start(([127, 0, 0, 1], pair.primary.port).into()).await;
+    let both = format!(
+        "postgres://wharf@{},127.0.0.1:{}/{}?target_session_attrs=read-write",
+        front.addr, pair.standby.port, pair.db
+    );
+    let node = TestRegistry::start_with(|c| {
+        c.metadata.backend = wharf::config::MetadataBackend::Postgres;
+        c.metadata.url = Some(both);
+        c.metadata.timeout_secs = 3;
+    })
+    .await;
+    let mut manifests = Vec::new();
+    for i in 0..4u64 {
+        let m = serde_json::to_vec(&node.image_manifest("silent/app", 70 + i, 1).await).unwrap();
+        let tag = format!("v{i}");
+        let r = node
+            .put_manifest("silent/app", &tag, OCI_MANIFEST, &m)
+            .await;
+        assert_eq!(r.status(), 201);
+        manifests.push((tag, m));
+    }
+    // An upload open across the switch.
+    let open = node.start_upload("silent/app").await;
+    let open_bytes = payload(3000, 1);
+    assert_eq!(node.patch_chunk(&open, 0, &open_bytes).await.status(), 202);
+
+    // Pushes keep coming while the primary goes silent and the standby
+    // takes over.
+    let node = std::sync::Arc::new(node);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pusher = {
+        let (node, stop) = (node.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let data = payload(1500, 1000 + i);
+                let asked = Instant::now();
+                let status = node.push_mono_status("silent/app", &data).await;
+                answers.push((Instant::now(), asked.elapsed(), status, data));
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            answers
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    front.silence();
+    let silenced = Instant::now();
+    // What a failover manager does: notice, then promote (here after 4 s).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    pair.standby
+        .psql("postgres", "SELECT pg_promote()")
+        .unwrap();
+    let promoted = Instant::now();
+    // Pushes must resume within seconds of the promotion.
+    let resumed = loop {
+        let data = payload(1500, 5000);
+        if node.push_mono_status("silent/app", &data).await == 201 {
+            break Instant::now();
+        }
+        assert!(
+            promoted.elapsed() < Duration::from_secs(30),
+            "pushes did not resume after the promotion"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers = pusher.await.unwrap();
+
+    let mut unavailable = 0;
+    let mut last_503 = silenced;
+    for (at, took, status, data) in &answers {
+        assert!(
+            *took < Duration::from_secs(15),
+            "a request took {took:?}: past the deadline"
+        );
+        match status {
+            201 => {
+                let r = node.get_blob("silent/app", &digest(data)).await;
+                assert_eq!(r.status(), 200, "an acknowledged blob reads back");
+                assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
+            }
+            503 => {
+                unavailable += 1;
+                last_503 = last_503.max(*at);
+            }
+            other => panic!("{other} during the switch: only 201 or 503"),
+        }
+    }
+    assert!(unavailable > 0, "the silence was noticed");
+    let r = node.finish_upload(&open, &digest(&open_bytes)).await;
+    assert_eq!(
+        r.status(),
+        201,
+        "the upload open across the switch completes"
+    );
+    assert_eq!(
+        node.get_blob("silent/app", &digest(&open_bytes))
+            .await
+            .status(),
+        200
+    );
+    for (tag, m) in manifests {
+        let r = node.get(&format!("/v2/silent/app/manifests/{tag}")).await;
+        assert_eq!(r.status(), 200, "{tag}");
+        assert_eq!(r.bytes().await.unwrap().as_ref(), m.as_slice(), "{tag}");
+    }
+    eprintln!(
+        "silent primary: {unavailable} answers of 503 among {} pushes; promoted {:.1} s after the silence; \
+         pushes resumed {:.1} s after the promotion; last 503 {:.1} s after the silence",
+        answers.len(),
+        (promoted - silenced).as_secs_f64(),
+        (resumed - promoted).as_secs_f64(),
+        (last_503 - silenced).as_secs_f64()
+    );
 }

@@ -8,6 +8,7 @@ pub mod fault_proxy;
 pub mod pki;
 pub mod receiver;
 pub mod services;
+pub mod silent_proxy;
 pub mod tap;
 pub mod tls_front;
 
