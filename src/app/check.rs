@@ -134,6 +134,14 @@ pub fn settings(cfg: &Config) -> Vec<String> {
             said.push(format!("PostgreSQL (metadata.url): {s}"));
         }
     }
+    if let (StorageBackend::S3, Some(s3)) = (cfg.storage.backend, &cfg.storage.s3) {
+        if let Ok(settings) = S3Settings::from_config(s3) {
+            said.push(format!(
+                "S3 credentials: {}",
+                settings.credentials.describe()
+            ));
+        }
+    }
     said
 }
 

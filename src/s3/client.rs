@@ -11,14 +11,14 @@
 //! to the socket with no SDK buffering them again, and the dependency
 //! weight is a few small crates instead of an SDK.
 
+use super::credentials::{CredentialProvider, CredentialSource, HttpClient};
 use crate::config::{ConfigError, S3Config};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use std::collections::VecDeque;
@@ -62,11 +62,8 @@ pub struct S3Settings {
     pub endpoint: String,
     pub bucket: String,
     pub region: String,
-    pub access_key_id: String,
-    pub secret_access_key: String,
-    /// Temporary credentials' token (`AWS_SESSION_TOKEN`, with the keys
-    /// from the environment).
-    pub session_token: Option<String>,
+    /// Where the credentials come from (`credentials::CredentialSource::find`).
+    pub credentials: CredentialSource,
     pub path_style: bool,
     pub timeout: Duration,
     /// Extra roots for an https endpoint (see `S3Config::ca_file`).
@@ -78,37 +75,22 @@ impl S3Settings {
     /// or the environment.
     pub fn from_config(c: &S3Config) -> Result<S3Settings, ConfigError> {
         let from_env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
-        // A session token belongs to the keys beside it: only with keys
-        // from the environment.
-        let session_token = match c.access_key_id {
-            Some(_) => None,
-            None => from_env("AWS_SESSION_TOKEN"),
+        let configured = match (&c.access_key_id, &c.secret_access_key) {
+            (Some(key), Some(secret)) => Some((key.clone(), secret.clone())),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "storage.s3.access_key_id and secret_access_key go together".into(),
+                ))
+            }
         };
-        let access = c
-            .access_key_id
-            .clone()
-            .or_else(|| from_env("AWS_ACCESS_KEY_ID"))
-            .ok_or_else(|| {
-                ConfigError::Invalid(
-                    "storage.s3.access_key_id (or AWS_ACCESS_KEY_ID) is required".into(),
-                )
-            })?;
-        let secret = c
-            .secret_access_key
-            .clone()
-            .or_else(|| from_env("AWS_SECRET_ACCESS_KEY"))
-            .ok_or_else(|| {
-                ConfigError::Invalid(
-                    "storage.s3.secret_access_key (or AWS_SECRET_ACCESS_KEY) is required".into(),
-                )
-            })?;
+        let credentials = CredentialSource::find(configured, &c.region, from_env)
+            .map_err(|e| ConfigError::Invalid(format!("storage.s3: {e}")))?;
         Ok(S3Settings {
             endpoint: c.endpoint.clone(),
             bucket: c.bucket.clone(),
             region: c.region.clone(),
-            access_key_id: access,
-            secret_access_key: secret,
-            session_token,
+            credentials,
             path_style: c.path_style,
             timeout: Duration::from_secs(c.timeout_secs.max(1)),
             ca_file: c.ca_file.clone(),
@@ -177,8 +159,8 @@ pub struct ObjectStream {
 #[derive(Clone)]
 pub struct S3Client {
     bucket: Bucket,
-    credentials: Credentials,
-    http: Client<HttpsConnector<HttpConnector>, PartBody>,
+    credentials: Arc<CredentialProvider>,
+    http: HttpClient,
     timeout: Duration,
     /// Requests sent again after a transient failure, for metrics and
     /// tests (shared by clones).
@@ -234,14 +216,7 @@ impl S3Client {
         };
         let bucket = Bucket::new(endpoint, style, s.bucket.clone(), s.region.clone())
             .map_err(|e| S3Error::Config(format!("storage.s3: {e}")))?;
-        let credentials = match &s.session_token {
-            Some(token) => Credentials::new_with_token(
-                s.access_key_id.clone(),
-                s.secret_access_key.clone(),
-                token.clone(),
-            ),
-            None => Credentials::new(s.access_key_id.clone(), s.secret_access_key.clone()),
-        };
+        let credentials = Arc::new(CredentialProvider::new(s.credentials.clone()));
         let tls = match https {
             true => crate::tls::client_trust(
                 s.ca_file.as_deref(),
@@ -264,6 +239,17 @@ impl S3Client {
             timeout: s.timeout,
             retried: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// The credentials to sign with now (fetched or refreshed first when
+    /// they are temporary and due).
+    async fn credentials(&self) -> Result<Arc<Credentials>, S3Error> {
+        self.credentials.current(&self.http).await
+    }
+
+    /// Where the credentials come from, in words.
+    pub fn credential_source(&self) -> String {
+        self.credentials.source().describe()
     }
 
     fn deadline(&self, bytes: u64) -> Duration {
@@ -391,7 +377,8 @@ impl S3Client {
     /// ListObjectsV2 of at most one key, whose error body names the cause
     /// (`NoSuchBucket`, `SignatureDoesNotMatch`, `InvalidAccessKeyId`).
     pub async fn check_bucket(&self) -> Result<(), S3Error> {
-        let mut action = self.bucket.list_objects_v2(Some(&self.credentials));
+        let creds = self.credentials().await?;
+        let mut action = self.bucket.list_objects_v2(Some(&creds));
         action.with_prefix("_wharf/");
         action.with_max_keys(1);
         let url = action.sign(SIGNATURE_TTL);
@@ -408,10 +395,8 @@ impl S3Client {
     }
 
     pub async fn create_bucket(&self) -> Result<(), S3Error> {
-        let url = self
-            .bucket
-            .create_bucket(&self.credentials)
-            .sign(SIGNATURE_TTL);
+        let creds = self.credentials().await?;
+        let url = self.bucket.create_bucket(&creds).sign(SIGNATURE_TTL);
         let resp = self.send(Method::PUT, url, PartBody::new([]), &[]).await?;
         match resp.status() {
             // 409: it exists already (BucketAlreadyOwnedByYou).
@@ -421,9 +406,10 @@ impl S3Client {
     }
 
     pub async fn put_object(&self, key: &str, body: PartBody) -> Result<(), S3Error> {
+        let creds = self.credentials().await?;
         let url = self
             .bucket
-            .put_object(Some(&self.credentials), key)
+            .put_object(Some(&creds), key)
             .sign(SIGNATURE_TTL);
         let resp = self.send(Method::PUT, url, body, &[]).await?;
         self.expect_ok(resp).await.map(|_| ())
@@ -431,9 +417,10 @@ impl S3Client {
 
     /// The object's size, or `None` if there is no such object.
     pub async fn head_object(&self, key: &str) -> Result<Option<u64>, S3Error> {
+        let creds = self.credentials().await?;
         let url = self
             .bucket
-            .head_object(Some(&self.credentials), key)
+            .head_object(Some(&creds), key)
             .sign(SIGNATURE_TTL);
         let resp = self.send(Method::HEAD, url, PartBody::new([]), &[]).await?;
         if resp.status() == StatusCode::NOT_FOUND {
@@ -452,9 +439,10 @@ impl S3Client {
         key: &str,
         range: Option<(u64, u64)>,
     ) -> Result<Option<ObjectStream>, S3Error> {
+        let creds = self.credentials().await?;
         let url = self
             .bucket
-            .get_object(Some(&self.credentials), key)
+            .get_object(Some(&creds), key)
             .sign(SIGNATURE_TTL);
         let headers: Vec<(&str, String)> = range
             .map(|(a, b)| vec![("range", format!("bytes={a}-{b}"))])
@@ -502,7 +490,8 @@ impl S3Client {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let mut action = self.bucket.list_objects_v2(Some(&self.credentials));
+            let creds = self.credentials().await?;
+            let mut action = self.bucket.list_objects_v2(Some(&creds));
             action.with_prefix(prefix);
             if let Some(t) = &token {
                 action.with_continuation_token(t.as_str());
@@ -526,18 +515,21 @@ impl S3Client {
     }
 
     /// A URL anyone can GET the object with for `ttl` (redirected reads).
-    pub fn presign_get(&self, key: &str, ttl: Duration) -> String {
-        self.bucket
-            .get_object(Some(&self.credentials), key)
+    pub async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, S3Error> {
+        let creds = self.credentials().await?;
+        Ok(self
+            .bucket
+            .get_object(Some(&creds), key)
             .sign(ttl)
-            .to_string()
+            .to_string())
     }
 
     /// Deletes an object; deleting one that is not there succeeds.
     pub async fn delete_object(&self, key: &str) -> Result<(), S3Error> {
+        let creds = self.credentials().await?;
         let url = self
             .bucket
-            .delete_object(Some(&self.credentials), key)
+            .delete_object(Some(&creds), key)
             .sign(SIGNATURE_TTL);
         self.delete(url).await
     }
@@ -555,9 +547,10 @@ impl S3Client {
 
     /// Starts a multipart upload of `key`; returns its upload id.
     pub async fn create_multipart(&self, key: &str) -> Result<String, S3Error> {
+        let creds = self.credentials().await?;
         let url = self
             .bucket
-            .create_multipart_upload(Some(&self.credentials), key)
+            .create_multipart_upload(Some(&creds), key)
             .sign(SIGNATURE_TTL);
         let resp = self.send(Method::POST, url, PartBody::new([]), &[]).await?;
         let body = self.expect_ok(resp).await?;
@@ -575,9 +568,10 @@ impl S3Client {
         number: u16,
         body: PartBody,
     ) -> Result<String, S3Error> {
+        let creds = self.credentials().await?;
         let url = self
             .bucket
-            .upload_part(Some(&self.credentials), key, number, upload_id)
+            .upload_part(Some(&creds), key, number, upload_id)
             .sign(SIGNATURE_TTL);
         let resp = self.send(Method::PUT, url, body, &[]).await?;
         if !resp.status().is_success() {
@@ -602,14 +596,10 @@ impl S3Client {
         upload_id: &str,
         parts: &[(u16, String)],
     ) -> Result<(), S3Error> {
+        let creds = self.credentials().await?;
         let url = self
             .bucket
-            .complete_multipart_upload(
-                Some(&self.credentials),
-                key,
-                upload_id,
-                std::iter::empty::<&str>(),
-            )
+            .complete_multipart_upload(Some(&creds), key, upload_id, std::iter::empty::<&str>())
             .sign(SIGNATURE_TTL);
         let body = Bytes::from(complete_body(parts));
         let resp = self
@@ -658,13 +648,14 @@ impl S3Client {
             }
             // The signer merges these with its own parameters as sorted runs.
             query.sort();
+            let creds = self.credentials().await?;
             let url = rusty_s3::signing::sign(
                 &jiff::Timestamp::now(),
                 rusty_s3::Method::Get,
                 self.bucket.base_url().clone(),
-                self.credentials.key(),
-                self.credentials.secret(),
-                self.credentials.token(),
+                creds.key(),
+                creds.secret(),
+                creds.token(),
                 self.bucket.region(),
                 SIGNATURE_TTL.as_secs(),
                 query.iter().copied(),
@@ -684,9 +675,10 @@ impl S3Client {
     /// Abandons a multipart upload and frees its parts. An upload that is
     /// already gone counts as aborted.
     pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), S3Error> {
+        let creds = self.credentials().await?;
         let url = self
             .bucket
-            .abort_multipart_upload(Some(&self.credentials), key, upload_id)
+            .abort_multipart_upload(Some(&creds), key, upload_id)
             .sign(SIGNATURE_TTL);
         self.delete(url).await
     }

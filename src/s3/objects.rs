@@ -99,9 +99,11 @@ impl ObjectBlobs {
         Ok(self.s3.get_object(key, range).await?)
     }
 
-    pub fn presign(&self, key: &str) -> String {
-        self.s3
+    pub async fn presign(&self, key: &str) -> Result<String, RemoteUploadError> {
+        Ok(self
+            .s3
             .presign_get(key, std::time::Duration::from_secs(600))
+            .await?)
     }
 
     /// Reads a small object whole (a manifest).

@@ -100,7 +100,7 @@ impl BlobStorage for BucketStorage {
         let content = if head_only || slice.is_empty() {
             BlobContent::Empty
         } else if self.blobs.redirect_reads() {
-            BlobContent::Redirect(self.blobs.presign(&found.key))
+            BlobContent::Redirect(self.blobs.presign(&found.key).await?)
         } else if let Some(bytes) = self.cached(digest, size).await {
             BlobContent::Mapped(bytes.slice(slice.start as usize..slice.end as usize))
         } else {

@@ -37,6 +37,7 @@ mod process;
 mod proxy;
 mod retention;
 mod s3_client;
+mod s3_credentials;
 mod s3_faults;
 mod secure_clients;
 mod security;

@@ -44,7 +44,10 @@ async fn objects_put_head_get_range_delete() {
     assert_eq!(c.head_object("missing").await.unwrap(), None);
     assert!(c.get_object("missing", None).await.unwrap().is_none());
     // A presigned URL reads without credentials.
-    let url = c.presign_get("a/b", std::time::Duration::from_secs(60));
+    let url = c
+        .presign_get("a/b", std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
     let got = reqwest::get(&url).await.unwrap();
     assert_eq!(got.status(), 200);
     assert_eq!(got.bytes().await.unwrap(), data);
@@ -92,9 +95,11 @@ async fn an_unreachable_endpoint_is_unavailable_quickly() {
         endpoint: format!("http://127.0.0.1:{port}"),
         bucket: "b".into(),
         region: "us-east-1".into(),
-        access_key_id: "k".into(),
-        secret_access_key: "s".into(),
-        session_token: None,
+        credentials: wharf::s3::credentials::CredentialSource::Fixed {
+            key: "k".into(),
+            secret: "s".into(),
+            token: None,
+        },
         path_style: true,
         timeout: std::time::Duration::from_secs(2),
         ca_file: None,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod balancer;
+pub mod credential_server;
 pub mod docker;
 pub mod fault_proxy;
 pub mod pki;

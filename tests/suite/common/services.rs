@@ -416,9 +416,18 @@ impl Seaweed {
     /// A server of the caller's own, in `dir` (a test that stops and
     /// restarts it must not take the shared one down).
     pub fn start_in(dir: PathBuf) -> Option<Seaweed> {
+        Self::start_with_iam(dir, None)
+    }
+
+    /// A server of the caller's own whose STS and IAM follow `iam` (its
+    /// advanced IAM configuration: OIDC providers, roles, policies).
+    pub fn start_with_iam(dir: PathBuf, iam: Option<&str>) -> Option<Seaweed> {
         weed_bin()?;
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).unwrap();
+        if let Some(iam) = iam {
+            std::fs::write(dir.join("iam.json"), iam).unwrap();
+        }
         std::fs::create_dir_all(dir.join("logs")).unwrap();
         std::fs::write(
             dir.join("s3.json"),
@@ -477,6 +486,11 @@ impl Seaweed {
             .args(["-volume.max=4000", "-master.volumeSizeLimitMB=64"])
             .arg(format!("-admin.port={admin}"))
             .arg(format!("-s3.config={}", dir.join("s3.json").display()))
+            .args(
+                Some(dir.join("iam.json"))
+                    .filter(|f| f.exists())
+                    .map(|f| format!("-s3.iam.config={}", f.display())),
+            )
             .arg(format!("-s3.port={s3}"))
             .arg(format!("-master.port={master}"))
             .arg(format!("-volume.port={volume}"))
@@ -550,9 +564,11 @@ impl Seaweed {
             endpoint: self.endpoint(),
             bucket: bucket.into(),
             region: "us-east-1".into(),
-            access_key_id: S3_KEY.into(),
-            secret_access_key: S3_SECRET.into(),
-            session_token: None,
+            credentials: wharf::s3::credentials::CredentialSource::Fixed {
+                key: S3_KEY.into(),
+                secret: S3_SECRET.into(),
+                token: None,
+            },
             path_style: true,
             timeout: Duration::from_secs(10),
             ca_file: None,
