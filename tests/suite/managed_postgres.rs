@@ -142,26 +142,8 @@ async fn a_killed_primary_and_a_promoted_standby_lose_nothing_acknowledged() {
         return;
     };
     let (primary, standby) = (&pair.primary, &pair.standby);
-    let both = format!(
-        "postgres://wharf@127.0.0.1:{},127.0.0.1:{}/{}?target_session_attrs=read-write",
-        primary.port, standby.port, pair.db
-    );
-    let node = TestRegistry::start_with(|c| {
-        c.metadata.backend = wharf::config::MetadataBackend::Postgres;
-        c.metadata.url = Some(both);
-        c.metadata.timeout_secs = 3;
-    })
-    .await;
-    let mut acknowledged = Vec::new();
-    for i in 0..4u64 {
-        let m = serde_json::to_vec(&node.image_manifest("failover/app", 90 + i, 1).await).unwrap();
-        let tag = format!("v{i}");
-        let r = node
-            .put_manifest("failover/app", &tag, OCI_MANIFEST, &m)
-            .await;
-        assert_eq!(r.status(), 201);
-        acknowledged.push((tag, m));
-    }
+    let node = node_on_both(&format!("127.0.0.1:{}", primary.port), &pair).await;
+    let acknowledged = tagged_manifests(&node, "failover/app").await;
 
     primary.kill();
     let started = std::time::Instant::now();
@@ -217,6 +199,35 @@ async fn a_killed_primary_and_a_promoted_standby_lose_nothing_acknowledged() {
     }
 }
 
+/// A node whose URL names `primary` (an address) and then the standby,
+/// with `target_session_attrs=read-write` and 3 s deadlines.
+async fn node_on_both(primary: &str, pair: &Replicated) -> TestRegistry {
+    let both = format!(
+        "postgres://wharf@{primary},127.0.0.1:{}/{}?target_session_attrs=read-write",
+        pair.standby.port, pair.db
+    );
+    TestRegistry::start_with(|c| {
+        c.metadata.backend = wharf::config::MetadataBackend::Postgres;
+        c.metadata.url = Some(both);
+        c.metadata.timeout_secs = 3;
+    })
+    .await
+}
+
+/// Four manifests pushed and tagged `v0`..`v3`, each acknowledged: (tag,
+/// bytes) to read back later.
+async fn tagged_manifests(node: &TestRegistry, repo: &str) -> Vec<(String, Vec<u8>)> {
+    let mut acknowledged = Vec::new();
+    for i in 0..4u64 {
+        let m = serde_json::to_vec(&node.image_manifest(repo, 90 + i, 1).await).unwrap();
+        let tag = format!("v{i}");
+        let r = node.put_manifest(repo, &tag, OCI_MANIFEST, &m).await;
+        assert_eq!(r.status(), 201);
+        acknowledged.push((tag, m));
+    }
+    acknowledged
+}
+
 /// A primary and a synchronous streaming standby (`pg_basebackup -R`):
 /// a commit the primary acknowledged is on the standby.
 struct Replicated {
@@ -267,26 +278,8 @@ async fn a_silent_primary_and_a_promoted_standby_lose_nothing_acknowledged() {
         return;
     };
     let front = SilentProxy::start(([127, 0, 0, 1], pair.primary.port).into()).await;
-    let both = format!(
-        "postgres://wharf@{},127.0.0.1:{}/{}?target_session_attrs=read-write",
-        front.addr, pair.standby.port, pair.db
-    );
-    let node = TestRegistry::start_with(|c| {
-        c.metadata.backend = wharf::config::MetadataBackend::Postgres;
-        c.metadata.url = Some(both);
-        c.metadata.timeout_secs = 3;
-    })
-    .await;
-    let mut manifests = Vec::new();
-    for i in 0..4u64 {
-        let m = serde_json::to_vec(&node.image_manifest("silent/app", 70 + i, 1).await).unwrap();
-        let tag = format!("v{i}");
-        let r = node
-            .put_manifest("silent/app", &tag, OCI_MANIFEST, &m)
-            .await;
-        assert_eq!(r.status(), 201);
-        manifests.push((tag, m));
-    }
+    let node = node_on_both(&front.addr.to_string(), &pair).await;
+    let manifests = tagged_manifests(&node, "silent/app").await;
     // An upload open across the switch.
     let open = node.start_upload("silent/app").await;
     let open_bytes = payload(3000, 1);

@@ -13,6 +13,7 @@
 //! Requests that do not follow a protocol get 400/401, as the real
 //! endpoints answer, and are counted as refused.
 
+use super::pki::SigningKey;
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -36,91 +37,40 @@ pub struct Issued {
     pub refused: AtomicUsize,
 }
 
-/// The issuer's RSA key: PKCS#8 for signing, modulus for the JWKS.
+/// The issuer: an RSA key (RS256, the one algorithm SeaweedFS's OIDC
+/// provider takes) and its JWKS.
 pub struct Issuer {
     url: String,
-    key: ring::signature::RsaKeyPair,
+    key: SigningKey,
     modulus: Vec<u8>,
 }
 
 impl Issuer {
     fn new(url: String) -> Issuer {
         let dir = tempfile::tempdir().unwrap();
-        let pem = dir.path().join("key.pem");
-        let der = dir.path().join("key.der");
-        let run = |args: &[&str]| {
-            let out = std::process::Command::new("openssl")
-                .args(args)
-                .output()
-                .expect("openssl runs");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            out.stdout
-        };
-        let pem_s = pem.to_str().unwrap();
-        run(&[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            pem_s,
-        ]);
-        run(&[
-            "pkcs8",
-            "-topk8",
-            "-nocrypt",
-            "-in",
-            pem_s,
-            "-outform",
-            "DER",
-            "-out",
-            der.to_str().unwrap(),
-        ]);
-        let modulus = String::from_utf8(run(&["rsa", "-in", pem_s, "-noout", "-modulus"])).unwrap();
-        let hex = modulus.trim().trim_start_matches("Modulus=");
-        let modulus = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect();
-        let key = ring::signature::RsaKeyPair::from_pkcs8(&std::fs::read(&der).unwrap()).unwrap();
+        let key = SigningKey::rsa(dir.path());
+        let modulus = key.rsa_modulus();
         Issuer { url, key, modulus }
     }
 
     fn jwks(&self) -> String {
-        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&self.modulus);
         format!(
-            r#"{{"keys":[{{"kty":"RSA","kid":"k1","use":"sig","alg":"RS256","n":"{}","e":"AQAB"}}]}}"#,
-            b64(&self.modulus)
+            r#"{{"keys":[{{"kty":"RSA","kid":"k1","use":"sig","alg":"RS256","n":"{n}","e":"AQAB"}}]}}"#
         )
     }
 
-    /// A token as a Kubernetes service account's projected token looks.
+    /// A token as a Kubernetes service account's projected token looks
+    /// (`idp` names the provider SeaweedFS's trust policy matches).
     pub fn token(&self, subject: &str) -> String {
-        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
         let now = jiff::Timestamp::now().as_second();
-        let header = b64(br#"{"alg":"RS256","typ":"JWT","kid":"k1"}"#);
-        let claims = b64(format!(
-            r#"{{"iss":"{}","sub":"{subject}","aud":"{AUDIENCE}","idp":"wharf-ci","iat":{now},"nbf":{now},"exp":{}}}"#,
-            self.url,
-            now + 3600
+        self.key.sign_as(
+            "k1",
+            serde_json::json!({
+                "iss": self.url, "sub": subject, "aud": AUDIENCE, "idp": "wharf-ci",
+                "iat": now, "nbf": now, "exp": now + 3600,
+            }),
         )
-        .as_bytes());
-        let signed = format!("{header}.{claims}");
-        let mut sig = vec![0u8; self.key.public().modulus_len()];
-        self.key
-            .sign(
-                &ring::signature::RSA_PKCS1_SHA256,
-                &ring::rand::SystemRandom::new(),
-                signed.as_bytes(),
-                &mut sig,
-            )
-            .unwrap();
-        format!("{signed}.{}", b64(&sig))
     }
 }
 

@@ -109,12 +109,47 @@ impl SigningKey {
 
     /// A token with the given claims overrides on top of valid defaults.
     pub fn sign(&self, claims: serde_json::Value) -> String {
+        self.sign_header(Header::new(self.alg), claims)
+    }
+
+    /// A token whose header names its key (`kid`), as JWKS users expect.
+    pub fn sign_as(&self, kid: &str, claims: serde_json::Value) -> String {
+        let mut header = Header::new(self.alg);
+        header.kid = Some(kid.to_owned());
+        self.sign_header(header, claims)
+    }
+
+    fn sign_header(&self, header: Header, claims: serde_json::Value) -> String {
         let key = match self.alg {
             Algorithm::RS256 => EncodingKey::from_rsa_pem(self.private_pem.as_bytes()),
             _ => EncodingKey::from_ec_pem(self.private_pem.as_bytes()),
         }
         .unwrap();
-        jsonwebtoken::encode(&Header::new(self.alg), &claims, &key).unwrap()
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    }
+
+    /// An RSA key's modulus (big-endian bytes), for a JWKS entry.
+    pub fn rsa_modulus(&self) -> Vec<u8> {
+        let mut openssl = std::process::Command::new("openssl")
+            .args(["rsa", "-noout", "-modulus"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("openssl runs");
+        use std::io::Write;
+        openssl
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(self.private_pem.as_bytes())
+            .unwrap();
+        let out = openssl.wait_with_output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let hex = text.trim().trim_start_matches("Modulus=");
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
     }
 }
 
