@@ -389,9 +389,11 @@ pub struct LimitsConfig {
 
 impl LimitsConfig {
     /// The most an HTTP/1 connection reads from its socket at once: a body
-    /// frame is never larger than this.
+    /// frame is never larger than this. A connection waiting for the
+    /// upload memory budget holds one frame outside it, so this is what
+    /// each connection of a crowd costs beyond the budget.
     pub fn read_buffer_bytes(&self) -> usize {
-        (256 * 1024).max(self.max_header_bytes)
+        (64 * 1024).max(self.max_header_bytes)
     }
 }
 
