@@ -2,7 +2,10 @@
 //! cannot be parsed because it is too long (a request line over 65,534
 //! bytes: 414; a head beyond the read buffer: 431), hyper answers before
 //! any handler runs, with an empty body. Every Wharf error is OCI JSON, so
-//! this stream, just under hyper, gives that answer a body.
+//! this stream, just under hyper, gives that answer a body. The read
+//! buffer (64 KiB) is smaller than a request line hyper would call too
+//! long, so hyper says 431 for it; a 431 whose request line never ended
+//! is answered as the 414 it is.
 //!
 //! Owns: recognising hyper's own 414/431 head and writing it with a body.
 //! Must not: touch any other byte. Two conditions keep it off real
@@ -23,6 +26,9 @@ const MAX_URI: usize = u16::MAX as usize - 1;
 pub struct ParseRefusalBody<S> {
     inner: S,
     read_since_write: usize,
+    /// Whether a line feed arrived since the last write: the request
+    /// line ended.
+    line_ended: bool,
     /// The rewritten answer being written, and how much of it went out;
     /// with the length hyper asked to write, reported once it is done.
     pending: Option<(Vec<u8>, usize, usize)>,
@@ -33,19 +39,28 @@ impl<S> ParseRefusalBody<S> {
         ParseRefusalBody {
             inner,
             read_since_write: 0,
+            line_ended: false,
             pending: None,
         }
     }
 }
 
 /// hyper's own head for `status`, as it would write it, turned into an OCI
-/// error with a body; `None` for any other bytes.
-pub fn with_body(head: &[u8]) -> Option<Vec<u8>> {
+/// error with a body (a 431 into a 414 when `line_ended` is false: the
+/// request line alone was too long); `None` for any other bytes.
+pub fn with_body(head: &[u8], line_ended: bool) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(head).ok()?;
-    let (status, message) = if text.starts_with("HTTP/1.1 414 ") {
-        (414, "the request line is longer than 65,534 bytes")
+    const LONG_LINE: &str = "the request line is longer than 65,534 bytes";
+    let (status, message, status_line) = if text.starts_with("HTTP/1.1 414 ") {
+        (414, LONG_LINE, None)
+    } else if text.starts_with("HTTP/1.1 431 ") && !line_ended {
+        (414, LONG_LINE, Some("HTTP/1.1 414 URI Too Long"))
     } else if text.starts_with("HTTP/1.1 431 ") {
-        (431, "the request head is larger than the server reads")
+        (
+            431,
+            "the request head is larger than the server reads",
+            None,
+        )
     } else {
         return None;
     };
@@ -58,8 +73,11 @@ pub fn with_body(head: &[u8]) -> Option<Vec<u8>> {
     );
     let head = text.trim_end_matches("\r\n");
     let mut out = String::new();
-    for line in head.split("\r\n") {
-        if line.to_ascii_lowercase().starts_with("content-length:") {
+    for (i, line) in head.split("\r\n").enumerate() {
+        if let (0, Some(replaced)) = (i, status_line) {
+            out.push_str(replaced);
+            out.push_str("\r\n");
+        } else if line.to_ascii_lowercase().starts_with("content-length:") {
             out.push_str(&format!("content-length: {}\r\n", body.len()));
             out.push_str("content-type: application/json\r\n");
         } else {
@@ -81,9 +99,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for ParseRefusalBody<S> {
         let this = self.get_mut();
         let filled = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        this.read_since_write = this
-            .read_since_write
-            .saturating_add(buf.filled().len() - filled);
+        let fresh = &buf.filled()[filled..];
+        // Scanned only until the request line ends: a body is not read.
+        if !this.line_ended && fresh.contains(&b'\n') {
+            this.line_ended = true;
+        }
+        this.read_since_write = this.read_since_write.saturating_add(fresh.len());
         polled
     }
 }
@@ -109,7 +130,7 @@ impl<S: AsyncWrite + Unpin> ParseRefusalBody<S> {
 
     fn rewrite(&mut self, buf: &[u8]) -> Option<Vec<u8>> {
         (self.read_since_write >= MAX_URI)
-            .then(|| with_body(buf))
+            .then(|| with_body(buf, self.line_ended))
             .flatten()
     }
 }
@@ -130,6 +151,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ParseRefusalBody<S> {
             return this.drain(cx);
         }
         this.read_since_write = 0;
+        this.line_ended = false;
         Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
@@ -149,6 +171,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ParseRefusalBody<S> {
             return this.drain(cx);
         }
         this.read_since_write = 0;
+        this.line_ended = false;
         Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -173,7 +196,7 @@ mod tests {
     #[test]
     fn only_hypers_own_empty_414_and_431_get_a_body() {
         let hyper = b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\ndate: Sat, 05 Dec 2026 10:00:00 GMT\r\n\r\n";
-        let out = String::from_utf8(with_body(hyper).unwrap()).unwrap();
+        let out = String::from_utf8(with_body(hyper, false).unwrap()).unwrap();
         let (head, body) = out.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{head}");
         assert!(
@@ -184,10 +207,24 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["errors"][0]["code"], "SIZE_INVALID");
         let h431 = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n";
-        assert!(with_body(h431).is_some());
+        let headers = String::from_utf8(with_body(h431, true).unwrap()).unwrap();
+        assert!(headers.starts_with("HTTP/1.1 431 "), "{headers}");
+        // A request line that never ended within the buffer: its 414.
+        let line = String::from_utf8(with_body(h431, false).unwrap()).unwrap();
+        assert!(line.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{line}");
+        assert!(line.contains("longer than 65,534"), "{line}");
         // Ours (with a body), other statuses, and a head with its body.
-        assert!(with_body(b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 12\r\n\r\n").is_none());
-        assert!(with_body(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").is_none());
-        assert!(with_body(b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\n\r\nx").is_none());
+        let ours = b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 12\r\n\r\n";
+        assert!(with_body(ours, false).is_none());
+        assert!(with_body(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n",
+            false
+        )
+        .is_none());
+        assert!(with_body(
+            b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\n\r\nx",
+            false
+        )
+        .is_none());
     }
 }
