@@ -1,6 +1,7 @@
-//! Who is asking, and may they: HTTP Basic against an htpasswd file, Docker
-//! bearer tokens, per-repository rules, and the challenge a refused client
-//! gets back.
+//! Who is asking, and may they: HTTP Basic against an htpasswd file or
+//! with a CI job's OIDC token as the password (`oidc`), Docker bearer
+//! tokens, per-repository rules and OIDC grants, and the challenge a
+//! refused client gets back.
 //!
 //! Owns: the user table (reloaded on SIGHUP or change), the token key, the
 //! rules, and every allow/deny decision.
@@ -9,6 +10,7 @@
 
 pub mod access;
 mod htpasswd;
+pub mod oidc;
 pub mod pattern;
 mod token;
 
@@ -32,6 +34,8 @@ pub enum AuthError {
     },
     #[error(transparent)]
     Token(#[from] token::TokenError),
+    #[error(transparent)]
+    Oidc(#[from] oidc::OidcConfigError),
 }
 
 /// Who sent a request, once its credentials checked out.
@@ -40,6 +44,8 @@ pub enum Identity {
     Anonymous,
     User(String),
     Token(TokenGrant),
+    /// A CI job, by its OIDC token: the templated user and its grants.
+    Oidc(Arc<oidc::OidcUser>),
 }
 
 impl Identity {
@@ -49,6 +55,7 @@ impl Identity {
             Identity::Anonymous => "-",
             Identity::User(u) => u,
             Identity::Token(t) => &t.subject,
+            Identity::Oidc(o) => &o.user,
         }
     }
 }
@@ -87,12 +94,13 @@ pub struct Authenticator {
     verifier: RwLock<Option<Arc<TokenVerifier>>>,
     rules: Vec<Rule>,
     admins: Vec<String>,
+    oidc: oidc::OidcLogins,
 }
 
 impl Authenticator {
     /// `None` when the config turns authentication off.
     pub fn new(cfg: &AuthConfig) -> Result<Option<Authenticator>, AuthError> {
-        if cfg.htpasswd.is_none() && cfg.token.is_none() {
+        if cfg.htpasswd.is_none() && cfg.token.is_none() && cfg.oidc.is_empty() {
             return Ok(None);
         }
         let table = match &cfg.htpasswd {
@@ -119,6 +127,7 @@ impl Authenticator {
             verifier: RwLock::new(verifier),
             rules,
             admins: cfg.admins.clone(),
+            oidc: oidc::OidcLogins::new(&cfg.oidc)?,
         }))
     }
 
@@ -178,6 +187,15 @@ impl Authenticator {
         };
         match parse_authorization(header)? {
             Credentials::Basic { user, password } => {
+                // A CI job's token as the password (any user name).
+                if !self.oidc.is_empty() && oidc::looks_like_jwt(&password) {
+                    return self
+                        .oidc
+                        .login(&password)
+                        .await
+                        .map(Identity::Oidc)
+                        .map_err(CredentialError::BadToken);
+                }
                 if self.htpasswd_path.is_none() {
                     return Err(CredentialError::BadPassword);
                 }
@@ -218,6 +236,12 @@ impl Authenticator {
         match who {
             Identity::Anonymous => false,
             Identity::Token(g) => g.allows(access),
+            Identity::Oidc(o) => match access {
+                Access::Login | Access::Catalog => true,
+                Access::Repository { name, action } => {
+                    o.grants(name, *action) || self.rule_allows(Some(&o.user), name, *action)
+                }
+            },
             Identity::User(u) => match access {
                 Access::Login | Access::Catalog => true,
                 Access::Repository { name, action } => {

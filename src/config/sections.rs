@@ -268,6 +268,46 @@ pub struct AuthConfig {
     pub rules: Vec<RuleConfig>,
     /// Basic-auth users allowed to run garbage collection over HTTP.
     pub admins: Vec<String>,
+    /// CI jobs logging in with their OIDC token as the password.
+    pub oidc: Vec<OidcConfig>,
+}
+
+/// One OIDC issuer whose tokens are passwords (`[[auth.oidc]]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The tokens' `iss`, exactly.
+    pub issuer: String,
+    /// Must be in the tokens' `aud`.
+    pub audience: String,
+    /// Where the signing keys are; default: the issuer's discovery
+    /// document's `jwks_uri`.
+    pub jwks_url: Option<String>,
+    /// Extra roots for the issuer's https.
+    pub ca_file: Option<PathBuf>,
+    /// The user name a token becomes; `{claim}` is the token's claim.
+    pub user: String,
+    /// How long a login lasts after the token's `iat`, even past its `exp`.
+    #[serde(default = "default_oidc_session_secs")]
+    pub session_secs: u64,
+    /// Claims that must match these globs (`*` matches any run).
+    #[serde(default)]
+    pub require: std::collections::BTreeMap<String, String>,
+    /// What such a user may do; `{claim}` substituted.
+    #[serde(default)]
+    pub grants: Vec<OidcGrant>,
+}
+
+fn default_oidc_session_secs() -> u64 {
+    3600
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcGrant {
+    /// Repository pattern, as in `[[auth.rules]]`, with `{claim}`s.
+    pub repository: String,
+    pub actions: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

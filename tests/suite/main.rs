@@ -32,6 +32,7 @@ mod manifests;
 mod metrics;
 mod notifications;
 mod oci_client;
+mod oidc_login;
 mod operator_errors;
 mod process;
 mod proxy;

@@ -6,6 +6,7 @@ pub mod balancer;
 pub mod credential_server;
 pub mod docker;
 pub mod fault_proxy;
+pub mod oidc_issuer;
 pub mod pki;
 pub mod receiver;
 pub mod services;
