@@ -234,31 +234,18 @@ fn skopeo_and_podman_log_in_with_a_ci_token() {
     let (fx, _) = oci_fixture(dir.path());
     let src = format!("oci:{}:v1", fx.display());
     let dest = format!("docker://{host}/ci/my-org/app/img:v1");
-    c.ok(
-        "skopeo",
-        &[
-            "login",
-            "--tls-verify=false",
-            "-u",
-            "oidc",
-            "-p",
-            &token,
-            &host,
-        ],
-    );
+    let login = [
+        "login",
+        "--tls-verify=false",
+        "-u",
+        "oidc",
+        "-p",
+        &token,
+        &host,
+    ];
+    c.ok("skopeo", &login);
     c.ok("skopeo", &["copy", "--dest-tls-verify=false", &src, &dest]);
-    c.ok(
-        "podman",
-        &[
-            "login",
-            "--tls-verify=false",
-            "-u",
-            "oidc",
-            "-p",
-            &token,
-            &host,
-        ],
-    );
+    c.ok("podman", &login);
     let img = format!("{host}/ci/my-org/app/img:v1");
     c.ok("podman", &["pull", "--tls-verify=false", &img]);
     let elsewhere = format!("{host}/other/img:v1");
