@@ -273,7 +273,13 @@ impl Authenticator {
             r.actions.contains(&action)
                 && r.users.iter().any(|u| match user {
                     None => u == "anonymous",
-                    Some(user) => u == "anonymous" || u == "*" || u == user,
+                    // "gh:*": every CI job of that issuer's template.
+                    Some(user) => {
+                        u == "anonymous"
+                            || u == "*"
+                            || u == user
+                            || (u.contains('*') && pattern::glob_matches(u, user))
+                    }
                 })
                 && r.pattern.matches(name)
         })
@@ -456,6 +462,26 @@ mod tests {
         assert_eq!(a.decide(&bob, &Access::Login), Decision::Allow);
         let root = Identity::User("root".into());
         assert_eq!(a.decide(&root, &Access::repo("x", Delete)), Decision::Allow);
+    }
+
+    #[test]
+    fn a_rule_may_name_users_by_glob() {
+        let a = auth_with(vec![rule("shared/**", &["gh:*"], &["pull"])]);
+        use Action::*;
+        let ci = Identity::User("gh:my-org/app".into());
+        let other = Identity::User("gl:group/app".into());
+        assert_eq!(
+            a.decide(&ci, &Access::repo("shared/base", Pull)),
+            Decision::Allow
+        );
+        assert_eq!(
+            a.decide(&ci, &Access::repo("shared/base", Push)),
+            Decision::Deny
+        );
+        assert_eq!(
+            a.decide(&other, &Access::repo("shared/base", Pull)),
+            Decision::Deny
+        );
     }
 
     #[test]

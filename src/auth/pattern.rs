@@ -1,5 +1,7 @@
 //! Repository-name patterns for access rules: `*` matches inside one path
-//! component, `**` matches across components. Pure code.
+//! component, `**` matches across components; and plain text globs (user
+//! names in rules, OIDC `require` claims), where `*` matches any run.
+//! Pure code.
 
 /// A compiled repository pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,9 +73,43 @@ fn match_parts(parts: &[Part], s: &str) -> bool {
     }
 }
 
+/// `*` matches any run of characters (also `/`); everything else itself.
+pub fn glob_matches(glob: &str, value: &str) -> bool {
+    let parts: Vec<&str> = glob.split('*').collect();
+    if parts.len() == 1 {
+        return glob == value;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !value.starts_with(first) || value.len() < first.len() + last.len() || !value.ends_with(last)
+    {
+        return false;
+    }
+    let mut at = first.len();
+    let end = value.len() - last.len();
+    for middle in &parts[1..parts.len() - 1] {
+        match value[at..end].find(middle) {
+            Some(i) => at += i + middle.len(),
+            None => return false,
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
-    use super::RepoPattern;
+    use super::{glob_matches, RepoPattern};
+
+    #[test]
+    fn globs_match_runs_of_anything() {
+        assert!(glob_matches("refs/heads/*", "refs/heads/main"));
+        assert!(glob_matches("refs/heads/*", "refs/heads/feature/x"));
+        assert!(!glob_matches("refs/heads/*", "refs/tags/v1"));
+        assert!(glob_matches("my-org", "my-org"));
+        assert!(!glob_matches("my-org", "my-org2"));
+        assert!(glob_matches("*-bot-*", "ci-bot-7"));
+        assert!(!glob_matches("a*b*c", "acb"));
+        assert!(glob_matches("*", ""));
+    }
 
     fn m(p: &str, n: &str) -> bool {
         RepoPattern::new(p).matches(n)
