@@ -4,7 +4,8 @@
 //! own, so tests never see each other's rows.
 //!
 //! The servers are children of the test binary and are stopped when it
-//! exits (an `atexit` hook: the harness ends with `process::exit`).
+//! exits (an `atexit` hook: the harness ends with `process::exit`); the
+//! shared ones' folders go then too, so repeated runs do not fill `/tmp`.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -16,6 +17,8 @@ use std::time::{Duration, Instant};
 static CHILDREN: Mutex<Vec<(Child, i32)>> = Mutex::new(Vec::new());
 /// SeaweedFS ports whose `/tmp/seaweedfs-*-PORT.sock` files go at exit.
 static WEED_PORTS: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+/// The shared services' folders, removed at exit once they are stopped.
+static FOLDERS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 extern "C" fn stop_children() {
     if let Ok(mut children) = CHILDREN.lock() {
@@ -28,6 +31,11 @@ extern "C" fn stop_children() {
     }
     if let Ok(ports) = WEED_PORTS.lock() {
         remove_weed_sockets(&ports);
+    }
+    if let Ok(folders) = FOLDERS.lock() {
+        for f in folders.iter() {
+            let _ = std::fs::remove_dir_all(f);
+        }
     }
 }
 
@@ -131,6 +139,7 @@ impl Postgres {
 
     fn start() -> Option<Postgres> {
         let dir = std::env::temp_dir().join(format!("wharf-pg-{}", std::process::id()));
+        FOLDERS.lock().unwrap().push(dir.clone());
         Postgres::start_in(dir, None)
     }
 
@@ -410,6 +419,7 @@ impl Seaweed {
 
     fn start() -> Option<Seaweed> {
         let dir = std::env::temp_dir().join(format!("wharf-weed-{}", std::process::id()));
+        FOLDERS.lock().unwrap().push(dir.clone());
         Seaweed::start_in(dir)
     }
 
