@@ -251,6 +251,9 @@ impl CredentialProvider {
                 }
                 continue;
             }
+            // Cleared however this ends, also when the request that
+            // fetches is dropped mid-way (its client went away).
+            let _fetching = FetchTurn(self);
             let fetched = tokio::time::timeout(FETCH_DEADLINE, self.fetch(http)).await;
             let result = match fetched {
                 Ok(Ok(h)) => {
@@ -280,8 +283,6 @@ impl CredentialProvider {
                 }
                 (Err(e), None) => Err(e),
             };
-            self.fetching.store(false, Ordering::Release);
-            self.fetched.notify_waiters();
             return result;
         }
     }
@@ -375,6 +376,17 @@ impl CredentialProvider {
             expires: Some(issued.expires),
             refresh_at: Some(later(now, life.saturating_sub(ahead))),
         })
+    }
+}
+
+/// The turn of the one caller fetching: ends (and wakes the waiters)
+/// when dropped.
+struct FetchTurn<'a>(&'a CredentialProvider);
+
+impl Drop for FetchTurn<'_> {
+    fn drop(&mut self) {
+        self.0.fetching.store(false, Ordering::Release);
+        self.0.fetched.notify_waiters();
     }
 }
 
@@ -564,6 +576,30 @@ mod tests {
             CredentialSource::find(None, "r", env(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/t")]))
                 .is_err()
         );
+    }
+
+    /// A fetch whose request is dropped mid-way (its client went away)
+    /// gives the turn back: the next caller fetches instead of waiting.
+    #[tokio::test]
+    async fn a_fetch_dropped_mid_way_gives_its_turn_back() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let provider = CredentialProvider::new(CredentialSource::Container {
+            uri: format!("http://{addr}/creds"),
+            token: None,
+            token_file: None,
+        });
+        let tls = crate::tls::client_trusting_nothing().unwrap();
+        let http: HttpClient = Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(crate::tls::client_connector(tls, Duration::from_secs(1)));
+        let dropped =
+            tokio::time::timeout(Duration::from_millis(200), provider.current(&http)).await;
+        assert!(dropped.is_err(), "the silent endpoint answered");
+        assert!(
+            !provider.fetching.load(Ordering::Acquire),
+            "the turn was kept"
+        );
+        drop(silent);
     }
 
     #[test]
