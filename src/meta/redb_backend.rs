@@ -19,7 +19,9 @@ use super::rules;
 use super::{BlobLink, ManifestRecord, MetaBackend, MetaError, MetaRead, MetaWrite, Page};
 use crate::oci::{Digest, RepoName};
 use crate::space::DiskSpace;
-use redb::{Database, Durability, ReadTransaction, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -30,6 +32,10 @@ pub(super) const BLOB_LINKS: TableDefinition<(&str, &str), (u64, u64)> =
 pub(super) const MANIFESTS: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("manifests");
 pub(super) const TAGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("tags");
+/// (repo, digest, tag): `TAGS` the other way round, so a manifest's tags
+/// are a range read, not a scan of its repository's tags.
+pub(super) const TAGS_BY_DIGEST: TableDefinition<(&str, &str, &str), ()> =
+    TableDefinition::new("tags_by_digest");
 pub(super) const REFERRERS: TableDefinition<(&str, &str, &str), ()> =
     TableDefinition::new("referrers");
 pub(super) const REFS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("refs");
@@ -95,7 +101,19 @@ impl RedbBackend {
         txn.open_table(REPOS)?;
         txn.open_table(BLOB_LINKS)?;
         txn.open_table(MANIFESTS)?;
-        txn.open_table(TAGS)?;
+        {
+            // Built once from `TAGS` for a database older than the index;
+            // kept in step by every tag write since.
+            let tags = txn.open_table(TAGS)?;
+            let mut by_digest = txn.open_table(TAGS_BY_DIGEST)?;
+            if by_digest.is_empty()? && !tags.is_empty()? {
+                for entry in tags.iter()? {
+                    let (k, v) = entry?;
+                    let (repo, tag) = k.value();
+                    by_digest.insert((repo, v.value(), tag), ())?;
+                }
+            }
+        }
         txn.open_table(REFERRERS)?;
         txn.open_table(REFS)?;
         txn.open_table(PULLS)?;
@@ -418,4 +436,46 @@ fn commit_jobs(
     };
     txn.commit()?;
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::rules::TxnRows;
+
+    /// A database written before the tag index opens with the index built
+    /// from its tags, and tag writes keep it in step.
+    #[test]
+    fn the_tag_index_is_built_for_an_older_database_and_kept_in_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut tags = txn.open_table(TAGS).unwrap();
+                for (tag, digest) in [("a", "d1"), ("b", "d2"), ("c", "d1")] {
+                    tags.insert(("r", tag), digest).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        let space = Arc::new(DiskSpace::open(dir.path(), 0));
+        let backend = RedbBackend::open(&path, space).unwrap();
+        backend
+            .with_db(|db| {
+                let txn = db.begin_write()?;
+                {
+                    let mut rows = RedbRows::open(&txn, 0)?;
+                    assert_eq!(rows.tags_on("r", "d1")?, ["a", "c"]);
+                    rows.put_tag("r", "a", "d2")?;
+                    rows.remove_tag("r", "c")?;
+                    assert!(rows.tags_on("r", "d1")?.is_empty());
+                    assert_eq!(rows.tags_on("r", "d2")?, ["a", "b"]);
+                }
+                txn.commit()?;
+                Ok(())
+            })
+            .unwrap();
+    }
 }

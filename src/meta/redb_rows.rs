@@ -6,7 +6,7 @@
 
 use super::redb_backend::{
     AFTER_ALL, BLOB_LINKS, EVENTS, EVENT_COUNTS, EVENT_LEASES, MANIFESTS, PULLS, REFERRERS, REFS,
-    REPOS, TAGS,
+    REPOS, TAGS, TAGS_BY_DIGEST,
 };
 use super::rules::{Lock, ReferrerRow, TxnRows};
 use super::{ManifestRecord, MetaResult};
@@ -19,6 +19,7 @@ pub(super) struct RedbRows<'t> {
     links: redb::Table<'t, (&'static str, &'static str), (u64, u64)>,
     manifests: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
     tags: redb::Table<'t, (&'static str, &'static str), &'static str>,
+    tags_by_digest: redb::Table<'t, (&'static str, &'static str, &'static str), ()>,
     referrers: redb::Table<'t, (&'static str, &'static str, &'static str), ()>,
     refs: redb::Table<'t, (&'static str, &'static str, &'static str), ()>,
     pulls: redb::Table<'t, (&'static str, &'static str), u64>,
@@ -36,6 +37,7 @@ impl<'t> RedbRows<'t> {
             links: txn.open_table(BLOB_LINKS)?,
             manifests: txn.open_table(MANIFESTS)?,
             tags: txn.open_table(TAGS)?,
+            tags_by_digest: txn.open_table(TAGS_BY_DIGEST)?,
             referrers: txn.open_table(REFERRERS)?,
             refs: txn.open_table(REFS)?,
             pulls: txn.open_table(PULLS)?,
@@ -182,22 +184,35 @@ impl TxnRows for RedbRows<'_> {
 
     fn tags_on(&mut self, repo: &str, digest: &str) -> MetaResult<Vec<String>> {
         let mut out = Vec::new();
-        for entry in self.tags.range((repo, "")..(repo, AFTER_ALL))? {
-            let (k, v) = entry?;
-            if v.value() == digest {
-                out.push(k.value().1.to_owned());
-            }
+        for entry in self
+            .tags_by_digest
+            .range((repo, digest, "")..(repo, digest, AFTER_ALL))?
+        {
+            out.push(entry?.0.value().2.to_owned());
         }
         Ok(out)
     }
 
     fn put_tag(&mut self, repo: &str, tag: &str, digest: &str) -> MetaResult<()> {
-        self.tags.insert((repo, tag), digest)?;
+        let before = self
+            .tags
+            .insert((repo, tag), digest)?
+            .map(|old| old.value().to_owned());
+        if let Some(old) = before.filter(|old| old != digest) {
+            self.tags_by_digest.remove((repo, old.as_str(), tag))?;
+        }
+        self.tags_by_digest.insert((repo, digest, tag), ())?;
         Ok(())
     }
 
     fn remove_tag(&mut self, repo: &str, tag: &str) -> MetaResult<()> {
-        self.tags.remove((repo, tag))?;
+        let before = self
+            .tags
+            .remove((repo, tag))?
+            .map(|old| old.value().to_owned());
+        if let Some(old) = before {
+            self.tags_by_digest.remove((repo, old.as_str(), tag))?;
+        }
         Ok(())
     }
 
