@@ -182,7 +182,7 @@ async fn the_purge_aborts_orphaned_multipart_uploads_only() {
 
 /// A crowd of pushes to one object-store node stays inside the memory
 /// budget: 500 concurrent 6 MiB pushes with `upload_memory_budget_mib =
-/// 64` all succeed and the node peaks at budget + 200 MiB at most. Parts
+/// 64` all succeed and the node's peak stays bounded (see the bound). Parts
 /// wait for memory at the node, bytes below a part wait on its scratch
 /// disk, and a waiting connection holds one read buffer (64 KiB). (Before
 /// the budget covered parts, 500 such pushes peaked at 3.2 GiB; with a
