@@ -52,7 +52,7 @@ impl PostgresBackend {
     /// Connects (bounded by `timeout`), applies pending migrations under the
     /// advisory lock, and keeps up to `pool_size` connections.
     pub fn connect(url: &str, pool_size: u32, timeout: Duration) -> Result<Self, MetaError> {
-        let (hosts, tls) = client_config(url, timeout)?;
+        let (hosts, tls, _) = client_config(url, timeout)?;
         let pool = Pool::new(hosts, tls, pool_size, timeout).map_err(db)?;
         // The first login: a refusal (a role, a password, pg_hba.conf, the
         // server's certificate) is final and said at once; a server that
@@ -100,8 +100,7 @@ impl PostgresBackend {
     /// files they name), without connecting, and says what connecting
     /// will do: `wharf config check`. The password is never in it.
     pub fn check_url(url: &str, timeout: Duration) -> Result<String, MetaError> {
-        let (hosts, _) = client_config(url, timeout)?;
-        let (_, tls) = postgres_tls::split(url)?;
+        let (hosts, _, tls) = client_config(url, timeout)?;
         let names: Vec<String> = hosts
             .iter()
             .map(|h| {
@@ -132,7 +131,7 @@ impl PostgresBackend {
     /// schema stands: `wharf config check --connect`. The error is the
     /// server's own sentence (a missing role, a wrong password, TLS).
     pub fn inspect(url: &str, timeout: Duration) -> Result<SchemaState, MetaError> {
-        let (hosts, tls) = client_config(url, timeout)?;
+        let (hosts, tls, _) = client_config(url, timeout)?;
         let mut client = Pool::new(hosts, tls, 1, timeout)
             .and_then(|pool| pool.get())
             .map_err(|e| MetaError::Unavailable(e.to_string()))?;
@@ -166,11 +165,11 @@ impl PostgresBackend {
 
 /// The client settings of `url`, one per host in its order (libpq's TLS
 /// keys read by `postgres_tls`), every wait bounded by `timeout`, and the
-/// TLS connector they ask for.
+/// TLS connector they ask for, with the TLS keys as read.
 fn client_config(
     url: &str,
     timeout: Duration,
-) -> Result<(Vec<tokio_postgres::Config>, PgTls), MetaError> {
+) -> Result<(Vec<tokio_postgres::Config>, PgTls, postgres_tls::TlsParams), MetaError> {
     let (rest, tls) = postgres_tls::split(url)?;
     let config: tokio_postgres::Config = rest
         .parse()
@@ -204,7 +203,7 @@ fn client_config(
             host.application_name("wharf");
         }
     }
-    Ok((hosts, connector))
+    Ok((hosts, connector, tls))
 }
 
 /// Maps a client error: anything about reaching the database is
