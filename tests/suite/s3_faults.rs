@@ -238,14 +238,39 @@ async fn a_crowd_of_pushes_stays_inside_the_memory_budget() {
                         parts,
                     )))
                     .send()
-                    .await
-                    .unwrap();
-                r.status().as_u16()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 201 => Ok(()),
+                    Ok(r) => Err(format!(
+                        "n{i}: {} {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    )),
+                    Err(e) => Err(format!("n{i}: {e}")),
+                }
             })
         })
         .collect();
+    let mut failed = Vec::new();
     for p in pushes {
-        assert_eq!(p.await.unwrap(), 201, "a push of the crowd failed");
+        if let Err(e) = p.await.unwrap() {
+            failed.push(e);
+        }
+    }
+    if !failed.is_empty() {
+        // What the node said about it: the reason a push was cut short.
+        let said: Vec<String> = wharf
+            .log_lines()
+            .into_iter()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .take(20)
+            .collect();
+        panic!(
+            "{} of 500 pushes failed, first: {:?}\nnode warnings:\n{}",
+            failed.len(),
+            &failed[..failed.len().min(3)],
+            said.join("\n")
+        );
     }
     let peak_mib = wharf.status_kib("VmHWM") / 1024;
     eprintln!("peak RSS under 500 concurrent 6 MiB pushes to the object store (budget {budget_mib} MiB): {peak_mib} MiB");
