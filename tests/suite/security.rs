@@ -618,10 +618,12 @@ fn sighup_reloads_users_and_the_token_key() {
     assert_eq!(status(("bearer", &old_token, "")), 200);
     assert_eq!(status(("bearer", &new_token, "")), 401);
 
-    htpasswd(dir.path(), &[("alice", "alice-pw"), ("bob", "bob-pw")]);
+    // The key first: the change watcher may reload between the two writes,
+    // and a reload that sees bob must also see the new key.
     write_file(dir.path(), "token.pub", &new_key.public_pem);
+    htpasswd(dir.path(), &[("alice", "alice-pw"), ("bob", "bob-pw")]);
     w.signal(libc::SIGHUP);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while status(("basic", "bob", "bob-pw")) != 200 {
         assert!(
             std::time::Instant::now() < deadline,
