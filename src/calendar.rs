@@ -12,6 +12,14 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds since the epoch now (0 if the clock is before it).
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// (year, month, day, hour, minute, second) of `secs` after the epoch.
 pub fn civil(secs: u64) -> (i64, u64, u64, u64, u64, u64) {
     let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
@@ -37,6 +45,12 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
     )
 }
 
+/// `2026-12-05 15:20 UTC`: a time as people read it in a terminal.
+pub fn utc_minute(secs: u64) -> String {
+    let (y, mo, d, h, mi, _) = civil(secs);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02} UTC")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,5 +65,6 @@ mod tests {
             rfc3339(UNIX_EPOCH + Duration::new(1_764_633_600, 5)),
             "2025-12-02T00:00:00.000000005Z"
         );
+        assert_eq!(utc_minute(1_798_761_599), "2026-12-31 23:59 UTC");
     }
 }

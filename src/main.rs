@@ -133,10 +133,52 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Robot accounts on a running server (`/_wharf/robots`): CI
+    /// identities with a secret, limited to repositories and actions.
+    Robot {
+        #[command(subcommand)]
+        action: RobotAction,
+        /// A running Wharf, host:port.
+        #[arg(long, global = true)]
+        url: Option<String>,
+        /// An admin user (`auth.admins`); the password is read from
+        /// WHARF_PASSWORD or the file WHARF_PASSWORD_FILE names.
+        #[arg(long, global = true)]
+        user: Option<String>,
+        /// Print the server's JSON answer, for scripts.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Work with the configuration.
     Config {
         #[command(subcommand)]
         action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum RobotAction {
+    /// Create one; prints its secret, once.
+    Create {
+        /// Its name: the user name is robot$NAME.
+        name: String,
+        /// A repository glob it may act on (repeat for more):
+        /// `team-a/**`, `ci/*/cache`.
+        #[arg(long = "repository", required = true)]
+        repositories: Vec<String>,
+        /// What it may do there (repeat): pull, push, delete.
+        #[arg(long = "action", required = true)]
+        actions: Vec<String>,
+        /// Days until it stops working; without it, it never expires.
+        #[arg(long)]
+        expires_in_days: Option<f64>,
+    },
+    /// List them (never a secret).
+    List,
+    /// Delete one: it stops working on every node within seconds.
+    Delete {
+        /// robot$NAME or NAME.
+        name: String,
     },
 }
 
@@ -234,6 +276,33 @@ fn main() -> ExitCode {
             dry_run,
             json,
         } => cli::retention::run(&url, user.as_deref(), dry_run, json),
+        Command::Robot {
+            action,
+            url,
+            user,
+            json,
+        } => {
+            let Some(url) = url else {
+                eprintln!("wharf robot: --url HOST:PORT is required (the running server)");
+                return ExitCode::from(2);
+            };
+            let command = match &action {
+                RobotAction::Create {
+                    name,
+                    repositories,
+                    actions,
+                    expires_in_days,
+                } => cli::robot::RobotCommand::Create {
+                    name,
+                    repositories,
+                    actions,
+                    expires_in_days: *expires_in_days,
+                },
+                RobotAction::List => cli::robot::RobotCommand::List,
+                RobotAction::Delete { name } => cli::robot::RobotCommand::Delete { name },
+            };
+            cli::robot::run(&url, user.as_deref(), command, json)
+        }
         Command::Config {
             action: ConfigAction::Check { config, connect },
         } => cli::check::run(config.as_deref(), connect),

@@ -166,6 +166,7 @@ impl Server {
             proxies,
             notifier,
             database: pg_pool,
+            robots_read_at: std::sync::atomic::AtomicU64::new(0),
         });
         let (stop, stopped) = oneshot::channel();
         let metrics_addr = ops_listener.as_ref().map(|(_, a)| *a);
@@ -313,7 +314,12 @@ async fn run(
         handshake: Duration::from_secs(limits.header_timeout_secs),
     });
     let per_client = ConnectionLimiter::new(limits.max_connections_per_client);
+    // Robots log in from the first request on, not from the first refresh.
+    if let Err(e) = crate::app::robots::refresh(&state).await {
+        tracing::warn!(error = %e, "robot accounts not read yet");
+    }
     let mut background = JoinSet::new();
+    background.spawn(tasks::refresh_robots(state.clone()));
     background.spawn(tasks::purge_idle_uploads(state.clone()));
     background.spawn(tasks::scheduled_gc(state.clone()));
     background.spawn(tasks::count_store(state.clone()));

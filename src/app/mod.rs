@@ -11,6 +11,7 @@
 //! Must not: speak HTTP or accept connections (`http` and `server` do).
 
 pub mod check;
+pub mod robots;
 pub mod tasks;
 
 use crate::auth::Authenticator;
@@ -57,6 +58,9 @@ pub struct App {
     pub notifier: Arc<crate::notify::Notifier>,
     /// The PostgreSQL pool (cluster mode), for its figures.
     pub database: Option<crate::meta::PgPool>,
+    /// Unix milliseconds of the last refresh of robot accounts a login
+    /// triggered (`robots::refresh_after_miss`).
+    pub robots_read_at: std::sync::atomic::AtomicU64,
 }
 
 impl App {

@@ -1,8 +1,8 @@
 //! The registry's background tasks: each a loop over the shared [`App`],
 //! spawned and stopped by `server` (which owns their `JoinSet`): the idle
 //! upload purge, scheduled retention and GC, the store gauges, the disk
-//! watch while full, pull-time flushes, and reloads of certificates and
-//! credentials.
+//! watch while full, pull-time flushes, reloads of certificates and
+//! credentials, and the refresh of robot accounts.
 //!
 //! Must not: spawn tasks of its own that nobody stops, or hold a lock
 //! across `.await`.
@@ -93,6 +93,22 @@ pub(crate) async fn watch_reloadable(
         .await;
         if let Err(e) = reloaded {
             tracing::error!(error = %e, "reload task failed");
+        }
+    }
+}
+
+/// Keeps the authenticator's robot accounts in step with the metadata
+/// store: what another node created, revoked or what expired.
+pub(crate) async fn refresh_robots(state: Arc<App>) {
+    if state.auth.is_none() {
+        return;
+    }
+    let mut tick = tokio::time::interval(super::robots::REFRESH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = super::robots::refresh(&state).await {
+            tracing::warn!(error = %e, "robot accounts not refreshed; keeping the ones read before");
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod access;
 mod htpasswd;
 pub mod oidc;
 pub mod pattern;
+pub mod robot;
 mod token;
 
 pub use access::{Access, Action};
@@ -46,6 +47,8 @@ pub enum Identity {
     Token(TokenGrant),
     /// A CI job, by its OIDC token: the templated user and its grants.
     Oidc(Arc<oidc::OidcUser>),
+    /// A robot account (`robot$NAME`), by its secret.
+    Robot(Arc<robot::RobotAccount>),
 }
 
 impl Identity {
@@ -56,6 +59,7 @@ impl Identity {
             Identity::User(u) => u,
             Identity::Token(t) => &t.subject,
             Identity::Oidc(o) => &o.user,
+            Identity::Robot(r) => &r.user,
         }
     }
 }
@@ -69,6 +73,8 @@ pub enum CredentialError {
     BadToken(String),
     #[error("unsupported authorization scheme")]
     Scheme,
+    #[error(transparent)]
+    Robot(#[from] robot::RobotRefusal),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -95,6 +101,8 @@ pub struct Authenticator {
     rules: Vec<Rule>,
     admins: Vec<String>,
     oidc: oidc::OidcLogins,
+    /// Refreshed from the metadata store by the `app` layer.
+    pub robots: robot::RobotTable,
 }
 
 impl Authenticator {
@@ -128,6 +136,7 @@ impl Authenticator {
             rules,
             admins: cfg.admins.clone(),
             oidc: oidc::OidcLogins::new(&cfg.oidc)?,
+            robots: robot::RobotTable::default(),
         }))
     }
 
@@ -187,6 +196,13 @@ impl Authenticator {
         };
         match parse_authorization(header)? {
             Credentials::Basic { user, password } => {
+                if let Some(name) = user.strip_prefix(robot::PREFIX) {
+                    return self
+                        .robots
+                        .login(name, &password, crate::calendar::unix_now())
+                        .map(Identity::Robot)
+                        .map_err(CredentialError::from);
+                }
                 // A CI job's token as the password (any user name).
                 if !self.oidc.is_empty() && oidc::looks_like_jwt(&password) {
                     return self
@@ -241,6 +257,12 @@ impl Authenticator {
                 Access::Repository { name, action } => {
                     o.grants(name, *action) || self.rule_allows(Some(&o.user), name, *action)
                 }
+            },
+            // A robot has its grants and nothing else (rules for `*`
+            // are for people).
+            Identity::Robot(r) => match access {
+                Access::Login | Access::Catalog => true,
+                Access::Repository { name, action } => r.grants(name, *action),
             },
             Identity::User(u) => match access {
                 Access::Login | Access::Catalog => true,

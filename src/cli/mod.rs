@@ -1,5 +1,5 @@
 //! The operator's commands other than `serve`: `gc`, `fsck`, `retention`,
-//! `migrate`, `config check`, `healthcheck`. Owns what each prints (a
+//! `robot`, `migrate`, `config check`, `healthcheck`. Owns what each prints (a
 //! sentence for people, JSON with `--json`) and its exit code: 0 done,
 //! 1 a problem found or refused, 2 the command could not run.
 //! Must not: hold registry logic (collection, checks, policies live in
@@ -13,6 +13,7 @@ pub mod gc;
 pub mod healthcheck;
 pub mod migrate;
 pub mod retention;
+pub mod robot;
 
 use crate::config::Config;
 use std::path::Path;

@@ -15,8 +15,13 @@ const PREFIX: &str = "WHARF_";
 
 /// Variables that share the prefix but are not settings: WHARF_LOG is
 /// tracing's filter (it predates this and names a section), WHARF_CONFIG
-/// names the file, WHARF_PASSWORD is read by the admin commands.
-const NOT_SETTINGS: &[&str] = &["WHARF_LOG", "WHARF_CONFIG", "WHARF_PASSWORD"];
+/// names the file, WHARF_PASSWORD(_FILE) are read by the admin commands.
+const NOT_SETTINGS: &[&str] = &[
+    "WHARF_LOG",
+    "WHARF_CONFIG",
+    "WHARF_PASSWORD",
+    "WHARF_PASSWORD_FILE",
+];
 
 /// Wharf's own tooling's variables (the test suite, CI, the load
 /// generator), documented in docs/configuration.md: never settings, so

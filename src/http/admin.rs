@@ -4,7 +4,8 @@
 //! `POST /_wharf/gc[?dry_run=true][&grace_secs=N]` runs garbage collection
 //! now and answers its report as JSON; `POST /_wharf/retention[?dry_run=true]`
 //! applies the retention policies (or only reports) and answers what was
-//! deleted and why.
+//! deleted and why. `/_wharf/robots` lists (`GET`) and creates (`POST`)
+//! robot accounts, `DELETE /_wharf/robots/NAME` removes one.
 
 use super::body::Body;
 use super::error::ApiError;
@@ -58,6 +59,81 @@ pub(super) async fn retention(st: &App, method: &Method, query: &Query) -> HttpR
     Ok(json_response(
         serde_json::to_vec(&report).unwrap_or_default(),
     ))
+}
+
+/// The largest request body an operator endpoint reads.
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+/// A JSON request body of at most [`MAX_ADMIN_BODY`], read within the
+/// body-idle limit.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    st: &App,
+    body: hyper::body::Incoming,
+) -> Result<T, ApiError> {
+    use http_body_util::BodyExt as _;
+    let limited = http_body_util::Limited::new(body, MAX_ADMIN_BODY);
+    let idle = Duration::from_secs(st.config.limits.body_idle_timeout_secs.max(1));
+    let bytes = match tokio::time::timeout(idle, limited.collect()).await {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(e)) => return Err(ApiError::BadRequest(format!("request body: {e}"))),
+        Err(_) => {
+            return Err(ApiError::BadRequest(format!(
+                "request body: nothing for {} s",
+                idle.as_secs()
+            )))
+        }
+    };
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("request body: {e}")))
+}
+
+/// A robot account as listed: never its secret or its hash.
+fn robot_json(r: &crate::meta::RobotRecord) -> serde_json::Value {
+    serde_json::json!({
+        "name": format!("{}{}", crate::auth::robot::PREFIX, r.name),
+        "repositories": r.repositories,
+        "actions": r.actions,
+        "created_at": r.created,
+        "expires_at": r.expires_at,
+        "created_by": r.created_by,
+    })
+}
+
+pub(super) async fn robots(
+    st: &App,
+    req: http::Request<hyper::body::Incoming>,
+    admin: &str,
+) -> HttpResult {
+    use crate::app::robots;
+    match *req.method() {
+        Method::GET => {
+            let list: Vec<_> = robots::list(st).await?.iter().map(robot_json).collect();
+            Ok(json_response(
+                serde_json::to_vec(&serde_json::json!({ "robots": list })).unwrap_or_default(),
+            ))
+        }
+        Method::POST => {
+            let new: robots::NewRobot = read_json(st, req.into_body()).await?;
+            let (record, secret) = robots::create(st, &new, admin).await?;
+            tracing::info!(robot = %record.name, by = admin, "robot account created");
+            let mut json = robot_json(&record);
+            json["secret"] = serde_json::Value::String(secret);
+            let mut r = json_response(serde_json::to_vec(&json).unwrap_or_default());
+            *r.status_mut() = http::StatusCode::CREATED;
+            Ok(r)
+        }
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+pub(super) async fn robot(st: &App, method: &Method, name: &str, admin: &str) -> HttpResult {
+    if method != Method::DELETE {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    crate::app::robots::delete(st, name).await?;
+    tracing::info!(robot = name, by = admin, "robot account deleted");
+    let mut r = Response::new(Body::Empty);
+    *r.status_mut() = http::StatusCode::NO_CONTENT;
+    Ok(r)
 }
 
 fn json_response(body: Vec<u8>) -> Response<Body> {

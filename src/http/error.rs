@@ -64,6 +64,18 @@ pub enum ApiError {
     TooManyRequests { retry_after_secs: u64 },
     #[error("request headers are larger than {0} bytes")]
     HeadersTooLarge(usize),
+    /// An operator endpoint's request that cannot be what it asks for.
+    #[error("{0}")]
+    BadRequest(String),
+    /// An operator endpoint's object that does not exist.
+    #[error("{0}")]
+    Unknown(String),
+    /// An operator endpoint's object that exists already.
+    #[error("{0}")]
+    Exists(String),
+    /// A write that would take a `[[quota]]` over its limit.
+    #[error("{0}")]
+    QuotaExceeded(String),
 }
 
 impl ApiError {
@@ -105,6 +117,11 @@ impl ApiError {
             Denied { .. } | PolicyDenied(_) => ("DENIED", StatusCode::FORBIDDEN),
             TooManyRequests { .. } => ("TOOMANYREQUESTS", StatusCode::TOO_MANY_REQUESTS),
             HeadersTooLarge(_) => ("SIZE_INVALID", StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+            // The operator endpoints borrow the spec's nearest codes.
+            BadRequest(_) => ("UNSUPPORTED", StatusCode::BAD_REQUEST),
+            Unknown(_) => ("NAME_UNKNOWN", StatusCode::NOT_FOUND),
+            Exists(_) => ("DENIED", StatusCode::CONFLICT),
+            QuotaExceeded(_) => ("DENIED", StatusCode::FORBIDDEN),
         }
     }
 
@@ -203,6 +220,19 @@ impl From<StorageError> for ApiError {
             E::Full(m) => ApiError::StorageFull(m),
             E::Unavailable(m) => ApiError::Unavailable(m),
             E::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl From<crate::app::robots::RobotError> for ApiError {
+    fn from(e: crate::app::robots::RobotError) -> Self {
+        use crate::app::robots::RobotError as E;
+        match e {
+            e @ (E::Invalid(_) | E::AuthOff) => ApiError::BadRequest(e.to_string()),
+            e @ E::Exists(_) => ApiError::Exists(e.to_string()),
+            e @ E::Unknown(_) => ApiError::Unknown(e.to_string()),
+            e @ E::Random => ApiError::Internal(e.to_string()),
+            E::Meta(m) => m.into(),
         }
     }
 }

@@ -18,7 +18,8 @@ mod ui;
 mod uploads;
 
 pub use crate::app::App;
-use crate::auth::{Access, Action, Authenticator, Decision, Identity};
+use crate::auth::robot::RobotRefusal;
+use crate::auth::{Access, Action, Authenticator, CredentialError, Decision, Identity};
 use body::Body;
 use error::ApiError;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -176,6 +177,7 @@ pub fn required_access(method: &Method, ep: &Endpoint) -> Access {
 
 /// Checks credentials and permission for `access`.
 async fn authorize(
+    st: &App,
     auth: &Authenticator,
     req: &Request<Incoming>,
     access: &Access,
@@ -185,7 +187,15 @@ async fn authorize(
         .headers()
         .get(http::header::AUTHORIZATION)
         .map(|v| v.as_bytes());
-    let who = match auth.identify(header).await {
+    let mut identified = auth.identify(header).await;
+    // A robot created on another node a moment ago: read the accounts now
+    // rather than refuse until the next refresh.
+    if let Err(CredentialError::Robot(RobotRefusal::Unknown(_))) = &identified {
+        if crate::app::robots::refresh_after_miss(st).await {
+            identified = auth.identify(header).await;
+        }
+    }
+    let who = match identified {
         Ok(who) => who,
         Err(e) => {
             return Err(ApiError::Unauthorized {
@@ -270,7 +280,10 @@ async fn dispatch(
         }
         let who = match &st.auth {
             // Basic credentials through the browser's own prompt.
-            Some(auth) => Some((auth, authorize(auth, &req, &Access::Login, facts).await?)),
+            Some(auth) => Some((
+                auth,
+                authorize(st, auth, &req, &Access::Login, facts).await?,
+            )),
             None => None,
         };
         let host = req
@@ -283,16 +296,24 @@ async fn dispatch(
         let query = Query::parse(req.uri().query());
         return ui::serve(st, path, &query, ui::Viewer { who, host }).await;
     }
-    if let Endpoint::AdminGc | Endpoint::AdminRetention = endpoint {
+    if let Endpoint::AdminGc
+    | Endpoint::AdminRetention
+    | Endpoint::AdminRobots
+    | Endpoint::AdminRobot { .. } = endpoint
+    {
+        let mut admin = String::from("-");
         if let Some(auth) = &st.auth {
-            let who = authorize(auth, &req, &Access::Login, facts).await?;
+            let who = authorize(st, auth, &req, &Access::Login, facts).await?;
             if !auth.is_admin(&who) {
                 return Err(ApiError::Denied { challenge: None });
             }
+            admin = who.name().to_owned();
         }
         let query = Query::parse(req.uri().query());
         return match endpoint {
             Endpoint::AdminGc => admin::gc(st, req.method(), &query).await,
+            Endpoint::AdminRobots => admin::robots(st, req, &admin).await,
+            Endpoint::AdminRobot { name } => admin::robot(st, req.method(), &name, &admin).await,
             _ => admin::retention(st, req.method(), &query).await,
         };
     }
@@ -305,7 +326,7 @@ async fn dispatch(
     // is ignored and a plain upload starts, as the spec allows.
     let mut may_mount = true;
     if let Some(auth) = &st.auth {
-        let who = authorize(auth, &req, &required_access(&method, &endpoint), facts).await?;
+        let who = authorize(st, auth, &req, &required_access(&method, &endpoint), facts).await?;
         if let (Endpoint::UploadStart { .. }, Some(from)) = (&endpoint, query.get("from")) {
             may_mount = auth.allows(&who, &Access::repo(from, Action::Pull));
         }

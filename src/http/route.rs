@@ -21,6 +21,16 @@ pub enum Endpoint {
     AdminGc,
     /// `/_wharf/retention`: run the retention policies (admins).
     AdminRetention,
+    /// `/_wharf/robots`: list or create robot accounts (admins).
+    AdminRobots,
+    /// `/_wharf/robots/NAME`: delete one (admins).
+    AdminRobot {
+        name: String,
+    },
+    /// `/_wharf/quotas`: the quotas and their usage (admins).
+    AdminQuotas,
+    /// `/_wharf/audit`: the audit log (admins).
+    AdminAudit,
     Base,
     Catalog,
     Tags {
@@ -57,6 +67,10 @@ impl Endpoint {
             | Endpoint::Ui
             | Endpoint::AdminGc
             | Endpoint::AdminRetention
+            | Endpoint::AdminRobots
+            | Endpoint::AdminRobot { .. }
+            | Endpoint::AdminQuotas
+            | Endpoint::AdminAudit
             | Endpoint::Base
             | Endpoint::Catalog => None,
             Endpoint::Tags { name }
@@ -77,6 +91,9 @@ impl Endpoint {
             Endpoint::Ui => "ui",
             Endpoint::AdminGc => "admin_gc",
             Endpoint::AdminRetention => "admin_retention",
+            Endpoint::AdminRobots | Endpoint::AdminRobot { .. } => "admin_robots",
+            Endpoint::AdminQuotas => "admin_quotas",
+            Endpoint::AdminAudit => "admin_audit",
             Endpoint::Base => "base",
             Endpoint::Catalog => "catalog",
             Endpoint::Tags { .. } => "tags",
@@ -113,6 +130,14 @@ pub fn parse(path: &str) -> Result<Endpoint, RouteError> {
         "/readyz" => return Ok(Endpoint::Ready),
         "/_wharf/gc" => return Ok(Endpoint::AdminGc),
         "/_wharf/retention" => return Ok(Endpoint::AdminRetention),
+        "/_wharf/robots" => return Ok(Endpoint::AdminRobots),
+        "/_wharf/quotas" => return Ok(Endpoint::AdminQuotas),
+        "/_wharf/audit" => return Ok(Endpoint::AdminAudit),
+        p if p.starts_with("/_wharf/robots/") => {
+            return Ok(Endpoint::AdminRobot {
+                name: p["/_wharf/robots/".len()..].to_owned(),
+            })
+        }
         p if p == "/ui" || p.starts_with("/ui/") => return Ok(Endpoint::Ui),
         _ => {}
     }
@@ -204,6 +229,13 @@ mod tests {
         assert_eq!(parse("/uix"), Err(RouteError::NotFound));
         assert_eq!(parse("/_wharf/gc"), Ok(Endpoint::AdminGc));
         assert_eq!(parse("/_wharf/retention"), Ok(Endpoint::AdminRetention));
+        assert_eq!(parse("/_wharf/robots"), Ok(Endpoint::AdminRobots));
+        assert_eq!(
+            parse("/_wharf/robots/ci"),
+            Ok(Endpoint::AdminRobot { name: "ci".into() })
+        );
+        assert_eq!(parse("/_wharf/quotas"), Ok(Endpoint::AdminQuotas));
+        assert_eq!(parse("/_wharf/audit"), Ok(Endpoint::AdminAudit));
         assert_eq!(parse("/_wharf/other"), Err(RouteError::NotFound));
     }
 

@@ -171,6 +171,38 @@ impl ManifestRecord {
     }
 }
 
+/// A robot account as stored: never its secret, only the secret's SHA-256
+/// (a random 256-bit secret needs no slow hash to resist guessing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RobotRecord {
+    /// Without the `robot$` of its user name.
+    pub name: String,
+    /// Hex SHA-256 of the secret.
+    pub secret_sha256: String,
+    /// Repository globs (`team-a/**`) it may act on.
+    pub repositories: Vec<String>,
+    /// Of `pull`, `push`, `delete`.
+    pub actions: Vec<String>,
+    /// Unix seconds.
+    pub created: u64,
+    /// Unix seconds; `None` never expires.
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+    /// The admin who created it.
+    #[serde(default)]
+    pub created_by: String,
+}
+
+impl RobotRecord {
+    pub(crate) fn encode(&self) -> Result<String, MetaError> {
+        serde_json::to_string(self).map_err(|e| MetaError::Record(e.to_string()))
+    }
+
+    pub(crate) fn decode(stored: &[u8]) -> Result<RobotRecord, MetaError> {
+        serde_json::from_slice(stored).map_err(|e| MetaError::Record(e.to_string()))
+    }
+}
+
 /// A repository's link to a blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobLink {
@@ -256,6 +288,14 @@ pub enum MetaWrite {
         node: String,
         until: u64,
     },
+    /// Creates a robot account; fails if one of that name exists.
+    PutRobot {
+        record: RobotRecord,
+    },
+    /// Removes a robot account; fails if there is none of that name.
+    DeleteRobot {
+        name: String,
+    },
     /// Forgets the queues of endpoints no longer configured.
     ForgetEndpoints {
         keep: Vec<String>,
@@ -322,6 +362,8 @@ pub trait MetaRead: Send + Sync + 'static {
     /// A repository's tag count and the bytes of the blobs it links (the
     /// web UI's repository list).
     fn repo_stats(&self, repo: &str) -> Result<(u64, u64), MetaError>;
+    /// Every robot account, by name.
+    fn robots(&self) -> Result<Vec<RobotRecord>, MetaError>;
     /// The oldest `n` events queued for `endpoint`: (sequence, payload).
     fn pending_events(&self, endpoint: &str, n: usize) -> Result<Vec<(u64, Vec<u8>)>, MetaError>;
     /// Events queued for `endpoint`, and how many were dropped (full queue).

@@ -406,6 +406,16 @@ impl MetaRead for PostgresBackend {
         Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
     }
 
+    fn robots(&self) -> Result<Vec<super::RobotRecord>, MetaError> {
+        let rows = self
+            .conn()?
+            .query("SELECT record FROM robots ORDER BY name", &[])
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| super::RobotRecord::decode(r.get::<_, &str>(0).as_bytes()))
+            .collect()
+    }
+
     fn all_pulls(&self) -> Result<Vec<(String, String, u64)>, MetaError> {
         let rows = self
             .conn()?

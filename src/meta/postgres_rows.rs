@@ -370,6 +370,28 @@ impl TxnRows for PgRows<'_, '_> {
             .collect())
     }
 
+    fn robot(&mut self, name: &str, lock: Lock) -> MetaResult<Option<String>> {
+        let sql = format!(
+            "SELECT record FROM robots WHERE name = $1{}",
+            lock_clause(lock)
+        );
+        Ok(self.query_opt(&sql, &[&name])?.map(|r| r.get(0)))
+    }
+
+    fn put_robot(&mut self, name: &str, record: &str) -> MetaResult<()> {
+        self.exec(
+            "INSERT INTO robots (name, record) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET record = $2",
+            &[&name, &record],
+        )?;
+        Ok(())
+    }
+
+    fn remove_robot(&mut self, name: &str) -> MetaResult<()> {
+        self.exec("DELETE FROM robots WHERE name = $1", &[&name])?;
+        Ok(())
+    }
+
     fn forget_endpoint(&mut self, endpoint: &str) -> MetaResult<()> {
         for table in ["events", "event_drops", "event_leases"] {
             self.exec(

@@ -119,6 +119,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
         until    bigint NOT NULL
     );
     "#,
+    // 5: robot accounts (the secret's hash only), read by every node
+    // every few seconds, so a revocation reaches them all.
+    r#"
+    CREATE TABLE robots (
+        name   text COLLATE "C" PRIMARY KEY,
+        record text NOT NULL
+    );
+    "#,
 ];
 
 pub(super) fn apply_migrations(conn: &mut PgConnection) -> Result<usize, MetaError> {

@@ -49,6 +49,9 @@ pub(super) const EVENT_COUNTS: TableDefinition<&str, (u64, u64)> =
 pub(super) const EVENT_LEASES: TableDefinition<&str, (&str, u64)> =
     TableDefinition::new("event_leases");
 
+/// name -> [`super::RobotRecord`] as JSON.
+pub(super) const ROBOTS: TableDefinition<&str, &str> = TableDefinition::new("robots");
+
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for MetaError {
@@ -120,6 +123,7 @@ impl RedbBackend {
         txn.open_table(EVENTS)?;
         txn.open_table(EVENT_COUNTS)?;
         txn.open_table(EVENT_LEASES)?;
+        txn.open_table(ROBOTS)?;
         txn.commit()?;
         Ok(RedbBackend {
             path: path.to_path_buf(),
@@ -383,6 +387,17 @@ impl MetaRead for RedbBackend {
         self.read(|txn| {
             let t = txn.open_table(EVENT_COUNTS)?;
             Ok(t.get(endpoint)?.map_or((0, 0), |v| v.value()))
+        })
+    }
+
+    fn robots(&self) -> Result<Vec<super::RobotRecord>, MetaError> {
+        self.read(|txn| {
+            let t = txn.open_table(ROBOTS)?;
+            let mut out = Vec::new();
+            for entry in t.iter()? {
+                out.push(super::RobotRecord::decode(entry?.1.value().as_bytes())?);
+            }
+            Ok(out)
         })
     }
 

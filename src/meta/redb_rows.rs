@@ -6,7 +6,7 @@
 
 use super::redb_backend::{
     AFTER_ALL, BLOB_LINKS, EVENTS, EVENT_COUNTS, EVENT_LEASES, MANIFESTS, PULLS, REFERRERS, REFS,
-    REPOS, TAGS, TAGS_BY_DIGEST,
+    REPOS, ROBOTS, TAGS, TAGS_BY_DIGEST,
 };
 use super::rules::{Lock, ReferrerRow, TxnRows};
 use super::{ManifestRecord, MetaResult};
@@ -27,6 +27,7 @@ pub(super) struct RedbRows<'t> {
     /// endpoint -> (queued, dropped): the queue length without a scan.
     event_counts: redb::Table<'t, &'static str, (u64, u64)>,
     event_leases: redb::Table<'t, &'static str, (&'static str, u64)>,
+    robots: redb::Table<'t, &'static str, &'static str>,
     now: u64,
 }
 
@@ -44,6 +45,7 @@ impl<'t> RedbRows<'t> {
             events: txn.open_table(EVENTS)?,
             event_counts: txn.open_table(EVENT_COUNTS)?,
             event_leases: txn.open_table(EVENT_LEASES)?,
+            robots: txn.open_table(ROBOTS)?,
             now,
         })
     }
@@ -293,6 +295,20 @@ impl TxnRows for RedbRows<'_> {
             .iter()?
             .map(|r| r.map(|(k, _)| k.value().to_owned()))
             .collect::<Result<_, _>>()?)
+    }
+
+    fn robot(&mut self, name: &str, _lock: Lock) -> MetaResult<Option<String>> {
+        Ok(self.robots.get(name)?.map(|v| v.value().to_owned()))
+    }
+
+    fn put_robot(&mut self, name: &str, record: &str) -> MetaResult<()> {
+        self.robots.insert(name, record)?;
+        Ok(())
+    }
+
+    fn remove_robot(&mut self, name: &str) -> MetaResult<()> {
+        self.robots.remove(name)?;
+        Ok(())
     }
 
     fn forget_endpoint(&mut self, endpoint: &str) -> MetaResult<()> {

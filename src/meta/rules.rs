@@ -114,6 +114,11 @@ pub trait TxnRows {
     fn raise_pulls(&mut self, pulls: &[(RepoName, Digest, u64)]) -> MetaResult<()>;
     fn remove_pull(&mut self, repo: &str, digest: &str) -> MetaResult<()>;
 
+    /// A robot account's record ([`super::RobotRecord::encode`]'s text).
+    fn robot(&mut self, name: &str, lock: Lock) -> MetaResult<Option<String>>;
+    fn put_robot(&mut self, name: &str, record: &str) -> MetaResult<()>;
+    fn remove_robot(&mut self, name: &str) -> MetaResult<()>;
+
     /// How many events are queued for `endpoint`.
     fn queued_events(&mut self, endpoint: &str) -> MetaResult<u64>;
     /// Appends an event after every queued one of `endpoint`.
@@ -264,6 +269,14 @@ fn precondition(rows: &mut dyn TxnRows, op: &MetaWrite) -> MetaResult<Option<Str
                 None
             }
         }
+        MetaWrite::PutRobot { record } => rows
+            .robot(&record.name, Lock::Update)?
+            .is_some()
+            .then(|| format!("robot {} exists", record.name)),
+        MetaWrite::DeleteRobot { name } => rows
+            .robot(name, Lock::Update)?
+            .is_none()
+            .then(|| format!("no robot {name}")),
         MetaWrite::LinkBlob { .. }
         | MetaWrite::UnlinkBlob { .. }
         | MetaWrite::DeleteManifest { .. }
@@ -368,6 +381,8 @@ fn apply(rows: &mut dyn TxnRows, op: &MetaWrite) -> MetaResult<()> {
             node,
             until,
         } => rows.put_delivery_lease(endpoint, node, *until)?,
+        MetaWrite::PutRobot { record } => rows.put_robot(&record.name, &record.encode()?)?,
+        MetaWrite::DeleteRobot { name } => rows.remove_robot(name)?,
         MetaWrite::ForgetEndpoints { keep } => {
             for e in rows.endpoints()? {
                 if !keep.contains(&e) {

@@ -230,6 +230,7 @@ fn the_protocol_suite_passes_through_three_object_store_nodes() {
         "notifications::",
         "oci_client::",
         "retention::",
+        "robots::",
         "security::",
         "slow_clients::",
     ];

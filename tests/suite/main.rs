@@ -37,6 +37,7 @@ mod operator_errors;
 mod process;
 mod proxy;
 mod retention;
+mod robots;
 mod s3_client;
 mod s3_credentials;
 mod s3_faults;
