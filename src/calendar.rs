@@ -45,6 +45,45 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
     )
 }
 
+/// Unix seconds of a UTC date as people and scripts write one:
+/// `2026-12-05`, `2026-12-05T15:20:00Z` (or with a space, without the
+/// `Z`, without seconds), or unix seconds themselves.
+pub fn parse_utc(text: &str) -> Option<u64> {
+    let t = text.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return t.parse().ok();
+    }
+    let t = t.strip_suffix('Z').unwrap_or(t);
+    let (date, time) = match t.split_once(['T', ' ']) {
+        Some((d, tm)) => (d, Some(tm)),
+        None => (t, None),
+    };
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    if d.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&day) || y < 1970 {
+        return None;
+    }
+    let (mut h, mut mi, mut s) = (0, 0, 0);
+    if let Some(tm) = time {
+        let mut p = tm.split(':').map(|x| x.parse::<i64>().ok());
+        h = p.next()??;
+        mi = p.next()??;
+        s = p.next().unwrap_or(Some(0))?;
+        if p.next().is_some() || h > 23 || mi > 59 || s > 60 {
+            return None;
+        }
+    }
+    // Howard Hinnant's days-from-civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + h * 3600 + mi * 60 + s).ok()
+}
+
 /// `2026-12-05 15:20 UTC`: a time as people read it in a terminal.
 pub fn utc_minute(secs: u64) -> String {
     let (y, mo, d, h, mi, _) = civil(secs);
@@ -66,5 +105,12 @@ mod tests {
             "2025-12-02T00:00:00.000000005Z"
         );
         assert_eq!(utc_minute(1_798_761_599), "2026-12-31 23:59 UTC");
+        assert_eq!(parse_utc("2026-12-31T23:59:59Z"), Some(1_798_761_599));
+        assert_eq!(parse_utc("2000-02-29"), Some(951_782_400));
+        assert_eq!(parse_utc("2026-12-31 23:59"), Some(1_798_761_540));
+        assert_eq!(parse_utc("1798761599"), Some(1_798_761_599));
+        for bad in ["", "yesterday", "2026-13-01", "2026-12-05T25:00", "2026-12"] {
+            assert_eq!(parse_utc(bad), None, "{bad}");
+        }
     }
 }

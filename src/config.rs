@@ -109,10 +109,14 @@ pub struct Config {
     pub immutable: Vec<ImmutableConfig>,
     /// The read-only web UI at `/ui/`.
     pub ui: UiConfig,
+    /// The audit log: every change and refusal, kept `audit_days`.
+    pub audit: AuditConfig,
     /// Pull-through caches: `<prefix>/<name>` is the upstream's `<name>`.
     pub proxy: Vec<ProxyConfig>,
     /// Webhooks: events POSTed in distribution's envelope.
     pub notifications: Vec<NotificationConfig>,
+    /// Storage quotas: bytes the repositories of a pattern may hold.
+    pub quota: Vec<QuotaConfig>,
 }
 
 /// One `[[notifications]]` endpoint.
@@ -145,8 +149,10 @@ impl Default for Config {
             retention: Vec::new(),
             immutable: Vec::new(),
             ui: UiConfig::default(),
+            audit: AuditConfig::default(),
             proxy: Vec::new(),
             notifications: Vec::new(),
+            quota: Vec::new(),
         }
     }
 }

@@ -294,7 +294,10 @@ pub fn run(
         }
         if !writes.is_empty() {
             let n = writes.len();
-            meta.commit(&[writes], true)?;
+            // Without the configuration's quotas at hand, their usage is
+            // forgotten and counted afresh at the next start.
+            let recount = vec![crate::meta::MetaWrite::SyncQuotas];
+            meta.commit(&[writes, recount], true, &Default::default())?;
             report.repaired.push(format!(
                 "removed {n} metadata entries that pointed at missing content"
             ));

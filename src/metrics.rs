@@ -33,6 +33,10 @@ pub struct Metrics {
     pub proxy: ProxyMetrics,
     pub notifications: NotificationMetrics,
     pub database: DatabaseMetrics,
+    /// `[[quota]]` usage and limits by quota (its pattern), set at each
+    /// scrape.
+    pub quota_used: IntGaugeVec,
+    pub quota_limit: IntGaugeVec,
 }
 
 /// The PostgreSQL pool's figures (cluster mode), copied in at each scrape.
@@ -180,6 +184,14 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let quota_used = IntGaugeVec::new(
+            Opts::new("quota_used_bytes", "Bytes a quota's repositories hold."),
+            &["quota"],
+        )?;
+        let quota_limit = IntGaugeVec::new(
+            Opts::new("quota_limit_bytes", "A quota's limit."),
+            &["quota"],
+        )?;
         let tls_reloads = IntCounterVec::new(
             Opts::new("tls_reloads_total", "Certificate reloads, by result."),
             &["result"],
@@ -289,6 +301,8 @@ impl Metrics {
             connections_open,
             connections_cut,
             tls_reloads,
+            quota_used,
+            quota_limit,
             disk_full,
         };
         let r = &m.registry;
@@ -324,6 +338,8 @@ impl Metrics {
         r.register(Box::new(m.database.waiting.clone()))?;
         r.register(Box::new(m.database.checkouts.clone()))?;
         r.register(Box::new(m.database.wait_seconds.clone()))?;
+        r.register(Box::new(m.quota_used.clone()))?;
+        r.register(Box::new(m.quota_limit.clone()))?;
         Ok(m)
     }
 

@@ -85,6 +85,9 @@ async fn answer(st: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/metrics" => {
             st.note_sessions().await;
             st.note_database();
+            if let Err(e) = crate::app::quotas::usage(st).await {
+                tracing::debug!(error = %e, "quota usage not read for the scrape");
+            }
             st.metrics.disk_full.set(st.space.is_full() as i64);
             (
                 StatusCode::OK,

@@ -320,6 +320,7 @@ async fn run(
     }
     let mut background = JoinSet::new();
     background.spawn(tasks::refresh_robots(state.clone()));
+    background.spawn(tasks::prune_audit(state.clone()));
     background.spawn(tasks::purge_idle_uploads(state.clone()));
     background.spawn(tasks::scheduled_gc(state.clone()));
     background.spawn(tasks::count_store(state.clone()));

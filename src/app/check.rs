@@ -24,6 +24,7 @@ pub fn compile(cfg: &Config) -> Result<(), ConfigError> {
     crate::retention::Policies::new(&cfg.retention, &cfg.immutable)?;
     crate::proxy::Proxies::check(&cfg.proxy).map_err(ConfigError::Invalid)?;
     crate::notify::Notifier::check(&cfg.notifications).map_err(ConfigError::Invalid)?;
+    crate::meta::quota::Quotas::check(&cfg.quota).map_err(ConfigError::Invalid)?;
     Ok(())
 }
 

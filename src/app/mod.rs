@@ -10,7 +10,9 @@
 //! `server`).
 //! Must not: speak HTTP or accept connections (`http` and `server` do).
 
+pub mod audit;
 pub mod check;
+pub mod quotas;
 pub mod robots;
 pub mod tasks;
 

@@ -2,7 +2,7 @@
 //! spawned and stopped by `server` (which owns their `JoinSet`): the idle
 //! upload purge, scheduled retention and GC, the store gauges, the disk
 //! watch while full, pull-time flushes, reloads of certificates and
-//! credentials, and the refresh of robot accounts.
+//! credentials, the refresh of robot accounts and the audit log's pruning.
 //!
 //! Must not: spawn tasks of its own that nobody stops, or hold a lock
 //! across `.await`.
@@ -113,6 +113,18 @@ pub(crate) async fn refresh_robots(state: Arc<App>) {
     }
 }
 
+/// Prunes the audit log past `audit.audit_days`, hourly.
+pub(crate) async fn prune_audit(state: Arc<App>) {
+    let mut tick = tokio::time::interval(super::audit::PRUNE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = super::audit::prune(&state).await {
+            tracing::warn!(error = %e, "audit log not pruned");
+        }
+    }
+}
+
 /// Sets the store gauges from a scan of the blobs folder at start-up; from
 /// then on commits and garbage collection keep them current.
 pub(crate) async fn count_store(state: Arc<App>) {
@@ -196,10 +208,18 @@ pub(crate) async fn scheduled_gc(state: Arc<App>) {
             if let Err(e) = state.pulls.flush(&state.meta).await {
                 tracing::warn!(error = %e, "pull times not recorded before retention");
             }
-            match crate::retention::run(&state.meta, &state.policies, false).await {
-                Ok(r) => tracing::info!(dry_run = r.dry_run, "retention (scheduled): {r}"),
-                Err(e) => tracing::error!(error = %e, "retention failed"),
-            }
+            let outcome = match crate::retention::run(&state.meta, &state.policies, false).await {
+                Ok(r) => {
+                    tracing::info!(dry_run = r.dry_run, "retention (scheduled): {r}");
+                    r.to_string()
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "retention failed");
+                    format!("failed: {e}")
+                }
+            };
+            let r = super::audit::record("wharf", "retention", "", "scheduled", &outcome);
+            super::audit::write(&state, r).await;
         }
         let result = crate::gc::collect(
             &state.meta,
@@ -208,9 +228,17 @@ pub(crate) async fn scheduled_gc(state: Arc<App>) {
         )
         .await;
         crate::gc::record(&state.metrics, &result);
-        match result {
-            Ok(report) => tracing::info!(%report, "garbage collection (scheduled)"),
-            Err(e) => tracing::error!(error = %e, "garbage collection failed"),
-        }
+        let outcome = match result {
+            Ok(report) => {
+                tracing::info!(%report, "garbage collection (scheduled)");
+                report.to_string()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "garbage collection failed");
+                format!("failed: {e}")
+            }
+        };
+        let r = super::audit::record("wharf", "gc", "", "scheduled", &outcome);
+        super::audit::write(&state, r).await;
     }
 }

@@ -86,6 +86,20 @@ impl Default for UiConfig {
     }
 }
 
+/// `[audit]`: the audit log in the metadata store.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Records older than this many days are pruned (0: kept forever).
+    pub audit_days: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { audit_days: 90 }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionConfig {
@@ -103,6 +117,79 @@ pub struct RetentionConfig {
     /// Only report what would be deleted.
     #[serde(default)]
     pub dry_run: bool,
+}
+
+/// One `[[quota]]`: the bytes the repositories matching `repositories`
+/// may hold together.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// Repository pattern (`team-a/**`); it also names the quota.
+    pub repositories: String,
+    /// `"500GiB"`, `"10MiB"`, `"2TB"`, or a plain number of bytes.
+    pub max_bytes: ByteCount,
+}
+
+/// A size in bytes, written as a number or as `"<n><unit>"` with a binary
+/// (`KiB`, `MiB`, `GiB`, `TiB`) or decimal (`KB`, `MB`, `GB`, `TB`) unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "u64")]
+pub struct ByteCount(pub u64);
+
+impl From<ByteCount> for u64 {
+    fn from(b: ByteCount) -> u64 {
+        b.0
+    }
+}
+
+impl ByteCount {
+    pub fn parse(text: &str) -> Result<ByteCount, String> {
+        let t = text.trim();
+        let split = t
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(t.len());
+        let (number, unit) = (&t[..split], t[split..].trim());
+        let scale: u64 = match unit {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "TiB" => 1 << 40,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "TB" => 1_000_000_000_000,
+            _ => {
+                return Err(format!(
+                    "{text:?}: the unit must be one of B, KiB, MiB, GiB, TiB, KB, MB, GB, TB"
+                ))
+            }
+        };
+        let n: f64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a size (\"500GiB\", \"10MiB\", or bytes)"))?;
+        let bytes = n * scale as f64;
+        if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+            return Err(format!("{text:?} is not a size of at least one byte"));
+        }
+        Ok(ByteCount(bytes.round() as u64))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteCount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Number(u64),
+            Text(String),
+        }
+        match Written::deserialize(d)? {
+            Written::Number(0) => Err(serde::de::Error::custom("a size must be at least 1 byte")),
+            Written::Number(n) => Ok(ByteCount(n)),
+            Written::Text(t) => ByteCount::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -450,5 +537,35 @@ impl Default for LimitsConfig {
             rate_limit_burst: 200,
             max_connections_per_client: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ByteCount;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(ByteCount::parse("500GiB"), Ok(ByteCount(500 << 30)));
+        assert_eq!(ByteCount::parse("10MiB"), Ok(ByteCount(10 << 20)));
+        assert_eq!(ByteCount::parse("1.5 KiB"), Ok(ByteCount(1536)));
+        assert_eq!(ByteCount::parse("2TB"), Ok(ByteCount(2_000_000_000_000)));
+        assert_eq!(ByteCount::parse("4096"), Ok(ByteCount(4096)));
+        for bad in ["", "10 MB/s", "ten", "0", "-5MiB", "1e999GiB", "5mb"] {
+            assert!(ByteCount::parse(bad).is_err(), "{bad}");
+        }
+        #[derive(serde::Deserialize)]
+        struct Q {
+            max_bytes: ByteCount,
+        }
+        let q: Q = toml::from_str("max_bytes = 1048576").unwrap();
+        assert_eq!(q.max_bytes, ByteCount(1 << 20));
+        let q: Q = toml::from_str("max_bytes = \"3GiB\"").unwrap();
+        assert_eq!(q.max_bytes, ByteCount(3 << 30));
+        let e = toml::from_str::<Q>("max_bytes = \"3 parsecs\"")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("unit"), "{e}");
     }
 }

@@ -15,7 +15,7 @@ use crate::gc;
 use http::{HeaderValue, Method, Response};
 use std::time::Duration;
 
-pub(super) async fn gc(st: &App, method: &Method, query: &Query) -> HttpResult {
+pub(super) async fn gc(st: &App, method: &Method, query: &Query, admin: &str) -> HttpResult {
     if method != Method::POST {
         return Err(ApiError::MethodNotAllowed);
     }
@@ -33,6 +33,13 @@ pub(super) async fn gc(st: &App, method: &Method, query: &Query) -> HttpResult {
     }
     let result = gc::collect(&st.meta, st.storage.as_ref(), &opts).await;
     gc::record(&st.metrics, &result);
+    let outcome = match &result {
+        Ok(report) => report.to_string(),
+        Err(e) => format!("failed: {e}"),
+    };
+    let how = if opts.dry_run { "dry run" } else { "requested" };
+    let r = crate::app::audit::record(admin, "gc", "", how, &outcome);
+    crate::app::audit::write(st, r).await;
     let report = result?;
     tracing::info!(%report, "garbage collection (requested)");
     Ok(json_response(
@@ -40,7 +47,7 @@ pub(super) async fn gc(st: &App, method: &Method, query: &Query) -> HttpResult {
     ))
 }
 
-pub(super) async fn retention(st: &App, method: &Method, query: &Query) -> HttpResult {
+pub(super) async fn retention(st: &App, method: &Method, query: &Query, admin: &str) -> HttpResult {
     if method != Method::POST {
         return Err(ApiError::MethodNotAllowed);
     }
@@ -54,7 +61,15 @@ pub(super) async fn retention(st: &App, method: &Method, query: &Query) -> HttpR
     let dry_run = query.get("dry_run") == Some("true");
     // Pulls noted so far count as pulls.
     st.pulls.flush(&st.meta).await?;
-    let report = crate::retention::run(&st.meta, &st.policies, dry_run).await?;
+    let result = crate::retention::run(&st.meta, &st.policies, dry_run).await;
+    let outcome = match &result {
+        Ok(report) => report.to_string(),
+        Err(e) => format!("failed: {e}"),
+    };
+    let how = if dry_run { "dry run" } else { "requested" };
+    let r = crate::app::audit::record(admin, "retention", "", how, &outcome);
+    crate::app::audit::write(st, r).await;
+    let report = result?;
     tracing::info!(dry_run = report.dry_run, "retention (requested): {report}");
     Ok(json_response(
         serde_json::to_vec(&report).unwrap_or_default(),
@@ -123,6 +138,105 @@ pub(super) async fn robots(
         }
         _ => Err(ApiError::MethodNotAllowed),
     }
+}
+
+pub(super) async fn quotas(st: &App, method: &Method) -> HttpResult {
+    if method != Method::GET {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let list = crate::app::quotas::usage(st).await?;
+    Ok(json_response(
+        serde_json::to_vec(&serde_json::json!({ "quotas": list })).unwrap_or_default(),
+    ))
+}
+
+/// `GET /_wharf/audit?since=&until=&repository=&actor=&limit=&before=`:
+/// records newest first; `since`/`until` are UTC dates (`2026-12-05`,
+/// `2026-12-05T15:20:00Z`) or unix seconds; `before` is the last id of the
+/// previous page (the answer's `next` link carries it).
+pub(super) async fn audit(st: &App, method: &Method, query: &Query) -> HttpResult {
+    if method != Method::GET {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let time = |key: &str| -> Result<u64, ApiError> {
+        match query.get(key) {
+            None => Ok(0),
+            Some(v) => crate::calendar::parse_utc(v)
+                .map(|s| s.saturating_mul(1000))
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "{key}={v}: give a UTC date (2026-12-05, 2026-12-05T15:20:00Z) or unix seconds"
+                    ))
+                }),
+        }
+    };
+    let number = |key: &str| -> Result<Option<u64>, ApiError> {
+        query
+            .get(key)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| ApiError::BadRequest(format!("{key}={v} is not a number")))
+            })
+            .transpose()
+    };
+    let mut until_ms = time("until")?;
+    if until_ms > 0 && query.get("until").is_some_and(|u| !u.contains(':')) {
+        // A date alone means the whole of that day.
+        if query.get("until").is_some_and(|u| u.contains('-')) {
+            until_ms += 86_400_000 - 1;
+        }
+    }
+    let q = crate::meta::AuditQuery {
+        since_ms: time("since")?,
+        until_ms,
+        repository: query.get("repository").map(str::to_owned),
+        actor: query.get("actor").map(str::to_owned),
+        before_id: number("before")?,
+        limit: number("limit")?.unwrap_or(100) as usize,
+    };
+    let limit = q.limit.clamp(1, crate::app::audit::MAX_PAGE);
+    let records = crate::app::audit::read(st, q).await?;
+    let next = (records.len() >= limit)
+        .then(|| records.last().map(|r| r.id))
+        .flatten()
+        .map(|id| {
+            let mut kept: Vec<String> = ["since", "until", "repository", "actor", "limit"]
+                .iter()
+                .filter_map(|k| {
+                    query
+                        .get(k)
+                        .map(|v| format!("{k}={}", crate::http::query::encode(v)))
+                })
+                .collect();
+            kept.push(format!("before={id}"));
+            format!("/_wharf/audit?{}", kept.join("&"))
+        });
+    let list: Vec<serde_json::Value> = records.iter().map(audit_json).collect();
+    let mut r = json_response(
+        serde_json::to_vec(&serde_json::json!({ "records": list, "next": next }))
+            .unwrap_or_default(),
+    );
+    if let Some(n) = next {
+        if let Ok(v) = HeaderValue::from_str(&format!("<{n}>; rel=\"next\"")) {
+            r.headers_mut().insert(http::header::LINK, v);
+        }
+    }
+    Ok(r)
+}
+
+fn audit_json(r: &crate::meta::AuditRecord) -> serde_json::Value {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.at_ms);
+    serde_json::json!({
+        "id": r.id,
+        "time": crate::calendar::rfc3339(t),
+        "actor": r.actor,
+        "identity": r.identity,
+        "client": r.addr,
+        "action": r.action,
+        "repository": r.repository,
+        "reference": r.reference,
+        "result": r.result,
+    })
 }
 
 pub(super) async fn robot(st: &App, method: &Method, name: &str, admin: &str) -> HttpResult {

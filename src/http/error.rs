@@ -196,6 +196,7 @@ impl From<MetaError> for ApiError {
         match e {
             e @ MetaError::NoSpace(_) => ApiError::StorageFull(e.to_string()),
             e @ MetaError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+            MetaError::QuotaExceeded(m) => ApiError::QuotaExceeded(m),
             e => ApiError::Internal(e.to_string()),
         }
     }
@@ -220,6 +221,7 @@ impl From<StorageError> for ApiError {
             E::Full(m) => ApiError::StorageFull(m),
             E::Unavailable(m) => ApiError::Unavailable(m),
             E::Internal(m) => ApiError::Internal(m),
+            E::QuotaExceeded(m) => ApiError::QuotaExceeded(m),
         }
     }
 }

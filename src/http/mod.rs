@@ -299,7 +299,9 @@ async fn dispatch(
     if let Endpoint::AdminGc
     | Endpoint::AdminRetention
     | Endpoint::AdminRobots
-    | Endpoint::AdminRobot { .. } = endpoint
+    | Endpoint::AdminRobot { .. }
+    | Endpoint::AdminQuotas
+    | Endpoint::AdminAudit = endpoint
     {
         let mut admin = String::from("-");
         if let Some(auth) = &st.auth {
@@ -311,10 +313,12 @@ async fn dispatch(
         }
         let query = Query::parse(req.uri().query());
         return match endpoint {
-            Endpoint::AdminGc => admin::gc(st, req.method(), &query).await,
+            Endpoint::AdminGc => admin::gc(st, req.method(), &query, &admin).await,
             Endpoint::AdminRobots => admin::robots(st, req, &admin).await,
             Endpoint::AdminRobot { name } => admin::robot(st, req.method(), &name, &admin).await,
-            _ => admin::retention(st, req.method(), &query).await,
+            Endpoint::AdminQuotas => admin::quotas(st, req.method()).await,
+            Endpoint::AdminAudit => admin::audit(st, req.method(), &query).await,
+            _ => admin::retention(st, req.method(), &query, &admin).await,
         };
     }
     if st.config.log.access {

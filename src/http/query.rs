@@ -22,6 +22,19 @@ impl Query {
     }
 }
 
+/// Percent-encodes what is not unreserved (`/` and `:` stay readable) for
+/// a query value or a path in a link.
+pub(crate) fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'/' | b':' => {
+                (b as char).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Percent-decodes, turning `+` into a space; an invalid escape stays as
 /// written (the value is validated by its own parser afterwards).
 fn decode(s: &str) -> String {

@@ -29,6 +29,13 @@ pub(super) async fn start(
         drain(req.into_body()).await;
         return Err(e.into());
     }
+    let mounting = query.get("mount").is_some() && may_mount;
+    if !mounting {
+        if let Some(why) = crate::app::quotas::full_before_upload(st, name.as_str()).await? {
+            drain(req.into_body()).await;
+            return Err(ApiError::QuotaExceeded(why));
+        }
+    }
     if let (Some(mount), true) = (query.get("mount"), may_mount) {
         let digest = Digest::parse(mount)?;
         if let Some(from) = query.get("from").and_then(|f| RepoName::parse(f).ok()) {

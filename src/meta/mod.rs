@@ -19,6 +19,7 @@ mod postgres_pool;
 mod postgres_rows;
 mod postgres_schema;
 mod postgres_tls;
+pub mod quota;
 mod redb_backend;
 mod redb_file;
 mod redb_rows;
@@ -66,6 +67,11 @@ pub enum MetaError {
     /// that write was applied.
     #[error("{0}")]
     Conflict(String),
+    /// The write would take a `[[quota]]` over its limit (the message
+    /// names it, its limit, its usage and the write's size). Nothing of
+    /// that write was applied.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// The disk (or quota) is full; nothing of the write was applied.
     #[error("no space left for metadata: {0}")]
     NoSpace(String),
@@ -203,6 +209,77 @@ impl RobotRecord {
     }
 }
 
+/// One entry of the audit log: a change or a refusal, who asked, from
+/// where. Written in the transaction of the change it records.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Assigned when stored; increases with time (paging cursor).
+    #[serde(default)]
+    pub id: u64,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// The user (`robot$…`, an OIDC user's name, `-` for anonymous,
+    /// `wharf` for the registry's own runs).
+    pub actor: String,
+    /// An OIDC user's issuer and subject.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub identity: String,
+    /// The client's address.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub addr: String,
+    /// `push_manifest`, `delete_tag`, `mount_blob`, `login`, `gc`, ...
+    pub action: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub repository: String,
+    /// A tag or digest (and for a mount, where from).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reference: String,
+    /// `ok`, or `refused: <why>`; for runs, what they did.
+    pub result: String,
+}
+
+impl AuditRecord {
+    pub(crate) fn encode(&self) -> Result<String, MetaError> {
+        serde_json::to_string(self).map_err(|e| MetaError::Record(e.to_string()))
+    }
+
+    pub(crate) fn decode(stored: &[u8], id: u64) -> Result<AuditRecord, MetaError> {
+        let mut r: AuditRecord =
+            serde_json::from_slice(stored).map_err(|e| MetaError::Record(e.to_string()))?;
+        r.id = id;
+        Ok(r)
+    }
+}
+
+/// Which audit records to read: newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Unix milliseconds, inclusive.
+    pub since_ms: u64,
+    /// Unix milliseconds, inclusive; 0: now.
+    pub until_ms: u64,
+    pub repository: Option<String>,
+    pub actor: Option<String>,
+    /// Only records older than this id (the previous page's last).
+    pub before_id: Option<u64>,
+    pub limit: usize,
+}
+
+impl AuditQuery {
+    /// Whether `r` passes the filters other than time and id.
+    pub(crate) fn keeps(&self, r: &AuditRecord) -> bool {
+        self.repository.as_ref().is_none_or(|x| *x == r.repository)
+            && self.actor.as_ref().is_none_or(|x| *x == r.actor)
+    }
+
+    pub(crate) fn until(&self) -> u64 {
+        match self.until_ms {
+            0 => u64::MAX,
+            t => t,
+        }
+    }
+}
+
 /// A repository's link to a blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobLink {
@@ -296,6 +373,18 @@ pub enum MetaWrite {
     DeleteRobot {
         name: String,
     },
+    /// An audit record, in the transaction of the change it records.
+    Audit {
+        record: AuditRecord,
+    },
+    /// Forgets audit records older than `before_ms` (unix ms).
+    PruneAudit {
+        before_ms: u64,
+    },
+    /// Counts each configured quota never counted before (from what its
+    /// repositories hold) and forgets quotas no longer configured; written
+    /// once at start-up.
+    SyncQuotas,
     /// Forgets the queues of endpoints no longer configured.
     ForgetEndpoints {
         keep: Vec<String>,
@@ -364,6 +453,10 @@ pub trait MetaRead: Send + Sync + 'static {
     fn repo_stats(&self, repo: &str) -> Result<(u64, u64), MetaError>;
     /// Every robot account, by name.
     fn robots(&self) -> Result<Vec<RobotRecord>, MetaError>;
+    /// Audit records, newest first.
+    fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, MetaError>;
+    /// Each counted quota's usage: (quota, bytes).
+    fn quota_usages(&self) -> Result<Vec<(String, u64)>, MetaError>;
     /// The oldest `n` events queued for `endpoint`: (sequence, payload).
     fn pending_events(&self, endpoint: &str, n: usize) -> Result<Vec<(u64, Vec<u8>)>, MetaError>;
     /// Events queued for `endpoint`, and how many were dropped (full queue).
@@ -380,6 +473,7 @@ pub trait MetaBackend: MetaRead {
         &self,
         jobs: &[Vec<MetaWrite>],
         durable: bool,
+        quotas: &quota::Quotas,
     ) -> Result<Vec<Result<(), MetaError>>, MetaError>;
 }
 
@@ -388,6 +482,8 @@ pub trait MetaBackend: MetaRead {
 pub struct Meta {
     reader: Arc<dyn MetaRead>,
     writes: mpsc::Sender<writer::WriteJob>,
+    /// The `[[quota]]`s every write keeps the usage of.
+    quotas: Arc<quota::Quotas>,
 }
 
 /// Owns the writer thread; `join` waits for queued writes to finish.
@@ -401,48 +497,66 @@ impl Meta {
         root: &Path,
         durable: bool,
         space: Arc<DiskSpace>,
+        quotas: Arc<quota::Quotas>,
     ) -> Result<(Meta, MetaWriter), MetaError> {
         let backend = Arc::new(RedbBackend::open(&root.join("meta.redb"), space)?);
-        Self::with_backend(backend, durable)
+        Self::with_backend(backend, durable, quotas)
     }
 
     /// Opens the backend the configuration names; with PostgreSQL, also
     /// hands back its pool (the object-store modules keep their tables in
     /// the same database). Connecting and migrating block, so this runs on
-    /// the blocking pool.
+    /// the blocking pool. The `[[quota]]`s are brought up to date before it
+    /// returns (a quota new to the database is counted now).
     pub async fn open_configured(
         config: &crate::config::Config,
         space: Arc<DiskSpace>,
     ) -> Result<(Meta, MetaWriter, Option<PgPool>), MetaError> {
         let (root, durable, meta) = (config.root.clone(), config.fsync, config.metadata.clone());
-        tokio::task::spawn_blocking(move || match meta.backend {
+        let quotas = Arc::new(quota::Quotas::new(&config.quota));
+        let opened = tokio::task::spawn_blocking(move || match meta.backend {
             MetadataBackend::Postgres => {
                 let url = meta.url.as_deref().unwrap_or_default();
                 let timeout = std::time::Duration::from_secs(meta.timeout_secs);
                 let backend = PostgresBackend::connect(url, meta.pool_size, timeout)?;
                 let pool = backend.pool();
-                let (m, w) = Self::with_backend(Arc::new(backend), durable)?;
+                let (m, w) = Self::with_backend(Arc::new(backend), durable, quotas)?;
                 Ok((m, w, Some(pool)))
             }
-            MetadataBackend::Redb => Self::open(&root, durable, space).map(|(m, w)| (m, w, None)),
+            MetadataBackend::Redb => {
+                Self::open(&root, durable, space, quotas).map(|(m, w)| (m, w, None))
+            }
         })
         .await
-        .map_err(|e| MetaError::Unavailable(format!("metadata open task failed: {e}")))?
+        .map_err(|e| MetaError::Unavailable(format!("metadata open task failed: {e}")))??;
+        opened.0.write(vec![MetaWrite::SyncQuotas]).await?;
+        Ok(opened)
     }
 
     pub fn with_backend<B: MetaBackend>(
         backend: Arc<B>,
         durable: bool,
+        quotas: Arc<quota::Quotas>,
     ) -> Result<(Meta, MetaWriter), MetaError> {
         let (tx, rx) = mpsc::channel(1024);
         let reader: Arc<dyn MetaRead> = backend.clone();
-        let thread = writer::spawn(backend, rx, durable)?;
+        let thread = writer::spawn(backend, rx, durable, quotas.clone())?;
         Ok((
-            Meta { reader, writes: tx },
+            Meta {
+                reader,
+                writes: tx,
+                quotas,
+            },
             MetaWriter {
                 thread: Some(thread),
             },
         ))
+    }
+
+    /// The `[[quota]]`s every write keeps (the object-store completion
+    /// applies the rules in its own transaction with them).
+    pub fn quotas(&self) -> Arc<quota::Quotas> {
+        self.quotas.clone()
     }
 
     /// The read side, for code already on a blocking thread (offline tools,

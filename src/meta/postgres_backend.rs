@@ -416,6 +416,45 @@ impl MetaRead for PostgresBackend {
             .collect()
     }
 
+    fn audit(&self, q: &super::AuditQuery) -> Result<Vec<super::AuditRecord>, MetaError> {
+        let big = |v: u64| v.min(i64::MAX as u64) as i64;
+        let rows = self
+            .conn()?
+            .query(
+                "SELECT id, record FROM audit WHERE at_ms >= $1 AND at_ms <= $2 \
+                 AND ($3::text IS NULL OR repository = $3) AND ($4::text IS NULL OR actor = $4) \
+                 AND id < $5 ORDER BY id DESC LIMIT $6",
+                &[
+                    &big(q.since_ms),
+                    &big(q.until()),
+                    &q.repository,
+                    &q.actor,
+                    &big(q.before_id.unwrap_or(u64::MAX)),
+                    &(q.limit as i64),
+                ],
+            )
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                super::AuditRecord::decode(
+                    r.get::<_, &str>(1).as_bytes(),
+                    r.get::<_, i64>(0).max(0) as u64,
+                )
+            })
+            .collect()
+    }
+
+    fn quota_usages(&self) -> Result<Vec<(String, u64)>, MetaError> {
+        let rows = self
+            .conn()?
+            .query("SELECT name, bytes FROM quota_usage ORDER BY name", &[])
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1).max(0) as u64))
+            .collect())
+    }
+
     fn all_pulls(&self) -> Result<Vec<(String, String, u64)>, MetaError> {
         let rows = self
             .conn()?
@@ -433,11 +472,12 @@ impl MetaBackend for PostgresBackend {
         &self,
         jobs: &[Vec<MetaWrite>],
         durable: bool,
+        quotas: &super::quota::Quotas,
     ) -> Result<Vec<Result<(), MetaError>>, MetaError> {
         let mut conn = self.conn()?;
         let mut attempt = 0;
         loop {
-            match commit_once(&mut conn, jobs, durable) {
+            match commit_once(&mut conn, jobs, durable, quotas) {
                 Ok(results) => return Ok(results),
                 Err(f) if f.retry && attempt < RETRIES => {
                     attempt += 1;
@@ -454,6 +494,7 @@ fn commit_once(
     conn: &mut PgConnection,
     jobs: &[Vec<MetaWrite>],
     durable: bool,
+    quotas: &super::quota::Quotas,
 ) -> Result<Vec<Result<(), MetaError>>, Failed> {
     let failed = |e: PgError| Failed {
         retry: retryable(&e),
@@ -464,7 +505,7 @@ fn commit_once(
         txn.batch_execute("SET LOCAL synchronous_commit = off")
             .map_err(failed)?;
     }
-    let results = postgres_rows::apply_jobs(&mut txn, jobs)?;
+    let results = postgres_rows::apply_jobs(&mut txn, jobs, quotas)?;
     txn.commit().map_err(failed)?;
     Ok(results)
 }

@@ -7,8 +7,9 @@
 
 use super::postgres_backend::{map_error, retryable};
 use super::postgres_pool::{Params, PgError, PgTransaction as Transaction};
+use super::quota::Quotas;
 use super::rules::{self, Lock, ReferrerRow, TxnRows};
-use super::{ManifestRecord, MetaError, MetaResult, MetaWrite};
+use super::{AuditRecord, ManifestRecord, MetaError, MetaResult, MetaWrite};
 use crate::oci::{Digest, RepoName};
 
 /// Rows of one transaction. The first client error is kept whole, so the
@@ -30,13 +31,14 @@ pub(super) struct Failed {
 pub(super) fn apply_jobs(
     txn: &mut Transaction<'_>,
     jobs: &[Vec<MetaWrite>],
+    quotas: &Quotas,
 ) -> Result<Vec<MetaResult<()>>, Failed> {
     let mut rows = PgRows {
         txn,
         now: crate::calendar::unix_now(),
         error: None,
     };
-    rules::apply_jobs(&mut rows, jobs).map_err(|error| Failed {
+    rules::apply_jobs(&mut rows, jobs, quotas).map_err(|error| Failed {
         retry: rows.error.as_ref().is_some_and(retryable),
         error,
     })
@@ -370,6 +372,131 @@ impl TxnRows for PgRows<'_, '_> {
             .collect())
     }
 
+    fn lock_quota(&mut self, quota: &str) -> MetaResult<()> {
+        self.exec(
+            "SELECT pg_advisory_xact_lock(hashtextextended('quota:' || $1, 0))",
+            &[&quota],
+        )?;
+        Ok(())
+    }
+
+    fn quota_usage(&mut self, quota: &str) -> MetaResult<Option<u64>> {
+        Ok(self
+            .query_opt("SELECT bytes FROM quota_usage WHERE name = $1", &[&quota])?
+            .map(|r| r.get::<_, i64>(0).max(0) as u64))
+    }
+
+    fn add_quota_usage(&mut self, quota: &str, delta: i64) -> MetaResult<()> {
+        self.exec(
+            "INSERT INTO quota_usage (name, bytes) VALUES ($1, greatest($2::bigint, 0)) \
+             ON CONFLICT (name) DO UPDATE SET bytes = greatest(quota_usage.bytes + $2::bigint, 0)",
+            &[&quota, &delta],
+        )?;
+        Ok(())
+    }
+
+    fn quota_ref(&mut self, quota: &str, digest: &str) -> MetaResult<Option<(u64, u64)>> {
+        Ok(self
+            .query_opt(
+                "SELECT count, size FROM quota_refs WHERE name = $1 AND digest = $2",
+                &[&quota, &digest],
+            )?
+            .map(|r| {
+                (
+                    r.get::<_, i64>(0).max(0) as u64,
+                    r.get::<_, i64>(1).max(0) as u64,
+                )
+            }))
+    }
+
+    fn put_quota_ref(
+        &mut self,
+        quota: &str,
+        digest: &str,
+        count: u64,
+        size: u64,
+    ) -> MetaResult<()> {
+        self.exec(
+            "INSERT INTO quota_refs (name, digest, count, size) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name, digest) DO UPDATE SET count = $3, size = $4",
+            &[&quota, &digest, &(count as i64), &(size as i64)],
+        )?;
+        Ok(())
+    }
+
+    fn remove_quota_ref(&mut self, quota: &str, digest: &str) -> MetaResult<()> {
+        self.exec(
+            "DELETE FROM quota_refs WHERE name = $1 AND digest = $2",
+            &[&quota, &digest],
+        )?;
+        Ok(())
+    }
+
+    fn quota_names(&mut self) -> MetaResult<Vec<String>> {
+        Ok(self
+            .query("SELECT name FROM quota_usage", &[])?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    fn forget_quota(&mut self, quota: &str) -> MetaResult<()> {
+        for table in ["quota_usage", "quota_refs"] {
+            self.exec(&format!("DELETE FROM {table} WHERE name = $1"), &[&quota])?;
+        }
+        Ok(())
+    }
+
+    fn repo_names(&mut self) -> MetaResult<Vec<String>> {
+        Ok(self
+            .query("SELECT name FROM repos", &[])?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    fn repo_contents(&mut self, repo: &str) -> MetaResult<Vec<(String, u64)>> {
+        let mut out: Vec<(String, u64)> = self
+            .query(
+                "SELECT digest, size FROM blob_links WHERE repo = $1",
+                &[&repo],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1).max(0) as u64))
+            .collect();
+        for r in self.query(
+            "SELECT digest, record FROM manifests WHERE repo = $1",
+            &[&repo],
+        )? {
+            // An unreadable record counts nothing (fsck reports it).
+            if let Ok(record) = ManifestRecord::decode(r.get::<_, &str>(1).as_bytes()) {
+                out.push((r.get(0), record.size));
+            }
+        }
+        Ok(out)
+    }
+
+    fn push_audit(&mut self, record: &AuditRecord) -> MetaResult<()> {
+        self.exec(
+            "INSERT INTO audit (at_ms, actor, repository, record) VALUES ($1, $2, $3, $4)",
+            &[
+                &(record.at_ms.min(i64::MAX as u64) as i64),
+                &record.actor,
+                &record.repository,
+                &record.encode()?,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn prune_audit(&mut self, before_ms: u64) -> MetaResult<()> {
+        self.exec(
+            "DELETE FROM audit WHERE at_ms < $1",
+            &[&(before_ms.min(i64::MAX as u64) as i64)],
+        )?;
+        Ok(())
+    }
+
     fn robot(&mut self, name: &str, lock: Lock) -> MetaResult<Option<String>> {
         let sql = format!(
             "SELECT record FROM robots WHERE name = $1{}",
@@ -405,12 +532,14 @@ impl TxnRows for PgRows<'_, '_> {
 
 /// Applies `ops` as one job inside a transaction the caller owns (the
 /// object-store commit links its blob in the transaction that records it):
-/// the same rules the writer applies. `Ok(Err(Conflict))` when a
-/// precondition failed; nothing of `ops` was applied then.
+/// the same rules the writer applies. `Ok(Err(Conflict))` (or
+/// `QuotaExceeded`) when a precondition failed; nothing of `ops` was
+/// applied then.
 pub fn apply_in_transaction(
     txn: &mut Transaction<'_>,
     ops: Vec<MetaWrite>,
+    quotas: &Quotas,
 ) -> MetaResult<MetaResult<()>> {
-    let mut results = apply_jobs(txn, &[ops]).map_err(|f| f.error)?;
+    let mut results = apply_jobs(txn, &[ops], quotas).map_err(|f| f.error)?;
     Ok(results.pop().unwrap_or(Ok(())))
 }

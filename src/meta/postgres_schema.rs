@@ -127,6 +127,36 @@ pub(super) const MIGRATIONS: &[&str] = &[
         record text NOT NULL
     );
     "#,
+    // 6: storage quotas. Usage is kept by the rules in the transaction of
+    // each change (one advisory lock per quota orders the writers);
+    // `quota_refs` counts the rows naming each digest, so a blob shared
+    // by two repositories of a quota counts once.
+    r#"
+    CREATE TABLE quota_usage (
+        name  text COLLATE "C" PRIMARY KEY,
+        bytes bigint NOT NULL
+    );
+    CREATE TABLE quota_refs (
+        name   text COLLATE "C" NOT NULL,
+        digest text COLLATE "C" NOT NULL,
+        count  bigint NOT NULL,
+        size   bigint NOT NULL,
+        PRIMARY KEY (name, digest)
+    );
+    "#,
+    // 7: the audit log, written in the transaction of each change.
+    r#"
+    CREATE TABLE audit (
+        id         bigserial PRIMARY KEY,
+        at_ms      bigint NOT NULL,
+        actor      text COLLATE "C" NOT NULL,
+        repository text COLLATE "C" NOT NULL,
+        record     text NOT NULL
+    );
+    CREATE INDEX audit_by_time ON audit (at_ms);
+    CREATE INDEX audit_by_repository ON audit (repository, id);
+    CREATE INDEX audit_by_actor ON audit (actor, id);
+    "#,
 ];
 
 pub(super) fn apply_migrations(conn: &mut PgConnection) -> Result<usize, MetaError> {

@@ -49,6 +49,14 @@ pub(super) const EVENT_COUNTS: TableDefinition<&str, (u64, u64)> =
 pub(super) const EVENT_LEASES: TableDefinition<&str, (&str, u64)> =
     TableDefinition::new("event_leases");
 
+/// quota (its pattern) -> bytes used.
+pub(super) const QUOTA_USAGE: TableDefinition<&str, u64> = TableDefinition::new("quota_usage");
+/// (quota, digest) -> (rows naming the digest in the quota's
+/// repositories, the digest's size).
+pub(super) const QUOTA_REFS: TableDefinition<(&str, &str), (u64, u64)> =
+    TableDefinition::new("quota_refs");
+/// id (unix microseconds, made unique) -> [`super::AuditRecord`] as JSON.
+pub(super) const AUDIT: TableDefinition<u64, &str> = TableDefinition::new("audit");
 /// name -> [`super::RobotRecord`] as JSON.
 pub(super) const ROBOTS: TableDefinition<&str, &str> = TableDefinition::new("robots");
 
@@ -124,6 +132,9 @@ impl RedbBackend {
         txn.open_table(EVENT_COUNTS)?;
         txn.open_table(EVENT_LEASES)?;
         txn.open_table(ROBOTS)?;
+        txn.open_table(QUOTA_USAGE)?;
+        txn.open_table(QUOTA_REFS)?;
+        txn.open_table(AUDIT)?;
         txn.commit()?;
         Ok(RedbBackend {
             path: path.to_path_buf(),
@@ -401,6 +412,45 @@ impl MetaRead for RedbBackend {
         })
     }
 
+    fn audit(&self, q: &super::AuditQuery) -> Result<Vec<super::AuditRecord>, MetaError> {
+        self.read(|txn| {
+            let t = txn.open_table(AUDIT)?;
+            // Ids are microseconds: the time bounds are id bounds.
+            let low = q.since_ms.saturating_mul(1000);
+            let mut high = q.until().saturating_mul(1000).saturating_add(999);
+            if let Some(b) = q.before_id {
+                high = high.min(b.saturating_sub(1));
+            }
+            let mut out = Vec::new();
+            if low > high {
+                return Ok(out);
+            }
+            for entry in t.range(low..=high)?.rev() {
+                let (k, v) = entry?;
+                let r = super::AuditRecord::decode(v.value().as_bytes(), k.value())?;
+                if q.keeps(&r) {
+                    out.push(r);
+                    if out.len() >= q.limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn quota_usages(&self) -> Result<Vec<(String, u64)>, MetaError> {
+        self.read(|txn| {
+            let t = txn.open_table(QUOTA_USAGE)?;
+            let mut out = Vec::new();
+            for entry in t.iter()? {
+                let (k, v) = entry?;
+                out.push((k.value().to_owned(), v.value()));
+            }
+            Ok(out)
+        })
+    }
+
     fn all_pulls(&self) -> Result<Vec<(String, String, u64)>, MetaError> {
         self.read(|txn| {
             let t = txn.open_table(PULLS)?;
@@ -420,8 +470,9 @@ impl MetaBackend for RedbBackend {
         &self,
         jobs: &[Vec<MetaWrite>],
         durable: bool,
+        quotas: &super::quota::Quotas,
     ) -> Result<Vec<Result<(), MetaError>>, MetaError> {
-        let result = self.with_db(|db| commit_jobs(db, jobs, durable));
+        let result = self.with_db(|db| commit_jobs(db, jobs, durable, quotas));
         if let Err(e) = &result {
             if e.closes_database() {
                 // redb refuses every later transaction after a failed
@@ -438,6 +489,7 @@ fn commit_jobs(
     db: &Database,
     jobs: &[Vec<MetaWrite>],
     durable: bool,
+    quotas: &super::quota::Quotas,
 ) -> Result<Vec<Result<(), MetaError>>, MetaError> {
     let mut txn = db.begin_write()?;
     txn.set_durability(if durable {
@@ -447,7 +499,7 @@ fn commit_jobs(
     });
     let results = {
         let mut rows = RedbRows::open(&txn, crate::calendar::unix_now())?;
-        rules::apply_jobs(&mut rows, jobs)?
+        rules::apply_jobs(&mut rows, jobs, quotas)?
     };
     txn.commit()?;
     Ok(results)

@@ -5,11 +5,11 @@
 //! and no other process can hold a live delivery lease.
 
 use super::redb_backend::{
-    AFTER_ALL, BLOB_LINKS, EVENTS, EVENT_COUNTS, EVENT_LEASES, MANIFESTS, PULLS, REFERRERS, REFS,
-    REPOS, ROBOTS, TAGS, TAGS_BY_DIGEST,
+    AFTER_ALL, AUDIT, BLOB_LINKS, EVENTS, EVENT_COUNTS, EVENT_LEASES, MANIFESTS, PULLS, QUOTA_REFS,
+    QUOTA_USAGE, REFERRERS, REFS, REPOS, ROBOTS, TAGS, TAGS_BY_DIGEST,
 };
 use super::rules::{Lock, ReferrerRow, TxnRows};
-use super::{ManifestRecord, MetaResult};
+use super::{AuditRecord, ManifestRecord, MetaResult};
 use crate::oci::{Digest, RepoName};
 use redb::{ReadableTable, WriteTransaction};
 
@@ -28,6 +28,9 @@ pub(super) struct RedbRows<'t> {
     event_counts: redb::Table<'t, &'static str, (u64, u64)>,
     event_leases: redb::Table<'t, &'static str, (&'static str, u64)>,
     robots: redb::Table<'t, &'static str, &'static str>,
+    quota_usage: redb::Table<'t, &'static str, u64>,
+    quota_refs: redb::Table<'t, (&'static str, &'static str), (u64, u64)>,
+    audit: redb::Table<'t, u64, &'static str>,
     now: u64,
 }
 
@@ -46,6 +49,9 @@ impl<'t> RedbRows<'t> {
             event_counts: txn.open_table(EVENT_COUNTS)?,
             event_leases: txn.open_table(EVENT_LEASES)?,
             robots: txn.open_table(ROBOTS)?,
+            quota_usage: txn.open_table(QUOTA_USAGE)?,
+            quota_refs: txn.open_table(QUOTA_REFS)?,
+            audit: txn.open_table(AUDIT)?,
             now,
         })
     }
@@ -295,6 +301,95 @@ impl TxnRows for RedbRows<'_> {
             .iter()?
             .map(|r| r.map(|(k, _)| k.value().to_owned()))
             .collect::<Result<_, _>>()?)
+    }
+
+    fn lock_quota(&mut self, _: &str) -> MetaResult<()> {
+        Ok(())
+    }
+
+    fn quota_usage(&mut self, quota: &str) -> MetaResult<Option<u64>> {
+        Ok(self.quota_usage.get(quota)?.map(|v| v.value()))
+    }
+
+    fn add_quota_usage(&mut self, quota: &str, delta: i64) -> MetaResult<()> {
+        let used = self.quota_usage(quota)?.unwrap_or(0);
+        self.quota_usage
+            .insert(quota, used.saturating_add_signed(delta))?;
+        Ok(())
+    }
+
+    fn quota_ref(&mut self, quota: &str, digest: &str) -> MetaResult<Option<(u64, u64)>> {
+        Ok(self.quota_refs.get((quota, digest))?.map(|v| v.value()))
+    }
+
+    fn put_quota_ref(
+        &mut self,
+        quota: &str,
+        digest: &str,
+        count: u64,
+        size: u64,
+    ) -> MetaResult<()> {
+        self.quota_refs.insert((quota, digest), (count, size))?;
+        Ok(())
+    }
+
+    fn remove_quota_ref(&mut self, quota: &str, digest: &str) -> MetaResult<()> {
+        self.quota_refs.remove((quota, digest))?;
+        Ok(())
+    }
+
+    fn quota_names(&mut self) -> MetaResult<Vec<String>> {
+        Ok(self
+            .quota_usage
+            .iter()?
+            .map(|r| r.map(|(k, _)| k.value().to_owned()))
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn forget_quota(&mut self, quota: &str) -> MetaResult<()> {
+        self.quota_usage.remove(quota)?;
+        self.quota_refs
+            .retain_in((quota, "")..(quota, AFTER_ALL), |_, _| false)?;
+        Ok(())
+    }
+
+    fn repo_names(&mut self) -> MetaResult<Vec<String>> {
+        Ok(self
+            .repos
+            .iter()?
+            .map(|r| r.map(|(k, _)| k.value().to_owned()))
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn repo_contents(&mut self, repo: &str) -> MetaResult<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for entry in self.links.range((repo, "")..(repo, AFTER_ALL))? {
+            let (k, v) = entry?;
+            out.push((k.value().1.to_owned(), v.value().0));
+        }
+        for entry in self.manifests.range((repo, "")..(repo, AFTER_ALL))? {
+            let (k, v) = entry?;
+            // An unreadable record counts nothing (fsck reports it).
+            if let Ok(record) = ManifestRecord::decode(v.value()) {
+                out.push((k.value().1.to_owned(), record.size));
+            }
+        }
+        Ok(out)
+    }
+
+    fn push_audit(&mut self, record: &AuditRecord) -> MetaResult<()> {
+        // The record's time in microseconds, after the last id: unique,
+        // increasing, and a time bound is an id bound.
+        let last = self.audit.last()?.map_or(0, |(k, _)| k.value());
+        let id = (record.at_ms.saturating_mul(1000)).max(last + 1);
+        self.audit.insert(id, record.encode()?.as_str())?;
+        Ok(())
+    }
+
+    fn prune_audit(&mut self, before_ms: u64) -> MetaResult<()> {
+        self.audit
+            .retain_in(..before_ms.saturating_mul(1000), |_, _| false)?;
+        Ok(())
     }
 
     fn robot(&mut self, name: &str, _lock: Lock) -> MetaResult<Option<String>> {

@@ -1,7 +1,8 @@
 //! The metadata rules, written once: what each [`MetaWrite`] requires
 //! before it may be applied, and what applying it changes (the cascades of
 //! a manifest delete, the referrer and reverse-reference indexes, GC's
-//! re-checks, retention's conditional tag removal, the event queues).
+//! re-checks, retention's conditional tag removal, the event queues, the
+//! usage of each `[[quota]]` and the refusal of a write over one).
 //!
 //! Owns: [`TxnRows`], the narrow interface a backend implements inside one
 //! write transaction (rows read, written, locked, scanned), and
@@ -15,7 +16,8 @@
 //! transaction ends. The embedded backend has one writer, so its locks are
 //! no-ops.
 
-use super::{ManifestRecord, MetaError, MetaResult, MetaWrite};
+use super::quota::{self, Quotas};
+use super::{AuditRecord, ManifestRecord, MetaError, MetaResult, MetaWrite};
 use crate::oci::{Digest, RepoName};
 
 /// The words of the refusal of a manifest PUT that would change a stored
@@ -114,6 +116,34 @@ pub trait TxnRows {
     fn raise_pulls(&mut self, pulls: &[(RepoName, Digest, u64)]) -> MetaResult<()>;
     fn remove_pull(&mut self, repo: &str, digest: &str) -> MetaResult<()>;
 
+    /// Serialises transactions that count toward `quota` until the
+    /// transaction ends (whether or not its row exists yet).
+    fn lock_quota(&mut self, quota: &str) -> MetaResult<()>;
+    /// A quota's usage in bytes; `None` when it has no row (never counted).
+    fn quota_usage(&mut self, quota: &str) -> MetaResult<Option<u64>>;
+    /// Adds `delta` to a quota's usage, creating its row at 0 first.
+    fn add_quota_usage(&mut self, quota: &str, delta: i64) -> MetaResult<()>;
+    /// How many rows (blob links, manifests) of the quota's repositories
+    /// name `digest`, and the digest's size.
+    fn quota_ref(&mut self, quota: &str, digest: &str) -> MetaResult<Option<(u64, u64)>>;
+    fn put_quota_ref(&mut self, quota: &str, digest: &str, count: u64, size: u64)
+        -> MetaResult<()>;
+    fn remove_quota_ref(&mut self, quota: &str, digest: &str) -> MetaResult<()>;
+    /// Every quota with a usage row.
+    fn quota_names(&mut self) -> MetaResult<Vec<String>>;
+    /// Removes a quota's usage row and its refs.
+    fn forget_quota(&mut self, quota: &str) -> MetaResult<()>;
+    /// Every repository of the catalog.
+    fn repo_names(&mut self) -> MetaResult<Vec<String>>;
+    /// What a repository holds: (digest, size) of each blob link and each
+    /// manifest.
+    fn repo_contents(&mut self, repo: &str) -> MetaResult<Vec<(String, u64)>>;
+
+    /// Appends an audit record; the backend gives it its id.
+    fn push_audit(&mut self, record: &AuditRecord) -> MetaResult<()>;
+    /// Removes audit records written before `before_ms`.
+    fn prune_audit(&mut self, before_ms: u64) -> MetaResult<()>;
+
     /// A robot account's record ([`super::RobotRecord::encode`]'s text).
     fn robot(&mut self, name: &str, lock: Lock) -> MetaResult<Option<String>>;
     fn put_robot(&mut self, name: &str, record: &str) -> MetaResult<()>;
@@ -138,36 +168,183 @@ pub trait TxnRows {
 }
 
 /// Applies each job in order: a job whose precondition fails is skipped
-/// whole and answered `Conflict`; an `Err` fails the batch (the caller
-/// rolls the transaction back).
+/// whole and answered `Conflict` (or `QuotaExceeded`); an `Err` fails the
+/// batch (the caller rolls the transaction back). `quotas` are the
+/// configured `[[quota]]`s, whose usage every change keeps.
 pub fn apply_jobs(
     rows: &mut dyn TxnRows,
     jobs: &[Vec<MetaWrite>],
+    quotas: &Quotas,
 ) -> MetaResult<Vec<MetaResult<()>>> {
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs {
         let mut refused = None;
         for op in job {
-            if let Some(why) = precondition(rows, op)? {
-                refused = Some(why);
+            if let Some(why) = conflict(rows, op)? {
+                refused = Some(MetaError::Conflict(why));
+                break;
+            }
+            if let Some(why) = over_quota(rows, op, quotas)? {
+                refused = Some(MetaError::QuotaExceeded(why));
                 break;
             }
         }
-        if let Some(why) = refused {
-            results.push(Err(MetaError::Conflict(why)));
+        if let Some(refusal) = refused {
+            results.push(Err(refusal));
             continue;
         }
         for op in job {
-            apply(rows, op)?;
+            apply(rows, op, quotas)?;
         }
         results.push(Ok(()));
     }
     Ok(results)
 }
 
+/// What a write would add to the repository: (repository, digest, size),
+/// when the row it makes is not there yet.
+fn adds(rows: &mut dyn TxnRows, op: &MetaWrite) -> MetaResult<Option<(String, String, u64)>> {
+    Ok(match op {
+        MetaWrite::LinkBlob { repo, digest, size }
+        | MetaWrite::MountBlob {
+            repo, digest, size, ..
+        } => {
+            let (r, d) = (repo.as_str(), digest.to_string());
+            match rows.link(r, &d, Lock::None)? {
+                Some(_) => None,
+                None => Some((r.to_owned(), d, *size)),
+            }
+        }
+        MetaWrite::PutManifest {
+            repo,
+            digest,
+            record,
+            ..
+        } => {
+            let (r, d) = (repo.as_str(), digest.to_string());
+            match rows.manifest(r, &d, Lock::None) {
+                Ok(Some(_)) => None,
+                Ok(None) | Err(MetaError::Record(_)) => Some((r.to_owned(), d, record.size)),
+                Err(e) => return Err(e),
+            }
+        }
+        _ => None,
+    })
+}
+
+/// Why `op` would take a quota over its limit, if it would. The quotas it
+/// looked at stay locked until the transaction ends, so two writes racing
+/// for the last bytes are decided one after the other.
+fn over_quota(
+    rows: &mut dyn TxnRows,
+    op: &MetaWrite,
+    quotas: &Quotas,
+) -> MetaResult<Option<String>> {
+    if quotas.is_empty() {
+        return Ok(None);
+    }
+    let Some((repo, digest, size)) = adds(rows, op)? else {
+        return Ok(None);
+    };
+    for q in quotas.covering(&repo) {
+        rows.lock_quota(&q.name)?;
+        // A digest the quota holds already adds nothing to it.
+        if rows.quota_ref(&q.name, &digest)?.is_some() {
+            continue;
+        }
+        let used = rows.quota_usage(&q.name)?.unwrap_or(0);
+        if used.saturating_add(size) > q.limit {
+            return Ok(Some(quota::refusal(q, used, size)));
+        }
+    }
+    Ok(None)
+}
+
+/// A row naming `digest` (`size` bytes) appeared in `repo`.
+fn count_in(
+    rows: &mut dyn TxnRows,
+    quotas: &Quotas,
+    repo: &str,
+    digest: &str,
+    size: u64,
+) -> MetaResult<()> {
+    for q in quotas.covering(repo) {
+        count_in_quota(rows, &q.name, digest, size)?;
+    }
+    Ok(())
+}
+
+fn count_in_quota(rows: &mut dyn TxnRows, quota: &str, digest: &str, size: u64) -> MetaResult<()> {
+    rows.lock_quota(quota)?;
+    match rows.quota_ref(quota, digest)? {
+        Some((n, held)) => rows.put_quota_ref(quota, digest, n + 1, held),
+        None => {
+            rows.put_quota_ref(quota, digest, 1, size)?;
+            rows.add_quota_usage(quota, i64::try_from(size).unwrap_or(i64::MAX))
+        }
+    }
+}
+
+/// A row naming `digest` went from `repo`.
+fn count_out(rows: &mut dyn TxnRows, quotas: &Quotas, repo: &str, digest: &str) -> MetaResult<()> {
+    for q in quotas.covering(repo) {
+        rows.lock_quota(&q.name)?;
+        match rows.quota_ref(&q.name, digest)? {
+            Some((n, held)) if n > 1 => rows.put_quota_ref(&q.name, digest, n - 1, held)?,
+            Some((_, held)) => {
+                rows.remove_quota_ref(&q.name, digest)?;
+                rows.add_quota_usage(&q.name, -i64::try_from(held).unwrap_or(i64::MAX))?;
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// Forgets quotas no longer configured and counts, from what the
+/// repositories hold, each configured quota that was never counted.
+fn sync_quotas(rows: &mut dyn TxnRows, quotas: &Quotas) -> MetaResult<()> {
+    let note = |rows: &mut dyn TxnRows, action: &str, name: &str, result: String| {
+        rows.push_audit(&AuditRecord {
+            at_ms: rows.now() * 1000,
+            actor: "wharf".into(),
+            action: action.into(),
+            repository: name.into(),
+            result,
+            ..Default::default()
+        })
+    };
+    for name in rows.quota_names()? {
+        if quotas.get(&name).is_none() {
+            rows.lock_quota(&name)?;
+            rows.forget_quota(&name)?;
+            note(rows, "quota_removed", &name, "ok".into())?;
+        }
+    }
+    for q in quotas.all() {
+        rows.lock_quota(&q.name)?;
+        if rows.quota_usage(&q.name)?.is_some() {
+            continue;
+        }
+        rows.add_quota_usage(&q.name, 0)?;
+        for repo in rows.repo_names()? {
+            if !quotas.covering(&repo).any(|c| c.name == q.name) {
+                continue;
+            }
+            for (digest, size) in rows.repo_contents(&repo)? {
+                count_in_quota(rows, &q.name, &digest, size)?;
+            }
+        }
+        let used = rows.quota_usage(&q.name)?.unwrap_or(0);
+        let counted = format!("limit {} bytes, {used} bytes used", q.limit);
+        note(rows, "quota_added", &q.name, counted)?;
+    }
+    Ok(())
+}
+
 /// Why `op` may not be applied now, if it may not. The rows the decision
 /// rests on stay locked until the transaction ends.
-fn precondition(rows: &mut dyn TxnRows, op: &MetaWrite) -> MetaResult<Option<String>> {
+fn conflict(rows: &mut dyn TxnRows, op: &MetaWrite) -> MetaResult<Option<String>> {
     Ok(match op {
         MetaWrite::MountBlob { from, digest, .. } => {
             let d = digest.to_string();
@@ -278,6 +455,9 @@ fn precondition(rows: &mut dyn TxnRows, op: &MetaWrite) -> MetaResult<Option<Str
             .is_none()
             .then(|| format!("no robot {name}")),
         MetaWrite::LinkBlob { .. }
+        | MetaWrite::SyncQuotas
+        | MetaWrite::Audit { .. }
+        | MetaWrite::PruneAudit { .. }
         | MetaWrite::UnlinkBlob { .. }
         | MetaWrite::DeleteManifest { .. }
         | MetaWrite::DeleteTag { .. }
@@ -300,8 +480,14 @@ fn used(record: &ManifestRecord) -> Vec<&str> {
 
 /// Removes a manifest's record and the index entries made from it; its
 /// tags stay (the caller decides).
-fn drop_record(rows: &mut dyn TxnRows, repo: &str, digest: &str) -> MetaResult<()> {
+fn drop_record(
+    rows: &mut dyn TxnRows,
+    quotas: &Quotas,
+    repo: &str,
+    digest: &str,
+) -> MetaResult<()> {
     if let Some(old) = rows.remove_manifest(repo, digest)? {
+        count_out(rows, quotas, repo, digest)?;
         if let Some(s) = &old.subject {
             rows.remove_referrer(ReferrerRow {
                 repo,
@@ -314,19 +500,31 @@ fn drop_record(rows: &mut dyn TxnRows, repo: &str, digest: &str) -> MetaResult<(
     Ok(())
 }
 
-fn apply(rows: &mut dyn TxnRows, op: &MetaWrite) -> MetaResult<()> {
+fn apply(rows: &mut dyn TxnRows, op: &MetaWrite, quotas: &Quotas) -> MetaResult<()> {
     match op {
         MetaWrite::LinkBlob { repo, digest, size }
         | MetaWrite::MountBlob {
             repo, digest, size, ..
         } => {
+            let (r, d) = (repo.as_str(), digest.to_string());
+            let new = rows.link(r, &d, Lock::None)?.is_none();
             let now = rows.now();
-            rows.put_link(repo.as_str(), &digest.to_string(), *size, now)?;
-            rows.ensure_repo(repo.as_str())?;
+            rows.put_link(r, &d, *size, now)?;
+            if new {
+                count_in(rows, quotas, r, &d, *size)?;
+            }
+            rows.ensure_repo(r)?;
         }
         MetaWrite::UnlinkBlob { repo, digest } | MetaWrite::GcUnlinkBlob { repo, digest, .. } => {
-            rows.remove_link(repo.as_str(), &digest.to_string())?;
+            let (r, d) = (repo.as_str(), digest.to_string());
+            if rows.link(r, &d, Lock::None)?.is_some() {
+                rows.remove_link(r, &d)?;
+                count_out(rows, quotas, r, &d)?;
+            }
         }
+        MetaWrite::SyncQuotas => sync_quotas(rows, quotas)?,
+        MetaWrite::Audit { record } => rows.push_audit(record)?,
+        MetaWrite::PruneAudit { before_ms } => rows.prune_audit(*before_ms)?,
         MetaWrite::PutManifest {
             repo,
             digest,
@@ -336,8 +534,9 @@ fn apply(rows: &mut dyn TxnRows, op: &MetaWrite) -> MetaResult<()> {
         } => {
             let (r, d) = (repo.as_str(), digest.to_string());
             // A re-push replaces the record and its index entries; its tags stay.
-            drop_record(rows, r, &d)?;
+            drop_record(rows, quotas, r, &d)?;
             rows.put_manifest(r, &d, &record.encode()?)?;
+            count_in(rows, quotas, r, &d, record.size)?;
             if let Some(s) = &record.subject {
                 rows.put_referrer(ReferrerRow {
                     repo: r,
@@ -354,7 +553,7 @@ fn apply(rows: &mut dyn TxnRows, op: &MetaWrite) -> MetaResult<()> {
         MetaWrite::DeleteManifest { repo, digest }
         | MetaWrite::GcDeleteManifest { repo, digest, .. } => {
             let (r, d) = (repo.as_str(), digest.to_string());
-            drop_record(rows, r, &d)?;
+            drop_record(rows, quotas, r, &d)?;
             for t in rows.tags_on(r, &d)? {
                 rows.remove_tag(r, &t)?;
             }

@@ -2,6 +2,7 @@
 //! backend transaction, commits once, then answers each job. Under parallel
 //! pushes many writes share one fsync instead of queueing for one each.
 
+use super::quota::Quotas;
 use super::{MetaBackend, MetaError, MetaWrite};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -19,6 +20,7 @@ pub(super) fn spawn<B: MetaBackend>(
     backend: Arc<B>,
     mut rx: mpsc::Receiver<WriteJob>,
     durable: bool,
+    quotas: Arc<Quotas>,
 ) -> Result<std::thread::JoinHandle<()>, MetaError> {
     std::thread::Builder::new()
         .name("wharf-meta-writer".into())
@@ -33,7 +35,7 @@ pub(super) fn spawn<B: MetaBackend>(
                 }
                 let (ops, replies): (Vec<Vec<MetaWrite>>, Vec<_>) =
                     jobs.into_iter().map(|j| (j.ops, j.done)).unzip();
-                match backend.commit(&ops, durable) {
+                match backend.commit(&ops, durable, &quotas) {
                     Ok(results) => {
                         for (r, done) in results.into_iter().zip(replies) {
                             let _ = done.send(r);

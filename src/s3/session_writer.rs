@@ -402,6 +402,7 @@ impl SessionWriter {
             digest.clone(),
             self.size,
         );
+        let quotas = self.uploads.quotas.clone();
         let duplicate = self
             .uploads
             .sql(move |c| {
@@ -424,10 +425,13 @@ impl SessionWriter {
                 }
                 // The link is the metadata rules' to write, in this transaction.
                 let link = vec![MetaWrite::LinkBlob { repo, digest: d, size }];
-                crate::meta::apply_in_postgres(&mut t, link)
+                crate::meta::apply_in_postgres(&mut t, link, &quotas)
                     .and_then(|applied| applied)
                     .map_err(|e| match e {
                         MetaError::Unavailable(m) => RemoteUploadError::Unavailable(m),
+                        // The session stays: the client may free room and
+                        // complete it again.
+                        MetaError::QuotaExceeded(m) => RemoteUploadError::QuotaExceeded(m),
                         e => RemoteUploadError::Db(e.to_string()),
                     })?;
                 // Purged meanwhile (idle past the timeout): its object is

@@ -67,6 +67,9 @@ pub enum RemoteUploadError {
     /// The node's scratch file for bytes below a part.
     #[error("upload scratch file: {0}")]
     Scratch(#[from] std::io::Error),
+    /// Linking the blob would take a `[[quota]]` over its limit.
+    #[error("{0}")]
+    QuotaExceeded(String),
 }
 
 impl From<crate::blocking::TaskFailed> for RemoteUploadError {
@@ -86,6 +89,8 @@ pub struct RemoteUploads {
     pub(super) budget: MemoryBudget,
     /// `<root>/scratch`: requests' bytes below a part.
     scratch: PathBuf,
+    /// The quotas a completion's link counts toward.
+    pub(super) quotas: std::sync::Arc<crate::meta::quota::Quotas>,
 }
 
 impl RemoteUploads {
@@ -95,6 +100,7 @@ impl RemoteUploads {
         max_sessions: usize,
         budget: MemoryBudget,
         scratch: PathBuf,
+        quotas: std::sync::Arc<crate::meta::quota::Quotas>,
     ) -> Self {
         RemoteUploads {
             s3,
@@ -102,6 +108,7 @@ impl RemoteUploads {
             max_sessions: i64::try_from(max_sessions).unwrap_or(i64::MAX),
             budget,
             scratch,
+            quotas,
         }
     }
 

@@ -37,6 +37,9 @@ pub enum StorageError {
     /// A fault: the index and the bytes disagree, an I/O error, a bug.
     #[error("{0}")]
     Internal(String),
+    /// Linking the blob would take a `[[quota]]` over its limit.
+    #[error("{0}")]
+    QuotaExceeded(String),
 }
 
 impl From<std::io::Error> for StorageError {
@@ -80,6 +83,7 @@ impl From<RemoteUploadError> for StorageError {
             E::Refused(r) => StorageError::Refused(r),
             e @ E::TooManyParts => StorageError::UploadTooLarge(e.to_string()),
             E::TooManySessions => StorageError::TooManySessions,
+            E::QuotaExceeded(m) => StorageError::QuotaExceeded(m),
             // The scratch disk: full is full (507), the rest a fault.
             E::Scratch(io) => io.into(),
             e @ (E::Unavailable(_)
@@ -101,6 +105,7 @@ impl From<MetaError> for StorageError {
         match e {
             e @ MetaError::NoSpace(_) => StorageError::Full(e.to_string()),
             e @ MetaError::Unavailable(_) => StorageError::Unavailable(e.to_string()),
+            MetaError::QuotaExceeded(m) => StorageError::QuotaExceeded(m),
             e => StorageError::Internal(e.to_string()),
         }
     }

@@ -248,6 +248,7 @@ pub async fn open_configured(
             config.limits.max_upload_sessions,
             budget,
             scratch,
+            meta.quotas(),
         );
         let cache = match s3.read_cache_mib {
             0 => None,

@@ -229,6 +229,7 @@ fn the_protocol_suite_passes_through_three_object_store_nodes() {
         "metrics::",
         "notifications::",
         "oci_client::",
+        "quotas::",
         "retention::",
         "robots::",
         "security::",

@@ -36,6 +36,7 @@ mod oidc_login;
 mod operator_errors;
 mod process;
 mod proxy;
+mod quotas;
 mod retention;
 mod robots;
 mod s3_client;

@@ -42,22 +42,8 @@ fn esc(s: &str) -> String {
 }
 
 /// Percent-encodes a query value (names, tags and digests are ASCII).
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'/' | b':' => {
-                (b as char).to_string()
-            }
-            b => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// Unix seconds as `YYYY-MM-DD HH:MM UTC`.
-fn when(secs: u64) -> String {
-    let (y, m, d, h, mi, _) = crate::calendar::civil(secs);
-    format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02} UTC")
-}
+use crate::calendar::utc_minute as when;
+use crate::http::query::encode as enc;
 
 const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:0;color:#222}\
 header{background:#123;color:#fff;padding:10px 20px}header a{color:#fff;text-decoration:none;font-weight:600}\

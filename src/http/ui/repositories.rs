@@ -1,5 +1,6 @@
 //! `/ui/`: the repositories the viewer may pull, a page at a time in name
-//! order, filtered by `?q=`.
+//! order, filtered by `?q=`, and the usage of the `[[quota]]`s covering
+//! them.
 
 use super::{enc, esc, filter_form, human, matches, Viewer, PAGE};
 use crate::http::query::Query;
@@ -57,6 +58,33 @@ pub(super) async fn page(st: &App, query: &Query, viewer: &Viewer<'_>) -> HttpRe
         );
     }
     body.push_str("</tbody></table></div>");
+    let quotas = st.meta.quotas();
+    let shown: Vec<_> = crate::app::quotas::usage(st)
+        .await?
+        .into_iter()
+        .filter(|u| {
+            allowed
+                .iter()
+                .any(|n| quotas.covering(n).any(|q| q.name == u.repositories))
+        })
+        .collect();
+    if !shown.is_empty() {
+        body.push_str(
+            "<h2>Quotas</h2><div class=scroll><table id=quotas><thead><tr><th>Repositories</th>\
+             <th class=n>Used</th><th class=n>Limit</th><th class=n>Used %</th></tr></thead><tbody>",
+        );
+        for u in shown {
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{:.1}</td></tr>",
+                esc(&u.repositories),
+                human(u.used_bytes),
+                human(u.max_bytes),
+                u.used_bytes as f64 * 100.0 / u.max_bytes.max(1) as f64
+            );
+        }
+        body.push_str("</tbody></table></div>");
+    }
     if allowed.is_empty() {
         body.push_str(match q.is_empty() {
             true => "<p class=muted>No repositories yet.</p>",
