@@ -149,6 +149,35 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Read a running server's audit log (`GET /_wharf/audit`): changes
+    /// and refusals, newest first.
+    Audit {
+        /// A running Wharf, host:port.
+        #[arg(long)]
+        url: String,
+        /// An admin user (`auth.admins`); the password is read from
+        /// WHARF_PASSWORD or the file WHARF_PASSWORD_FILE names.
+        #[arg(long)]
+        user: Option<String>,
+        /// From this UTC date or time (2026-12-05, 2026-12-05T15:20:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Up to this UTC date (the whole day) or time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only this repository's records.
+        #[arg(long)]
+        repository: Option<String>,
+        /// Only this user's (robot$NAME, an OIDC user, wharf for its own runs).
+        #[arg(long)]
+        actor: Option<String>,
+        /// At most this many records.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print the server's JSON answer, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Work with the configuration.
     Config {
         #[command(subcommand)]
@@ -302,6 +331,25 @@ fn main() -> ExitCode {
                 RobotAction::Delete { name } => cli::robot::RobotCommand::Delete { name },
             };
             cli::robot::run(&url, user.as_deref(), command, json)
+        }
+        Command::Audit {
+            url,
+            user,
+            since,
+            until,
+            repository,
+            actor,
+            limit,
+            json,
+        } => {
+            let filters = cli::audit::AuditFilters {
+                since: since.as_deref(),
+                until: until.as_deref(),
+                repository: repository.as_deref(),
+                actor: actor.as_deref(),
+                limit,
+            };
+            cli::audit::run(&url, user.as_deref(), &filters, json)
         }
         Command::Config {
             action: ConfigAction::Check { config, connect },

@@ -78,6 +78,9 @@ pub struct Origin {
     pub method: String,
     pub user_agent: String,
     pub actor: String,
+    /// An OIDC user's issuer and subject (the audit log's, not the
+    /// event's).
+    pub identity: String,
 }
 
 struct Receiver {
@@ -454,6 +457,7 @@ mod tests {
             method: "PUT".into(),
             user_agent: "docker/28".into(),
             actor: "ci".into(),
+            identity: String::new(),
         }
     }
 

@@ -110,19 +110,32 @@ pub async fn create(
     app: &App,
     new: &NewRobot,
     by: &str,
+    addr: &str,
 ) -> Result<(RobotRecord, String), RobotError> {
     if app.auth.is_none() {
         return Err(RobotError::AuthOff);
     }
     let secret = robot::new_secret().map_err(|_| RobotError::Random)?;
     let record = new.record(&secret, crate::calendar::unix_now(), by)?;
-    match app
-        .meta
-        .write(vec![MetaWrite::PutRobot {
+    let what = format!("{}{}", robot::PREFIX, record.name);
+    let expires = match record.expires_at {
+        Some(t) => format!("expires {}", crate::calendar::utc_minute(t)),
+        None => "never expires".into(),
+    };
+    let result = format!(
+        "ok: {} on {}, {expires}",
+        record.actions.join(","),
+        record.repositories.join(",")
+    );
+    let mut audit = super::audit::record(by, "create_robot", "", &what, &result);
+    audit.addr = addr.to_owned();
+    let ops = vec![
+        MetaWrite::PutRobot {
             record: record.clone(),
-        }])
-        .await
-    {
+        },
+        MetaWrite::Audit { record: audit },
+    ];
+    match app.meta.write(ops).await {
         Err(MetaError::Conflict(_)) => return Err(RobotError::Exists(new.name.clone())),
         r => r?,
     }
@@ -130,13 +143,16 @@ pub async fn create(
     Ok((record, secret))
 }
 
-pub async fn delete(app: &App, name: &str) -> Result<(), RobotError> {
+pub async fn delete(app: &App, name: &str, by: &str, addr: &str) -> Result<(), RobotError> {
     let name = name.strip_prefix(robot::PREFIX).unwrap_or(name).to_owned();
-    match app
-        .meta
-        .write(vec![MetaWrite::DeleteRobot { name: name.clone() }])
-        .await
-    {
+    let what = format!("{}{name}", robot::PREFIX);
+    let mut audit = super::audit::record(by, "delete_robot", "", &what, "ok");
+    audit.addr = addr.to_owned();
+    let ops = vec![
+        MetaWrite::DeleteRobot { name: name.clone() },
+        MetaWrite::Audit { record: audit },
+    ];
+    match app.meta.write(ops).await {
         Err(MetaError::Conflict(_)) => return Err(RobotError::Unknown(name)),
         r => r?,
     }

@@ -333,6 +333,15 @@ impl Authenticator {
     }
 }
 
+/// The user name Basic credentials claim, checked or not (for the record
+/// of a refused login; never the password). `None` for other schemes.
+pub fn claimed_user(header: Option<&[u8]>) -> Option<String> {
+    match parse_authorization(header?) {
+        Ok(Credentials::Basic { user, .. }) => Some(user),
+        _ => None,
+    }
+}
+
 fn load_table(path: &PathBuf) -> Result<HtpasswdTable, AuthError> {
     let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
         path: path.clone(),

@@ -1,5 +1,5 @@
 //! The operator's commands other than `serve`: `gc`, `fsck`, `retention`,
-//! `robot`, `migrate`, `config check`, `healthcheck`. Owns what each prints (a
+//! `robot`, `audit`, `migrate`, `config check`, `healthcheck`. Owns what each prints (a
 //! sentence for people, JSON with `--json`) and its exit code: 0 done,
 //! 1 a problem found or refused, 2 the command could not run.
 //! Must not: hold registry logic (collection, checks, policies live in
@@ -7,6 +7,7 @@
 //! command does not need.
 
 pub mod admin;
+pub mod audit;
 pub mod check;
 pub mod fsck;
 pub mod gc;

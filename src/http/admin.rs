@@ -117,6 +117,7 @@ pub(super) async fn robots(
     st: &App,
     req: http::Request<hyper::body::Incoming>,
     admin: &str,
+    addr: &str,
 ) -> HttpResult {
     use crate::app::robots;
     match *req.method() {
@@ -128,7 +129,7 @@ pub(super) async fn robots(
         }
         Method::POST => {
             let new: robots::NewRobot = read_json(st, req.into_body()).await?;
-            let (record, secret) = robots::create(st, &new, admin).await?;
+            let (record, secret) = robots::create(st, &new, admin, addr).await?;
             tracing::info!(robot = %record.name, by = admin, "robot account created");
             let mut json = robot_json(&record);
             json["secret"] = serde_json::Value::String(secret);
@@ -239,11 +240,17 @@ fn audit_json(r: &crate::meta::AuditRecord) -> serde_json::Value {
     })
 }
 
-pub(super) async fn robot(st: &App, method: &Method, name: &str, admin: &str) -> HttpResult {
+pub(super) async fn robot(
+    st: &App,
+    method: &Method,
+    name: &str,
+    admin: &str,
+    addr: &str,
+) -> HttpResult {
     if method != Method::DELETE {
         return Err(ApiError::MethodNotAllowed);
     }
-    crate::app::robots::delete(st, name).await?;
+    crate::app::robots::delete(st, name, admin, addr).await?;
     tracing::info!(robot = name, by = admin, "robot account deleted");
     let mut r = Response::new(Body::Empty);
     *r.status_mut() = http::StatusCode::NO_CONTENT;

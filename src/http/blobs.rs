@@ -185,6 +185,12 @@ pub(super) async fn delete(
         .notifier
         .events(crate::notify::EventKind::Delete, &target, origin);
     let events = !ops.is_empty();
+    ops.push(super::audit::change(
+        origin,
+        "delete_blob",
+        name.as_str(),
+        &digest.to_string(),
+    ));
     ops.insert(
         0,
         MetaWrite::UnlinkBlob {

@@ -292,6 +292,12 @@ pub(super) async fn put(
         origin,
     );
     let events = !ops.is_empty();
+    ops.push(super::audit::change(
+        origin,
+        "push_manifest",
+        name.as_str(),
+        &reference.to_string(),
+    ));
     ops.insert(
         0,
         MetaWrite::PutManifest {
@@ -396,6 +402,17 @@ pub(super) async fn delete(
     };
     let mut ops = st.notifier.events(EventKind::Delete, &target, origin);
     let events = !ops.is_empty();
+    let (action, what) = match &op {
+        MetaWrite::DeleteTag { tag, .. } => ("delete_tag", tag.clone()),
+        _ => (
+            "delete_manifest",
+            deleted_digest
+                .as_ref()
+                .map(|d| d.to_string())
+                .unwrap_or_default(),
+        ),
+    };
+    ops.push(super::audit::change(origin, action, name.as_str(), &what));
     ops.insert(0, op);
     st.meta.write(ops).await?;
     if events {

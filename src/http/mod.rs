@@ -7,6 +7,7 @@
 //! content store and the metadata store.
 
 mod admin;
+mod audit;
 mod blobs;
 pub mod body;
 pub mod error;
@@ -43,6 +44,12 @@ struct RequestFacts {
     route: &'static str,
     repo: Option<String>,
     user: String,
+    /// An OIDC user's issuer and subject.
+    identity: String,
+    /// Whether the request carried credentials.
+    credentials: bool,
+    /// What the request is for the audit log, if it is an audited write.
+    audited: Option<audit::Audited>,
 }
 
 /// Serves one request. Never fails: every error becomes an OCI error reply.
@@ -59,6 +66,9 @@ pub async fn handle(state: Arc<App>, req: Request<Incoming>, peer: IpAddr) -> Re
         route: "none",
         repo: None,
         user: "-".into(),
+        identity: String::new(),
+        credentials: false,
+        audited: None,
     };
     let mut resp = match dispatch(&state, req, peer, &mut facts).await {
         Ok(r) => r,
@@ -76,6 +86,13 @@ pub async fn handle(state: Arc<App>, req: Request<Incoming>, peer: IpAddr) -> Re
                     .inc(),
                 ApiError::TooManyRequests { .. } => state.metrics.rate_limited.inc(),
                 _ => {}
+            }
+            let who = (facts.user.as_str(), facts.identity.as_str());
+            let addr = peer.to_string();
+            if let Some(r) =
+                audit::refusal(&e, facts.audited.as_ref(), facts.credentials, who, &addr)
+            {
+                crate::app::audit::write(&state, r).await;
             }
             e.into_response(head_only)
         }
@@ -187,6 +204,7 @@ async fn authorize(
         .headers()
         .get(http::header::AUTHORIZATION)
         .map(|v| v.as_bytes());
+    facts.credentials = header.is_some();
     let mut identified = auth.identify(header).await;
     // A robot created on another node a moment ago: read the accounts now
     // rather than refuse until the next refresh.
@@ -198,13 +216,19 @@ async fn authorize(
     let who = match identified {
         Ok(who) => who,
         Err(e) => {
+            if let Some(u) = crate::auth::claimed_user(header) {
+                facts.user = u;
+            }
             return Err(ApiError::Unauthorized {
                 challenge: auth.challenge(access, false),
                 message: e.to_string(),
-            })
+            });
         }
     };
     facts.user = who.name().to_owned();
+    if let Identity::Oidc(o) = &who {
+        facts.identity = format!("{} {}", o.issuer, o.subject);
+    }
     match auth.decide(&who, access) {
         Decision::Allow => Ok(who),
         Decision::Challenge => Err(ApiError::Unauthorized {
@@ -247,6 +271,8 @@ async fn dispatch(
         Err(RouteError::Invalid(e)) => return Err(e.into()),
     };
     facts.route = endpoint.label();
+    let mount = Query::parse(req.uri().query());
+    facts.audited = audit::audited(req.method(), &endpoint, mount.get("mount"));
     // Health probes are exempt from the rate limit: a balancer polling from
     // one address must not be throttled into marking the registry down.
     if let Endpoint::Health | Endpoint::Ready = endpoint {
@@ -314,8 +340,10 @@ async fn dispatch(
         let query = Query::parse(req.uri().query());
         return match endpoint {
             Endpoint::AdminGc => admin::gc(st, req.method(), &query, &admin).await,
-            Endpoint::AdminRobots => admin::robots(st, req, &admin).await,
-            Endpoint::AdminRobot { name } => admin::robot(st, req.method(), &name, &admin).await,
+            Endpoint::AdminRobots => admin::robots(st, req, &admin, &peer.to_string()).await,
+            Endpoint::AdminRobot { name } => {
+                admin::robot(st, req.method(), &name, &admin, &peer.to_string()).await
+            }
             Endpoint::AdminQuotas => admin::quotas(st, req.method()).await,
             Endpoint::AdminAudit => admin::audit(st, req.method(), &query).await,
             _ => admin::retention(st, req.method(), &query, &admin).await,
@@ -358,7 +386,8 @@ async fn dispatch(
             blobs::delete(st, &name, &digest, &origin).await
         }
         (Method::POST, Endpoint::UploadStart { name }) => {
-            uploads::start(st, &name, &query, req, may_mount).await
+            let origin = origin_of(&req, peer, facts);
+            uploads::start(st, &name, &query, req, may_mount, &origin).await
         }
         (Method::PATCH, Endpoint::Upload { name, id }) => uploads::patch(st, &name, &id, req).await,
         (Method::PUT, Endpoint::Upload { name, id }) => {
@@ -415,6 +444,7 @@ fn origin_of(req: &Request<Incoming>, peer: IpAddr, facts: &RequestFacts) -> cra
             "-" => String::new(),
             user => user.to_owned(),
         },
+        identity: facts.identity.clone(),
     }
 }
 

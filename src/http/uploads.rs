@@ -23,6 +23,7 @@ pub(super) async fn start(
     query: &Query,
     req: Request<Incoming>,
     may_mount: bool,
+    origin: &crate::notify::Origin,
 ) -> HttpResult {
     // Full mode: the room left is for deletes and garbage collection.
     if let Err(e) = st.storage.check_writable() {
@@ -42,13 +43,14 @@ pub(super) async fn start(
             let (source, d) = (from.clone(), digest.clone());
             let size = st.meta.query(move |m| m.blob_link(&source, &d)).await?;
             if let (Some(size), true) = (size, st.storage.has_blob(&digest).await?) {
+                let audit = super::audit::change(origin, "mount_blob", name.as_str(), mount);
                 let mount = MetaWrite::MountBlob {
                     from,
                     repo: name.clone(),
                     digest: digest.clone(),
                     size,
                 };
-                match st.meta.write(vec![mount]).await {
+                match st.meta.write(vec![mount, audit]).await {
                     Ok(()) => return Ok(created(name, &digest)),
                     // The source lost the blob meanwhile: upload instead.
                     Err(MetaError::Conflict(_)) => {}

@@ -546,3 +546,64 @@ mod tests {
             .unwrap();
     }
 }
+
+#[cfg(test)]
+mod audit_tests {
+    use super::*;
+    use crate::meta::{AuditQuery, AuditRecord, MetaRead};
+
+    fn record(at_ms: u64, repo: &str) -> MetaWrite {
+        MetaWrite::Audit {
+            record: AuditRecord {
+                at_ms,
+                actor: "a".into(),
+                action: "push_manifest".into(),
+                repository: repo.into(),
+                result: "ok".into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Ids rise even for records of one millisecond; queries bound by time
+    /// and id, newest first; pruning drops only what is older.
+    #[test]
+    fn audit_records_are_ordered_bounded_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let space = Arc::new(DiskSpace::open(dir.path(), 0));
+        let b = RedbBackend::open(&dir.path().join("meta.redb"), space).unwrap();
+        let quotas = crate::meta::quota::Quotas::default();
+        let jobs = vec![
+            vec![record(1_000, "old")],
+            vec![record(5_000, "x"), record(5_000, "y")],
+            vec![record(9_000, "x")],
+        ];
+        b.commit(&jobs, false, &quotas).unwrap();
+        let q = |since_ms, until_ms, repo: Option<&str>, before_id| AuditQuery {
+            since_ms,
+            until_ms,
+            repository: repo.map(str::to_owned),
+            before_id,
+            limit: 10,
+            ..Default::default()
+        };
+        let all = b.audit(&q(0, 0, None, None)).unwrap();
+        let repos: Vec<_> = all.iter().map(|r| r.repository.as_str()).collect();
+        assert_eq!(repos, ["x", "y", "x", "old"]);
+        assert!(all.windows(2).all(|w| w[0].id > w[1].id));
+        let mid = b.audit(&q(2_000, 5_000, None, None)).unwrap();
+        assert_eq!(mid.len(), 2);
+        let x = b.audit(&q(0, 0, Some("x"), None)).unwrap();
+        assert_eq!(x.len(), 2);
+        let older = b.audit(&q(0, 0, None, Some(all[1].id))).unwrap();
+        assert_eq!(older.len(), 2);
+        b.commit(
+            &[vec![MetaWrite::PruneAudit { before_ms: 5_000 }]],
+            false,
+            &quotas,
+        )
+        .unwrap();
+        let left = b.audit(&q(0, 0, None, None)).unwrap();
+        assert_eq!(left.len(), 3, "only the record of 1 s went");
+    }
+}

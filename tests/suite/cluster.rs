@@ -219,6 +219,7 @@ fn the_protocol_suite_passes_through_three_object_store_nodes() {
         return;
     }
     let modules = [
+        "audit::",
         "blobs::",
         "build_cache::",
         "conformance::",

@@ -9,6 +9,7 @@
 
 mod common;
 
+mod audit;
 mod backends;
 
 mod blobs;

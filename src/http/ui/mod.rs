@@ -1,15 +1,17 @@
 //! The read-only web UI at `/ui/`: repositories (size, tag count), a
 //! repository's tags (newest push first, digest, size, an index's
 //! platforms, a pull line each), a manifest's image configuration, layers,
-//! tags and referrers grouped by artifact type. Lists filter (`?q=`) and
+//! tags and referrers grouped by artifact type, and for admins a
+//! repository's activity (its audit records). Lists filter (`?q=`) and
 //! sort by any column.
 //!
-//! Owns: the three pages, rendered on the server as plain HTML (one inline
+//! Owns: the four pages, rendered on the server as plain HTML (one inline
 //! stylesheet, a few lines of inline script for copy buttons and column
 //! sorting; every page works without script), and their error pages.
 //! Must not: write anything, load anything from outside the binary (no
 //! CDN, no framework), or show a repository the viewer may not pull.
 
+mod activity;
 mod manifest;
 mod repositories;
 mod repository;
@@ -161,6 +163,14 @@ impl Viewer<'_> {
             Some((auth, who)) => auth.allows(who, &Access::repo(repo, Action::Pull)),
         }
     }
+
+    /// Whether the viewer may read the audit log.
+    fn is_admin(&self) -> bool {
+        match &self.who {
+            None => true,
+            Some((auth, who)) => auth.is_admin(who),
+        }
+    }
 }
 
 pub(super) async fn serve(st: &App, path: &str, query: &Query, viewer: Viewer<'_>) -> HttpResult {
@@ -174,6 +184,7 @@ pub(super) async fn serve(st: &App, path: &str, query: &Query, viewer: Viewer<'_
         "/ui/" => repositories::page(st, query, &viewer).await,
         "/ui/repo" => repository::page(st, query, &viewer).await,
         "/ui/manifest" => manifest::page(st, query, &viewer).await,
+        "/ui/activity" => activity::page(st, query, &viewer).await,
         _ => Err(ApiError::NotFound),
     }
     .or_else(error_page)

@@ -64,6 +64,12 @@ pub(super) async fn page(st: &App, query: &Query, viewer: &Viewer<'_>) -> HttpRe
     let has_next = kept.len() > (at + 1) * PAGE;
     let rows: Vec<_> = kept.iter().skip(at * PAGE).take(PAGE).collect();
     let mut body = format!("<h1>{}</h1>", esc(name.as_str()));
+    if viewer.is_admin() {
+        body.push_str(&format!(
+            "<p><a href=\"/ui/activity?name={}\">Activity</a></p>",
+            super::enc(name.as_str())
+        ));
+    }
     if let Some((newest, _, _)) = kept.first() {
         body.push_str(&pull_line(&format!(
             "docker pull {}/{}:{}",
