@@ -70,10 +70,16 @@ pub struct OidcConfigError {
 
 type Https = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
+/// One of an issuer's keys and the algorithm it signs with.
+type SigningKey = (DecodingKey, Algorithm);
+
 struct Issuer {
     cfg: OidcConfig,
     http: Https,
     keys: RwLock<Keys>,
+    /// One fetch of the keys at a time: a burst of logins with a new `kid`
+    /// waits for the first one's fetch instead of each sending its own.
+    fetch_turn: tokio::sync::Mutex<()>,
     require: Vec<(String, String)>,
     grants: Vec<(String, Vec<Action>)>,
 }
@@ -124,6 +130,7 @@ impl OidcLogins {
                     cfg: cfg.clone(),
                     http,
                     keys: RwLock::new(Keys::default()),
+                    fetch_turn: tokio::sync::Mutex::new(()),
                     grants,
                 })
             })
@@ -232,15 +239,20 @@ impl Issuer {
     /// The key `kid` names: cached, or fetched (again) when unknown and
     /// the last fetch is over a minute old.
     async fn key(&self, kid: &str) -> Result<(DecodingKey, Algorithm), String> {
-        let due = {
-            let keys = self.keys.read().map_err(|_| "key cache poisoned")?;
-            if let Some(k) = keys.by_kid.get(kid) {
-                return Ok(k.clone());
-            }
-            keys.fetched.is_none_or(|t| t.elapsed() >= REFETCH_EVERY)
-        };
-        if !due {
-            return Err(format!("unknown signing key {kid:?}"));
+        match self.cached_or_due(kid)? {
+            (Some(k), _) => return Ok(k),
+            (None, false) => return Err(format!("unknown signing key {kid:?}")),
+            (None, true) => {}
+        }
+        // Waits out a fetch under way (bounded by its own deadline), then
+        // looks again: that fetch may have brought the key.
+        let _turn = tokio::time::timeout(FETCH_DEADLINE * 2, self.fetch_turn.lock())
+            .await
+            .map_err(|_| "the issuer's keys are still being fetched".to_owned())?;
+        match self.cached_or_due(kid)? {
+            (Some(k), _) => return Ok(k),
+            (None, false) => return Err(format!("unknown signing key {kid:?}")),
+            (None, true) => {}
         }
         let fetched = self.fetch_keys().await;
         let mut keys = self.keys.write().map_err(|_| "key cache poisoned")?;
@@ -256,6 +268,19 @@ impl Issuer {
             .get(kid)
             .cloned()
             .ok_or_else(|| format!("unknown signing key {kid:?}"))
+    }
+
+    /// The cached key `kid` names, if any, and whether a fetch is due (the
+    /// last one is over a minute old, or there was none).
+    fn cached_or_due(&self, kid: &str) -> Result<(Option<SigningKey>, bool), String> {
+        let keys = self.keys.read().map_err(|_| "key cache poisoned")?;
+        if let Some(k) = keys.by_kid.get(kid) {
+            return Ok((Some(k.clone()), false));
+        }
+        Ok((
+            None,
+            keys.fetched.is_none_or(|t| t.elapsed() >= REFETCH_EVERY),
+        ))
     }
 
     async fn fetch_keys(&self) -> Result<HashMap<String, (DecodingKey, Algorithm)>, String> {

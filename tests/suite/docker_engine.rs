@@ -499,3 +499,65 @@ async fn wharfs_image_runs_serves_docker_and_holds_a_copy_of_itself() {
     let version = cli.run(&["run", "--rm", &by_digest, "--version"]).unwrap();
     assert!(version.starts_with("wharf "), "{version}");
 }
+
+/// docker logs in with a CI job's OIDC token as the password, and as a
+/// robot account, and pushes and pulls inside each one's grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_logs_in_with_a_ci_token_and_as_a_robot() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    if no_docker() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = crate::common::oidc_issuer::OidcIssuer::start(dir.path()).await;
+    let oidc = crate::oidc_login::oidc_config(&issuer);
+    let users = htpasswd(dir.path(), &[("ops", "ops-pw")]);
+    let reg = TestRegistry::start_with(move |c| {
+        c.auth.htpasswd = Some(users);
+        c.auth.admins = vec!["ops".into()];
+        c.auth.oidc = vec![oidc];
+    })
+    .await;
+    let host = host_of(&reg);
+    let cli = DockerCli::new();
+
+    let token = issuer.token(
+        "k1",
+        issuer.claims(crate::oidc_login::AUDIENCE, serde_json::json!({})),
+    );
+    let ok = cli.login(&host, "oidc", &token).unwrap();
+    assert!(ok.contains("Login Succeeded"), "{ok}");
+    push_and_pull_back(&cli, &format!("{host}/ci/my-org/app/img:1"), 21);
+
+    let r = reg
+        .client
+        .post(reg.url("/_wharf/robots"))
+        .basic_auth("ops", Some("ops-pw"))
+        .json(
+            &serde_json::json!({"name": "builder", "repositories": ["robots/**"],
+                                   "actions": ["pull", "push"]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let secret = r.json::<serde_json::Value>().await.unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ok = cli.login(&host, "robot$builder", &secret).unwrap();
+    assert!(ok.contains("Login Succeeded"), "{ok}");
+    push_and_pull_back(&cli, &format!("{host}/robots/app:1"), 22);
+    // Outside its grant the robot is refused.
+    let files = base_files(1 << 16, 23);
+    let base = cli.import(files.path());
+    let elsewhere = format!("{host}/ci/other:1");
+    cli.run(&["tag", &base, &elsewhere]).unwrap();
+    cli.owns(&elsewhere);
+    let refused = cli.push(&elsewhere).unwrap_err();
+    assert!(
+        refused.contains("denied") || refused.contains("403"),
+        "{refused}"
+    );
+    cli.run(&["logout", &host]).unwrap();
+}

@@ -12,7 +12,7 @@ use crate::secure_clients::{oci_fixture, skip, Clients};
 use serde_json::json;
 use std::time::Duration;
 
-const AUDIENCE: &str = "registry.example.com";
+pub(crate) const AUDIENCE: &str = "registry.example.com";
 
 /// The `[[auth.oidc]]` entry for `issuer`, its sub-tables under `prefix`
 /// (`""` for the entry alone, `"auth.oidc."` in a whole file).
@@ -36,7 +36,7 @@ actions = ["pull", "push"]
     )
 }
 
-fn oidc_config(issuer: &OidcIssuer) -> wharf::config::OidcConfig {
+pub(crate) fn oidc_config(issuer: &OidcIssuer) -> wharf::config::OidcConfig {
     toml::from_str(&oidc_toml(issuer, "")).unwrap()
 }
 
@@ -214,6 +214,39 @@ async fn a_login_lasts_until_iat_plus_session_secs_even_past_exp() {
     tokio::time::sleep(Duration::from_secs(7)).await;
     let (status, said) = push_with(&reg, &token, "ci/my-org/app/a", b"3").await;
     assert_eq!(status, 401, "past iat + session_secs: {said}");
+}
+
+/// A burst of CI jobs logging in at once to a registry that has not seen
+/// the issuer's keys yet fetches them once, not once per job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_logins_fetches_the_keys_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = OidcIssuer::start(dir.path()).await;
+    let cfg = oidc_config(&issuer);
+    let reg = std::sync::Arc::new(TestRegistry::start_with(move |c| c.auth.oidc = vec![cfg]).await);
+    let mut jobs = Vec::new();
+    for i in 0..20u64 {
+        let token = issuer.token(
+            "k1",
+            issuer.claims(AUDIENCE, json!({ "run_id": i.to_string() })),
+        );
+        let reg = reg.clone();
+        jobs.push(tokio::spawn(async move {
+            push_with(&reg, &token, "ci/my-org/app/x", &payload(100, i))
+                .await
+                .0
+        }));
+    }
+    for j in jobs {
+        assert_eq!(j.await.unwrap(), 201);
+    }
+    // In the cluster pass each of the three nodes fetches once.
+    let nodes = if cluster_mode() { 3 } else { 1 };
+    assert!(
+        issuer.jwks_fetches() <= nodes,
+        "{} fetches",
+        issuer.jwks_fetches()
+    );
 }
 
 /// skopeo and podman log in with a CI token as the password and push and

@@ -23,6 +23,8 @@ pub struct OidcIssuer {
     /// The test CA's certificate, for `auth.oidc.ca_file`.
     pub ca_file: PathBuf,
     published: Published,
+    /// How many times the key set was fetched.
+    jwks_fetches: Arc<std::sync::atomic::AtomicUsize>,
     _front: TlsFront,
     task: tokio::task::JoinHandle<()>,
 }
@@ -66,12 +68,14 @@ impl OidcIssuer {
         let published: Published =
             Arc::new(Mutex::new(vec![("k1".into(), Arc::new(SigningKey::ec()))]));
         let (keys, issuer) = (published.clone(), url.clone());
+        let jwks_fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = jwks_fetches.clone();
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
-                let (keys, issuer) = (keys.clone(), issuer.clone());
+                let (keys, issuer, counter) = (keys.clone(), issuer.clone(), counter.clone());
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let (keys, issuer) = (keys.clone(), issuer.clone());
+                    let (keys, issuer, counter) = (keys.clone(), issuer.clone(), counter.clone());
                     async move {
                         let body = match req.uri().path() {
                             "/.well-known/openid-configuration" => serde_json::json!({
@@ -79,6 +83,7 @@ impl OidcIssuer {
                                 "id_token_signing_alg_values_supported": ["ES256", "RS256"],
                             }),
                             "/jwks" => {
+                                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                                 let keys = keys.lock().unwrap();
                                 let list: Vec<_> =
                                     keys.iter().map(|(kid, k)| jwk(kid, k)).collect();
@@ -102,9 +107,15 @@ impl OidcIssuer {
             url,
             ca_file: front.ca_file.clone(),
             published,
+            jwks_fetches,
             _front: front,
             task,
         }
+    }
+
+    /// How many times the key set was fetched so far.
+    pub fn jwks_fetches(&self) -> usize {
+        self.jwks_fetches.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Publishes another key (a rotation), RS256 when `rsa`.
