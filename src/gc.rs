@@ -212,17 +212,16 @@ pub async fn collect(
     }
 
     // 2. Links to blobs no manifest of the repository references.
+    // From the reverse index, not the records: no manifest is decoded.
     let m = meta.clone();
-    let (links, manifests) =
-        blocking(move || Ok((m.read().all_blob_links()?, m.read().all_manifests()?))).await?;
-    let mut referenced: HashSet<(String, String)> = HashSet::new();
-    for (repo, d, rec) in &manifests {
-        if opts.dry_run && gone_manifests.contains(&(repo.clone(), d.clone())) {
+    let (links, references) =
+        blocking(move || Ok((m.read().all_blob_links()?, m.read().all_references()?))).await?;
+    let mut referenced: HashSet<(String, String)> = HashSet::with_capacity(references.len());
+    for (repo, used, manifest) in references {
+        if opts.dry_run && gone_manifests.contains(&(repo.clone(), manifest)) {
             continue;
         }
-        for b in &rec.blobs {
-            referenced.insert((repo.clone(), b.clone()));
-        }
+        referenced.insert((repo, used));
     }
     let mut writes = Vec::new();
     let mut gone_links: HashSet<(String, String)> = HashSet::new();

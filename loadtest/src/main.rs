@@ -4,7 +4,9 @@
 //!
 //! Scenarios: push-mono, push-chunked, push-same, pull, pull-range,
 //! blob-get, manifest-put, manifest-get, manifest-head, build-farm, tcp
-//! (the loopback ceiling, served in-process) and s3-put (an S3 endpoint's
+//! (the loopback ceiling, served in-process), the seeded registry's
+//! (`seed`, `manifest-get-seeded`, `blob-head-seeded`, `delete-big`,
+//! `delete-small`: see `seeded`) and s3-put (an S3 endpoint's
 //! own ingest: `--host` is the endpoint, WHARF_LOAD_S3_BUCKET and the AWS_*
 //! keys say where). Each prints one `RESULT` line
 //! that `loadtest/compare.sh` reads.
@@ -13,6 +15,7 @@ mod conn;
 mod loopback;
 mod payload;
 mod scenario;
+mod seeded;
 
 use clap::Parser;
 use scenario::{Params, Prepared};
@@ -57,6 +60,15 @@ struct Args {
     /// do; the password is read from WHARF_LOAD_PASSWORD.
     #[arg(long)]
     user: Option<String>,
+    /// Seeded layout: small repositories the manifests spread over.
+    #[arg(long, default_value_t = 1000)]
+    repos: usize,
+    /// Seeded layout: how many manifests were seeded (reads pick among them).
+    #[arg(long, default_value_t = 0)]
+    seeded: usize,
+    /// Seeded layout: every Nth manifest goes to the one big repository.
+    #[arg(long, default_value_t = 10)]
+    big_every: usize,
 }
 
 /// A `VmRSS:`-style field of /proc/<pid>/status, in KiB.
@@ -111,6 +123,9 @@ async fn main() {
         ops: a.ops,
         clients: a.clients,
         run: a.run.clone(),
+        repos: a.repos,
+        seeded: a.seeded,
+        big_every: a.big_every,
     };
     let hosts: Vec<String> = a.host.split(',').map(str::to_owned).collect();
     let first = hosts[0].clone();

@@ -16,6 +16,10 @@ pub struct Params {
     pub ops: usize,
     pub clients: usize,
     pub run: String,
+    /// The seeded layout (`seed`, `*-seeded`, `delete-*`).
+    pub repos: usize,
+    pub seeded: usize,
+    pub big_every: usize,
 }
 
 /// Data prepared before the clock starts.
@@ -61,6 +65,9 @@ pub enum Prepared {
         prefix: String,
         blobs: Vec<Blob>,
     },
+    /// A seeded registry (`loadtest/scale.py`): seeding it, reading it,
+    /// deleting from it.
+    Seeded(Box<crate::seeded::Layout>, crate::seeded::Op),
     /// Loopback ceiling: an in-process HTTP server returning a static
     /// buffer, fetched the same way as a blob.
     Static {
@@ -167,7 +174,7 @@ async fn get_blob(c: &mut Conn, repo: &str, b: &Blob) -> Result<u64, Error> {
     Ok(r.body_len)
 }
 
-fn manifest(config: &Blob, layers: &[&Blob], note: &str) -> Bytes {
+pub(crate) fn manifest(config: &Blob, layers: &[&Blob], note: &str) -> Bytes {
     let desc =
         |mt: &str, b: &Blob| json!({"mediaType": mt, "digest": b.digest, "size": b.data.len()});
     let body = json!({
@@ -180,7 +187,12 @@ fn manifest(config: &Blob, layers: &[&Blob], note: &str) -> Bytes {
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
 
-async fn put_manifest(c: &mut Conn, repo: &str, tag: &str, body: Bytes) -> Result<u64, Error> {
+pub(crate) async fn put_manifest(
+    c: &mut Conn,
+    repo: &str,
+    tag: &str,
+    body: Bytes,
+) -> Result<u64, Error> {
     let len = body.len() as u64;
     c.send(
         Method::PUT,
@@ -278,6 +290,21 @@ pub async fn prepare(name: &str, host: &str, p: &Params) -> Result<Prepared, Err
                     len,
                 }
             }
+        }
+        "seed" | "manifest-get-seeded" | "blob-head-seeded" | "delete-big" | "delete-small" => {
+            use crate::seeded::{Layout, Op};
+            let layout = Layout::new(&p.run, p.repos, p.big_every, p.seeded);
+            let op = match name {
+                "seed" => {
+                    layout.prepare_seed(host, p.ops, p.clients).await?;
+                    Op::Seed
+                }
+                "manifest-get-seeded" => Op::ManifestGet,
+                "blob-head-seeded" => Op::BlobHead,
+                "delete-big" => Op::DeleteBig,
+                _ => Op::DeleteSmall,
+            };
+            Prepared::Seeded(Box::new(layout), op)
         }
         "build-farm" => {
             let base_repo = format!("{repo}/base");
@@ -387,6 +414,7 @@ pub async fn run_op(prep: &Prepared, c: &mut Conn, client: usize, i: usize) -> R
             Ok(if *head { 0 } else { r.body_len })
         }
         Prepared::Farm(f) => farm_op(f, c, client, i).await,
+        Prepared::Seeded(layout, op) => layout.run(*op, c, i).await,
         Prepared::OpenSessions { repo } => {
             c.send(
                 Method::POST,

@@ -428,21 +428,14 @@ fn immutable_tag_on(
     repo: &RepoName,
     digest: &Digest,
 ) -> Result<Option<String>, MetaError> {
-    let mut after: Option<String> = None;
-    loop {
-        let page = meta.tags(repo, after.as_deref(), 1000)?;
-        for t in &page.items {
-            if let Some(rule) = policies.immutable_rule(repo.as_str(), t) {
-                if meta.tag(repo, t)?.as_ref() == Some(digest) {
-                    return Ok(Some(format!(
-                        "manifest {digest} carries tag {t}, which is immutable ({rule})"
-                    )));
-                }
-            }
-        }
-        match (page.more, page.items.last()) {
-            (true, Some(last)) => after = Some(last.clone()),
-            _ => return Ok(None),
+    // The manifest's own tags, from the index: a delete in a repository
+    // of 10^5 tags costs what it costs in one of ten.
+    for t in meta.tags_of(repo, digest)? {
+        if let Some(rule) = policies.immutable_rule(repo.as_str(), &t) {
+            return Ok(Some(format!(
+                "manifest {digest} carries tag {t}, which is immutable ({rule})"
+            )));
         }
     }
+    Ok(None)
 }

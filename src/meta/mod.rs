@@ -436,6 +436,9 @@ pub trait MetaRead: Send + Sync + 'static {
     fn repo_exists(&self, repo: &RepoName) -> Result<bool, MetaError>;
     /// Tags of `repo` sorted, strictly after `after`, at most `n`.
     fn tags(&self, repo: &RepoName, after: Option<&str>, n: usize) -> Result<Page, MetaError>;
+    /// The tags of `repo` that point at `digest`, sorted (an index read:
+    /// the cost does not grow with the repository's other tags).
+    fn tags_of(&self, repo: &RepoName, digest: &Digest) -> Result<Vec<String>, MetaError>;
     /// Repositories sorted, strictly after `after`, at most `n`.
     fn repos(&self, after: Option<&str>, n: usize) -> Result<Page, MetaError>;
     /// Digests of the manifests in `repo` whose subject is `subject`.
@@ -444,6 +447,11 @@ pub trait MetaRead: Send + Sync + 'static {
     fn all_blob_links(&self) -> Result<Vec<BlobLink>, MetaError>;
     /// Every manifest as (repository, digest, record).
     fn all_manifests(&self) -> Result<Vec<(String, String, ManifestRecord)>, MetaError>;
+    /// Every manifest as (repository, digest), its record not read.
+    fn all_manifest_keys(&self) -> Result<Vec<(String, String)>, MetaError>;
+    /// What manifests use, from the reverse index: (repository, used
+    /// digest, manifest), the records not read.
+    fn all_references(&self) -> Result<Vec<(String, String, String)>, MetaError>;
     /// Every tag as (repository, tag, digest).
     fn all_tags(&self) -> Result<Vec<(String, String, String)>, MetaError>;
     /// When each manifest was last pulled: (repository, digest, unix s).

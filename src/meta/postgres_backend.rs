@@ -335,6 +335,25 @@ impl MetaRead for PostgresBackend {
             .collect())
     }
 
+    fn all_manifest_keys(&self) -> Result<Vec<(String, String)>, MetaError> {
+        let rows = self
+            .conn()?
+            .query("SELECT repo, digest FROM manifests", &[])
+            .map_err(db)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn all_references(&self) -> Result<Vec<(String, String, String)>, MetaError> {
+        let rows = self
+            .conn()?
+            .query("SELECT repo, digest, manifest FROM refs", &[])
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
     fn all_manifests(&self) -> Result<Vec<(String, String, ManifestRecord)>, MetaError> {
         let rows = self
             .conn()?
@@ -442,6 +461,17 @@ impl MetaRead for PostgresBackend {
                 )
             })
             .collect()
+    }
+
+    fn tags_of(&self, repo: &RepoName, digest: &Digest) -> Result<Vec<String>, MetaError> {
+        let rows = self
+            .conn()?
+            .query(
+                "SELECT tag FROM tags WHERE repo = $1 AND digest = $2 ORDER BY tag",
+                &[&repo.as_str(), &digest.to_string()],
+            )
+            .map_err(db)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     fn quota_usages(&self) -> Result<Vec<(String, u64)>, MetaError> {

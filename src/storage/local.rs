@@ -165,7 +165,8 @@ impl BlobStorage for LocalStorage {
     async fn sweep(&self, meta: &Meta, plan: SweepPlan) -> Result<(usize, u64), StorageError> {
         let m = meta.clone();
         let (links, manifests) =
-            blocking(move || Ok((m.read().all_blob_links()?, m.read().all_manifests()?))).await?;
+            blocking(move || Ok((m.read().all_blob_links()?, m.read().all_manifest_keys()?)))
+                .await?;
         let mut alive: HashSet<String> = HashSet::new();
         for l in links {
             if !(plan.dry_run
@@ -176,7 +177,7 @@ impl BlobStorage for LocalStorage {
                 alive.insert(l.digest);
             }
         }
-        for (repo, d, _) in manifests {
+        for (repo, d) in manifests {
             if !(plan.dry_run && plan.gone_manifests.contains(&(repo, d.clone()))) {
                 alive.insert(d);
             }
