@@ -29,6 +29,9 @@ pub struct Located {
     pub key: String,
 }
 
+/// Blobs swept per transaction.
+const SWEEP_BATCH: usize = 256;
+
 impl ObjectBlobs {
     pub fn new(s3: S3Client, pool: Pool, delete_delay_secs: u64, redirect_reads: bool) -> Self {
         ObjectBlobs {
@@ -190,7 +193,7 @@ impl ObjectBlobs {
     /// Garbage collection's last step in this mode: every blob row no link
     /// and no manifest uses, older than `cutoff`, is deleted and its object
     /// queued for deletion after the delay. Each row is locked and checked
-    /// again in its own transaction, so a commit or manifest PUT that
+    /// again in its batch's transaction, so a commit or manifest PUT that
     /// refreshes or links it meanwhile wins. Returns (blobs, bytes).
     /// `gone_links` and `gone_manifests` ((repository, digest) pairs) are
     /// what a dry run's earlier steps would have removed: counted as gone.
@@ -228,38 +231,46 @@ impl ObjectBlobs {
         let delay = self.delete_delay_secs;
         self.sql(move |c| {
             let (mut n, mut bytes) = (0, 0u64);
-            for (digest, _) in candidates {
+            // A transaction per batch, not per blob: each commit is a WAL
+            // flush, and one per blob made the sweep of 3,000 blobs take
+            // most of a 21 s GC.
+            for batch in candidates.chunks(SWEEP_BATCH) {
+                let digests: Vec<&str> = batch.iter().map(|(d, _)| d.as_str()).collect();
                 let mut t = c.transaction().map_err(db)?;
-                let row = t
-                    .query_opt(
-                        "SELECT object_key, size, created FROM blobs WHERE digest = $1 FOR UPDATE",
-                        &[&digest],
+                // Locked in digest order, then checked again: a commit or a
+                // manifest PUT that refreshed or linked one meanwhile wins.
+                let rows = t
+                    .query(
+                        "SELECT digest, object_key, size, created FROM blobs \
+                         WHERE digest = ANY($1) ORDER BY digest FOR UPDATE",
+                        &[&digests],
                     )
                     .map_err(db)?;
-                let Some(row) = row else { continue };
-                let (key, size, created): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
-                let used = created >= cutoff
-                    || t.query_opt(
-                        "SELECT 1 FROM blob_links WHERE digest = $1 LIMIT 1",
-                        &[&digest],
+                let used: std::collections::HashSet<String> = t
+                    .query(
+                        "SELECT digest FROM blob_links WHERE digest = ANY($1) \
+                         UNION SELECT digest FROM manifests WHERE digest = ANY($1)",
+                        &[&digests],
                     )
                     .map_err(db)?
-                    .is_some()
-                    || t.query_opt(
-                        "SELECT 1 FROM manifests WHERE digest = $1 LIMIT 1",
-                        &[&digest],
-                    )
-                    .map_err(db)?
-                    .is_some();
-                if used {
-                    continue;
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                let mut gone: Vec<String> = Vec::new();
+                for row in rows {
+                    let (digest, key, size, created): (String, String, i64, i64) =
+                        (row.get(0), row.get(1), row.get(2), row.get(3));
+                    if created >= cutoff || used.contains(&digest) {
+                        continue;
+                    }
+                    queue_deletion(&mut t, &key, None, delay)?;
+                    bytes += size as u64;
+                    gone.push(digest);
                 }
-                t.execute("DELETE FROM blobs WHERE digest = $1", &[&digest])
+                t.execute("DELETE FROM blobs WHERE digest = ANY($1)", &[&gone])
                     .map_err(db)?;
-                queue_deletion(&mut t, &key, None, delay)?;
                 t.commit().map_err(db)?;
-                n += 1;
-                bytes += size as u64;
+                n += gone.len();
             }
             Ok((n, bytes))
         })

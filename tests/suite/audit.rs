@@ -55,17 +55,10 @@ async fn send(
 }
 
 async fn push_blob(reg: &TestRegistry, repo: &str, who: (&str, &str), data: &[u8]) -> u16 {
-    let path = format!("/v2/{repo}/blobs/uploads/?digest={}", digest(data));
-    send(
-        reg,
-        reqwest::Method::POST,
-        &path,
-        who,
-        Some(("application/octet-stream", data.to_vec())),
-    )
-    .await
-    .status()
-    .as_u16()
+    reg.push_mono_as(repo, data, Some(who))
+        .await
+        .status()
+        .as_u16()
 }
 
 /// Every record matching `query`, following `next` links.

@@ -39,16 +39,7 @@ async fn refused(r: reqwest::Response, words: &[&str]) {
 }
 
 async fn push(reg: &TestRegistry, repo: &str, data: &[u8]) -> reqwest::Response {
-    reg.client
-        .post(reg.url(&format!(
-            "/v2/{repo}/blobs/uploads/?digest={}",
-            digest(data)
-        )))
-        .header("content-type", "application/octet-stream")
-        .body(data.to_vec())
-        .send()
-        .await
-        .unwrap()
+    reg.push_mono_as(repo, data, None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

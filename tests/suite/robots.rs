@@ -34,17 +34,8 @@ async fn create(
 
 /// A monolithic push of `data` to `repo` as `user`: the status.
 async fn push_as(reg: &TestRegistry, user: &str, secret: &str, repo: &str, data: &[u8]) -> u16 {
-    reg.client
-        .post(reg.url(&format!(
-            "/v2/{repo}/blobs/uploads/?digest={}",
-            digest(data)
-        )))
-        .basic_auth(user, Some(secret))
-        .header("content-type", "application/octet-stream")
-        .body(data.to_vec())
-        .send()
+    reg.push_mono_as(repo, data, Some((user, secret)))
         .await
-        .unwrap()
         .status()
         .as_u16()
 }

@@ -247,17 +247,29 @@ impl TestRegistry {
 
     /// One-request push; returns the status.
     pub async fn push_mono_status(&self, repo: &str, data: &[u8]) -> u16 {
-        self.client
+        self.push_mono_as(repo, data, None).await.status().as_u16()
+    }
+
+    /// One-request push, with Basic credentials `(user, password)` when
+    /// given; the whole answer.
+    pub async fn push_mono_as(
+        &self,
+        repo: &str,
+        data: &[u8],
+        user: Option<(&str, &str)>,
+    ) -> reqwest::Response {
+        let mut b = self
+            .client
             .post(self.url(&format!(
                 "/v2/{repo}/blobs/uploads/?digest={}",
                 digest(data)
             )))
-            .body(data.to_vec())
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
+            .header("content-type", "application/octet-stream")
+            .body(data.to_vec());
+        if let Some((u, p)) = user {
+            b = b.basic_auth(u, Some(p));
+        }
+        b.send().await.unwrap()
     }
 
     /// PATCHes `bytes` into the upload at `path` as the chunk that starts
