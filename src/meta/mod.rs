@@ -405,6 +405,14 @@ pub enum MetaWrite {
     },
 }
 
+/// One repository's rows, as [`MetaRead::repository_rows`] reads them.
+#[derive(Debug, Default)]
+pub struct RepositoryRows {
+    pub tags: Vec<(String, String)>,
+    pub manifests: Vec<(String, ManifestRecord)>,
+    pub pulls: Vec<(String, u64)>,
+}
+
 /// A page of names (tags or repositories) and whether more follow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
@@ -452,6 +460,10 @@ pub trait MetaRead: Send + Sync + 'static {
     /// What manifests use, from the reverse index: (repository, used
     /// digest, manifest), the records not read.
     fn all_references(&self) -> Result<Vec<(String, String, String)>, MetaError>;
+    /// One repository's tags (tag, digest), manifests (digest, record) and
+    /// pull times (digest, unix s): what retention plans over, read per
+    /// repository so its cost follows the repositories a policy covers.
+    fn repository_rows(&self, repo: &str) -> Result<RepositoryRows, MetaError>;
     /// Every tag as (repository, tag, digest).
     fn all_tags(&self) -> Result<Vec<(String, String, String)>, MetaError>;
     /// When each manifest was last pulled: (repository, digest, unix s).

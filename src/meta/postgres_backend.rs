@@ -335,6 +335,44 @@ impl MetaRead for PostgresBackend {
             .collect())
     }
 
+    fn repository_rows(&self, repo: &str) -> Result<super::RepositoryRows, MetaError> {
+        let mut conn = self.conn()?;
+        let tags = conn
+            .query("SELECT tag, digest FROM tags WHERE repo = $1", &[&repo])
+            .map_err(db)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let manifests = conn
+            .query(
+                "SELECT digest, record FROM manifests WHERE repo = $1",
+                &[&repo],
+            )
+            .map_err(db)?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.get(0),
+                    ManifestRecord::decode(r.get::<_, &str>(1).as_bytes())?,
+                ))
+            })
+            .collect::<Result<_, MetaError>>()?;
+        let pulls = conn
+            .query(
+                "SELECT digest, pulled_at FROM pulls WHERE repo = $1",
+                &[&repo],
+            )
+            .map_err(db)?
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1).max(0) as u64))
+            .collect();
+        Ok(super::RepositoryRows {
+            tags,
+            manifests,
+            pulls,
+        })
+    }
+
     fn all_manifest_keys(&self) -> Result<Vec<(String, String)>, MetaError> {
         let rows = self
             .conn()?

@@ -385,6 +385,28 @@ impl MetaRead for RedbBackend {
         })
     }
 
+    fn repository_rows(&self, repo: &str) -> Result<super::RepositoryRows, MetaError> {
+        self.read(|txn| {
+            let mut rows = super::RepositoryRows::default();
+            let range = (repo, "")..(repo, AFTER_ALL);
+            for entry in txn.open_table(TAGS)?.range(range.clone())? {
+                let (k, v) = entry?;
+                rows.tags
+                    .push((k.value().1.to_owned(), v.value().to_owned()));
+            }
+            for entry in txn.open_table(MANIFESTS)?.range(range.clone())? {
+                let (k, v) = entry?;
+                let record = ManifestRecord::decode(v.value())?;
+                rows.manifests.push((k.value().1.to_owned(), record));
+            }
+            for entry in txn.open_table(PULLS)?.range(range)? {
+                let (k, v) = entry?;
+                rows.pulls.push((k.value().1.to_owned(), v.value()));
+            }
+            Ok(rows)
+        })
+    }
+
     fn all_tags(&self) -> Result<Vec<(String, String, String)>, MetaError> {
         self.read(|txn| {
             let t = txn.open_table(TAGS)?;
