@@ -413,32 +413,56 @@ pub async fn run(meta: &Meta, p: &Policies, force_dry: bool) -> Result<Retention
     Ok(report)
 }
 
+/// Decisions whose writes are sent to the metadata writer at once: they
+/// share its group commits instead of paying one each (10^4 retired tags
+/// were 10^4 commits in a row), and are few enough not to crowd out
+/// pushes.
+const WRITE_WAVE: usize = 128;
+
+/// What `apply` does for one decision: whether to commit, the write, and
+/// the decision's name for `skipped`.
+type Planned = (bool, MetaWrite, String);
+
 /// Commits each decision's write (`write` says whether to, which write,
-/// and how to name it) one at a time, in order; returns the decisions that
-/// stand. One the database refuses (its condition no longer holds) goes
-/// to `skipped` with the reason.
+/// and how to name it), a wave at a time; returns the decisions that
+/// stand, in order. One the database refuses (its condition no longer
+/// holds) goes to `skipped` with the reason.
 async fn apply<D>(
     meta: &Meta,
     decisions: Vec<D>,
     skipped: &mut Vec<String>,
-    write: impl Fn(&D) -> Option<(bool, MetaWrite, String)>,
+    write: impl Fn(&D) -> Option<Planned>,
 ) -> Result<Vec<D>, MetaError> {
     let mut stand = Vec::new();
-    for d in decisions {
-        let Some((commit, op, name)) = write(&d) else {
-            continue;
-        };
-        if commit {
-            match meta.write(vec![op]).await {
-                Ok(()) => {}
-                Err(MetaError::Conflict(why)) => {
+    let mut decisions = decisions.into_iter().peekable();
+    while decisions.peek().is_some() {
+        let wave: Vec<(D, Option<Planned>)> = decisions
+            .by_ref()
+            .take(WRITE_WAVE)
+            .map(|d| {
+                let w = write(&d);
+                (d, w)
+            })
+            .collect();
+        let results = futures_util::future::join_all(wave.iter().map(|(_, w)| async move {
+            match w {
+                Some((true, op, _)) => Some(meta.write(vec![op.clone()]).await),
+                Some((false, _, _)) => Some(Ok(())),
+                None => None,
+            }
+        }))
+        .await;
+        for ((d, w), r) in wave.into_iter().zip(results) {
+            match (r, w) {
+                (None, _) => {}
+                (Some(Ok(())), _) => stand.push(d),
+                (Some(Err(MetaError::Conflict(why))), Some((_, _, name))) => {
                     skipped.push(format!("{name}: {why}"));
-                    continue;
                 }
-                Err(e) => return Err(e),
+                (Some(Err(MetaError::Conflict(_))), None) => {}
+                (Some(Err(e)), _) => return Err(e),
             }
         }
-        stand.push(d);
     }
     Ok(stand)
 }
