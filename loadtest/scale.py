@@ -326,6 +326,99 @@ def measure(tmp, backend, size, clients, services):
     return r
 
 
+def start_distribution(tmp):
+    """CNCF distribution 2.8.2 (Debian's docker-registry) on a fresh folder."""
+    port = free_port()
+    d = os.path.join(tmp, "dist")
+    os.makedirs(d)
+    cfg = os.path.join(d, "dist.yml")
+    with open(cfg, "w") as f:
+        f.write("version: 0.1\nlog: {level: error, accesslog: {disabled: true}}\n"
+                f"storage:\n  filesystem: {{rootdirectory: {d}/data}}\n  delete: {{enabled: true}}\n"
+                f"http: {{addr: 127.0.0.1:{port}}}\n")
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+    proc = subprocess.Popen(["docker-registry", "serve", cfg], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            if http("GET", f"http://127.0.0.1:{port}/v2/", timeout=2)[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.1)
+    return proc, f"127.0.0.1:{port}"
+
+
+def clients_sweep(tmp, levels):
+    """Pushes of 1 MiB and pulls of 16 MiB at each client count, Wharf
+    (redb, data folder) beside distribution, one run."""
+    w = Wharf(tmp, "sweep", "redb", None)
+    w.start()
+    dist, dhost = start_distribution(tmp)
+    out = []
+    try:
+        for n in levels:
+            for reg, host, pid in (("wharf", w.host, w.proc.pid), ("distribution", dhost, dist.pid)):
+                for scen, size, ops in (("push-mono", 1 << 20, max(2 * n, 256)),
+                                        ("pull", 16 << 20, max(n, 128))):
+                    cmd = [LOAD, "--host", host, "--scenario", scen, "--ops", str(ops),
+                           "--clients", str(n), "--size", str(size), "--run", f"c{n}{reg[0]}",
+                           "--pid", str(pid), "--timeout", "900"]
+                    res = subprocess.run(cmd, capture_output=True, text=True)
+                    line = next((l for l in res.stdout.splitlines() if l.startswith("RESULT")), "")
+                    f = {k: v for k, v in (x.split("=", 1) for x in line.split()[1:])}
+                    r = {"registry": reg, "clients": n, "scenario": scen,
+                         "ops_s": float(f.get("ops_s", 0)), "mb_s": float(f.get("mb_s", 0)),
+                         "p50_ms": float(f.get("p50_ms", 0)), "p99_ms": float(f.get("p99_ms", 0)),
+                         "ok": int(f.get("ok", 0)), "errors": int(f.get("errors", 0) or 0)
+                         if f else ops}
+                    print(json.dumps(r), flush=True)
+                    out.append(r)
+    finally:
+        w.stop()
+        dist.kill()
+        dist.wait()
+    return out
+
+
+def sweep_table(rows):
+    lines = ["| clients | scenario | Wharf MB/s | distribution MB/s | ratio | Wharf p50 / p99 ms | distribution p50 / p99 ms | errors W / d |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    keys = sorted({(r["clients"], r["scenario"]) for r in rows})
+    for n, scen in keys:
+        w = next(r for r in rows if r["clients"] == n and r["scenario"] == scen and r["registry"] == "wharf")
+        d = next(r for r in rows if r["clients"] == n and r["scenario"] == scen and r["registry"] == "distribution")
+        ratio = f"{w['mb_s'] / d['mb_s']:.2f}x" if d["mb_s"] else "-"
+        lines.append(f"| {n} | {scen} | {w['mb_s']:.0f} | {d['mb_s']:.0f} | {ratio} | "
+                     f"{w['p50_ms']:.1f} / {w['p99_ms']:.1f} | {d['p50_ms']:.1f} / {d['p99_ms']:.1f} | "
+                     f"{w['errors']} / {d['errors']} |")
+    return "\n".join(lines)
+
+
+def sweep_chart(rows, out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
+    for i, scen in enumerate(("push-mono", "pull")):
+        for reg in ("wharf", "distribution"):
+            pts = sorted((r["clients"], r["mb_s"], r["p99_ms"]) for r in rows
+                         if r["scenario"] == scen and r["registry"] == reg)
+            axes[2 * i].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=reg)
+            axes[2 * i + 1].plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=reg)
+        label = "push 1 MiB" if scen == "push-mono" else "pull 16 MiB"
+        axes[2 * i].set_title(f"{label}: MB/s", fontsize=9)
+        axes[2 * i + 1].set_title(f"{label}: p99 ms", fontsize=9)
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("clients", fontsize=8)
+        ax.legend(fontsize=7)
+    axes[1].set_yscale("log")
+    axes[3].set_yscale("log")
+    fig.tight_layout()
+    os.makedirs(out, exist_ok=True)
+    fig.savefig(os.path.join(out, "scale-clients.svg"))
+
+
 PER_ITEM = [
     ("seed", lambda r: 1e6 / r["seed_manifests_s"], "µs per manifest pushed (64 clients)"),
     ("restart", lambda r: r["restart_ready_s"] * 1e3, "ms until /readyz (whole)"),
@@ -407,7 +500,30 @@ def main():
                     help="where the .json and .txt go")
     ap.add_argument("--plot", nargs="+", metavar="JSON",
                     help="only draw the charts and the table from earlier runs' results")
+    ap.add_argument("--clients-sweep", metavar="LEVELS",
+                    help="instead: push 1 MiB / pull 16 MiB at these client counts "
+                         "(1,8,64,512,2048), Wharf beside distribution")
     a = ap.parse_args()
+    if a.clients_sweep:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            if os.path.exists("/usr/bin/python3") and sys.executable != "/usr/bin/python3":
+                os.execv("/usr/bin/python3", ["/usr/bin/python3", *sys.argv])
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "wharf", "-p", "wharf-load"],
+                       cwd=ROOT, check=True)
+        tmp = tempfile.mkdtemp(prefix="wharf-sweep.")
+        try:
+            rows = clients_sweep(tmp, [int(x) for x in a.clients_sweep.split(",")])
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        print(sweep_table(rows))
+        with open(a.results + "-clients.json", "w") as f:
+            json.dump(rows, f, indent=1)
+        with open(a.results + "-clients.txt", "w") as f:
+            f.write(sweep_table(rows) + "\n")
+        sweep_chart(rows, a.out)
+        return
     if a.plot:
         try:
             import matplotlib  # noqa: F401
