@@ -380,6 +380,54 @@ def clients_sweep(tmp, levels):
     return out
 
 
+def idle_connections(tmp, n):
+    """`n` keep-alive connections held idle after one request each: the
+    server's RSS, and a small push's p99 beside them."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, n + 1024)), hard))
+    w = Wharf(tmp, "idle", "redb", None)
+    w.start()
+    push = ["--size", "4096"]
+    r = {"connections": n}
+    try:
+        load(w.host, "push-mono", 500, 8, "warm", push)
+        time.sleep(1)
+        r["rss_before_mib"] = round(rss_kib(w.proc.pid) / 1024, 1)
+        r["push_p99_before_ms"] = float(load(w.host, "push-mono", 2000, 8, "before", push)["p99_ms"])
+        socks = []
+        request = b"GET /v2/ HTTP/1.1\r\nHost: idle\r\n\r\n"
+        for _ in range(n):
+            c = socket.create_connection(("127.0.0.1", w.port), timeout=10)
+            c.sendall(request)
+            got = b""
+            while b"\r\n\r\n{}" not in got:
+                chunk = c.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+            socks.append(c)
+        time.sleep(2)
+        r["rss_with_mib"] = round(rss_kib(w.proc.pid) / 1024, 1)
+        r["kib_per_connection"] = round((r["rss_with_mib"] - r["rss_before_mib"]) * 1024 / n, 1)
+        r["push_p99_with_ms"] = float(load(w.host, "push-mono", 2000, 8, "with", push)["p99_ms"])
+        # Still open and still served: a sample asks again.
+        alive = 0
+        for c in socks[:: max(1, n // 100)]:
+            try:
+                c.sendall(request)
+                if c.recv(4096).startswith(b"HTTP/1.1 200"):
+                    alive += 1
+            except OSError:
+                pass
+        r["sample_alive"] = f"{alive}/{len(socks[:: max(1, n // 100)])}"
+        for c in socks:
+            c.close()
+    finally:
+        w.stop()
+    return r
+
+
 def sweep_table(rows):
     lines = ["| clients | scenario | Wharf MB/s | distribution MB/s | ratio | Wharf p50 / p99 ms | distribution p50 / p99 ms | errors W / d |",
              "|---:|---|---:|---:|---:|---:|---:|---:|"]
@@ -503,7 +551,19 @@ def main():
     ap.add_argument("--clients-sweep", metavar="LEVELS",
                     help="instead: push 1 MiB / pull 16 MiB at these client counts "
                          "(1,8,64,512,2048), Wharf beside distribution")
+    ap.add_argument("--idle", type=int, metavar="N",
+                    help="instead: N idle keep-alive connections: RSS, and a push's p99 beside them")
     a = ap.parse_args()
+    if a.idle:
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "wharf", "-p", "wharf-load"],
+                       cwd=ROOT, check=True)
+        tmp = tempfile.mkdtemp(prefix="wharf-idle.")
+        try:
+            r = idle_connections(tmp, a.idle)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        print(json.dumps(r))
+        return
     if a.clients_sweep:
         try:
             import matplotlib  # noqa: F401
