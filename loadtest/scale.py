@@ -554,70 +554,34 @@ def main():
     ap.add_argument("--idle", type=int, metavar="N",
                     help="instead: N idle keep-alive connections: RSS, and a push's p99 beside them")
     a = ap.parse_args()
-    if a.idle:
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "wharf", "-p", "wharf-load"],
-                       cwd=ROOT, check=True)
-        tmp = tempfile.mkdtemp(prefix="wharf-idle.")
-        try:
-            r = idle_connections(tmp, a.idle)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        print(json.dumps(r))
-        return
-    if a.clients_sweep:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            if os.path.exists("/usr/bin/python3") and sys.executable != "/usr/bin/python3":
-                os.execv("/usr/bin/python3", ["/usr/bin/python3", *sys.argv])
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "wharf", "-p", "wharf-load"],
-                       cwd=ROOT, check=True)
-        tmp = tempfile.mkdtemp(prefix="wharf-sweep.")
-        try:
-            rows = clients_sweep(tmp, [int(x) for x in a.clients_sweep.split(",")])
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        print(sweep_table(rows))
-        with open(a.results + "-clients.json", "w") as f:
-            json.dump(rows, f, indent=1)
-        with open(a.results + "-clients.txt", "w") as f:
-            f.write(sweep_table(rows) + "\n")
-        sweep_chart(rows, a.out)
-        return
+    if a.smoke:
+        a.sizes, a.backends = "10000", "redb"
+    if not a.smoke and not a.idle:
+        use_debian_matplotlib()
     if a.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            if os.path.exists("/usr/bin/python3") and sys.executable != "/usr/bin/python3":
-                os.execv("/usr/bin/python3", ["/usr/bin/python3", *sys.argv])
         results = []
         for path in a.plot:
             with open(path) as f:
                 results += json.load(f)
-        print(table(results))
-        with open(a.results + ".json", "w") as f:
-            json.dump(results, f, indent=1)
-        with open(a.results + ".txt", "w") as f:
-            f.write(table(results) + "\n")
+        save(a.results, results, table)
         charts(results, a.out)
         return
-    if a.smoke:
-        a.sizes, a.backends = "10000", "redb"
-    else:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            # Debian's matplotlib is for Debian's python (a pyenv or venv
-            # python3 first on PATH does not see it).
-            if os.path.exists("/usr/bin/python3") and sys.executable != "/usr/bin/python3":
-                os.execv("/usr/bin/python3", ["/usr/bin/python3", *sys.argv])
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "wharf", "-p", "wharf-load"],
                    cwd=ROOT, check=True)
     tmp = tempfile.mkdtemp(prefix="wharf-scale.")
     os.chmod(tmp, 0o755)
-    services = Services(tmp) if "postgres" in a.backends else None
-    results = []
+    services = None
     try:
+        if a.idle:
+            print(json.dumps(idle_connections(tmp, a.idle)))
+            return
+        if a.clients_sweep:
+            rows = clients_sweep(tmp, [int(x) for x in a.clients_sweep.split(",")])
+            save(a.results + "-clients", rows, sweep_table)
+            sweep_chart(rows, a.out)
+            return
+        services = Services(tmp) if "postgres" in a.backends else None
+        results = []
         for backend in a.backends.split(","):
             for size in (int(s) for s in a.sizes.split(",")):
                 r = measure(tmp, backend, size, a.clients, services)
@@ -627,14 +591,31 @@ def main():
         if services:
             services.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(table(results))
-    if not a.smoke:
-        with open(a.results + ".json", "w") as f:
-            json.dump(results, f, indent=1)
-        with open(a.results + ".txt", "w") as f:
-            f.write(table(results) + "\n")
-        charts(results, a.out)
+    if a.smoke:
+        print(table(results))
+        return
+    save(a.results, results, table)
+    charts(results, a.out)
 
+
+def use_debian_matplotlib():
+    """Debian's matplotlib is for Debian's python: a pyenv or venv python3
+    first on PATH does not see it, so the script runs again under it."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        if os.path.exists("/usr/bin/python3") and sys.executable != "/usr/bin/python3":
+            os.execv("/usr/bin/python3", ["/usr/bin/python3", *sys.argv])
+
+
+def save(base, rows, render):
+    """Prints the table and writes `base`.json and `base`.txt."""
+    text = render(rows)
+    print(text)
+    with open(base + ".json", "w") as f:
+        json.dump(rows, f, indent=1)
+    with open(base + ".txt", "w") as f:
+        f.write(text + "\n")
 
 if __name__ == "__main__":
     main()

@@ -30,10 +30,7 @@ pub async fn usage(app: &App) -> Result<Vec<QuotaUsage>, MetaError> {
         .map(|q| QuotaUsage {
             repositories: q.name.clone(),
             max_bytes: q.limit,
-            used_bytes: used
-                .iter()
-                .find(|(n, _)| *n == q.name)
-                .map_or(0, |(_, b)| *b),
+            used_bytes: used_by(&used, &q.name),
         })
         .collect();
     for q in &list {
@@ -61,13 +58,15 @@ pub async fn full_before_upload(app: &App, repo: &str) -> Result<Option<String>,
     }
     let used = app.meta.query(|m| m.quota_usages()).await?;
     for q in quotas.covering(repo) {
-        let u = used
-            .iter()
-            .find(|(n, _)| *n == q.name)
-            .map_or(0, |(_, b)| *b);
+        let u = used_by(&used, &q.name);
         if u >= q.limit {
             return Ok(Some(crate::meta::quota::refusal(q, u, 1)));
         }
     }
     Ok(None)
+}
+
+/// A quota's usage among the counted ones (0 when not counted yet).
+fn used_by(used: &[(String, u64)], quota: &str) -> u64 {
+    used.iter().find(|(n, _)| n == quota).map_or(0, |(_, b)| *b)
 }

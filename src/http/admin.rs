@@ -181,11 +181,12 @@ pub(super) async fn audit(st: &App, method: &Method, query: &Query) -> HttpResul
             .transpose()
     };
     let mut until_ms = time("until")?;
-    if until_ms > 0 && query.get("until").is_some_and(|u| !u.contains(':')) {
-        // A date alone means the whole of that day.
-        if query.get("until").is_some_and(|u| u.contains('-')) {
-            until_ms += 86_400_000 - 1;
-        }
+    // A date alone (no time of day) means the whole of that day.
+    if query
+        .get("until")
+        .is_some_and(|u| u.contains('-') && !u.contains(':'))
+    {
+        until_ms += 86_400_000 - 1;
     }
     let q = crate::meta::AuditQuery {
         since_ms: time("since")?,

@@ -271,8 +271,8 @@ async fn dispatch(
         Err(RouteError::Invalid(e)) => return Err(e.into()),
     };
     facts.route = endpoint.label();
-    let mount = Query::parse(req.uri().query());
-    facts.audited = audit::audited(req.method(), &endpoint, mount.get("mount"));
+    let query = Query::parse(req.uri().query());
+    facts.audited = audit::audited(req.method(), &endpoint, query.get("mount"));
     // Health probes are exempt from the rate limit: a balancer polling from
     // one address must not be throttled into marking the registry down.
     if let Endpoint::Health | Endpoint::Ready = endpoint {
@@ -319,7 +319,6 @@ async fn dispatch(
             .map(str::to_owned)
             .or_else(|| req.uri().authority().map(|a| a.to_string()))
             .unwrap_or_else(|| st.config.addr.to_string());
-        let query = Query::parse(req.uri().query());
         return ui::serve(st, path, &query, ui::Viewer { who, host }).await;
     }
     if let Endpoint::AdminGc
@@ -337,7 +336,6 @@ async fn dispatch(
             }
             admin = who.name().to_owned();
         }
-        let query = Query::parse(req.uri().query());
         return match endpoint {
             Endpoint::AdminGc => admin::gc(st, req.method(), &query, &admin).await,
             Endpoint::AdminRobots => admin::robots(st, req, &admin, &peer.to_string()).await,
@@ -352,7 +350,6 @@ async fn dispatch(
     if st.config.log.access {
         facts.repo = endpoint.repo().map(|n| n.to_string());
     }
-    let query = Query::parse(req.uri().query());
     let method = req.method().clone();
     // Mounting reads the source repository: without pull there, the mount
     // is ignored and a plain upload starts, as the spec allows.
